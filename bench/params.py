@@ -63,7 +63,11 @@ def parse_eps_grid(text: str) -> list[float]:
         values = [parse_eps(p, "eps grid value") for p in text.split(",") if p.strip()]
         if not values:
             raise UsageError("eps grid is empty")
-    return sorted(set(round(v, 12) for v in values))
+    unique: list[float] = []
+    for v in sorted(values):  # drop duplicates that differ only by floating error
+        if not unique or v - unique[-1] > 1e-12:
+            unique.append(v)
+    return unique
 
 
 def parse_assignments(items: list[str] | None) -> dict[str, str]:

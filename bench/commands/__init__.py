@@ -1,0 +1,14 @@
+"""The command modules; each has ``add_parser(subparsers)`` and ``run(args) -> int``."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+
+def command_modules() -> list[ModuleType]:
+    """The commands in the order ``bench --help`` lists them (imported on first use)."""
+    from bench.commands import eval as eval_cmd
+    from bench.commands import list as list_cmd
+    from bench.commands import quick, report, train
+
+    return [train, eval_cmd, report, quick, list_cmd]

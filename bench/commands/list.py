@@ -1,0 +1,44 @@
+"""``bench list``: every registry, one line per entry with its defaults."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from bench.params import format_eps
+from bench.registry import Registry
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        eps = format_eps(value)
+        return eps if "/" in eps else f"{value:g}"
+    return str(value)
+
+
+def registries() -> list[tuple[str, Registry[Any]]]:
+    """The registries shown, in order."""
+    from bench.attacks import ATTACKS
+    from bench.data import DATASETS
+    from bench.defenses import DEFENSES
+    from models import MODELS
+
+    return [("data sets", DATASETS), ("models", MODELS), ("defenses", DEFENSES), ("attacks", ATTACKS)]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``bench list``."""
+    p = sub.add_parser("list", help="list data sets, models, defenses and attacks with their defaults")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print each registry."""
+    for title, reg in registries():
+        print(f"{title}:")
+        width = max(len(e.name) for e in reg)
+        for e in reg:
+            defaults = " ".join(f"{k}={_fmt(v)}" for k, v in e.defaults.items())
+            line = f"  {e.name:<{width}}  {e.summary}"
+            print(line + (f"  [{defaults}]" if defaults else ""))
+    return 0

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny models and data on the CPU, and small Fashion-MNIST files in IDX format."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """A small CNN on 1x8x8 inputs with named feature blocks (like the models/ registry's)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.block1 = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU())
+        self.block2 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, num_classes))
+        self.feature_layers = ["block1", "block2"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block2(self.block1(x)))
+
+
+@pytest.fixture
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyNet()
+
+
+@pytest.fixture
+def tiny_data() -> tuple[torch.Tensor, torch.Tensor]:
+    """64 learnable points: the class is written into the image as a bright row."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(64) % 10
+    x = torch.rand(64, 1, 8, 8, generator=g) * 0.3
+    for i, c in enumerate(y.tolist()):
+        x[i, 0, c % 8, :] = 0.9 if c < 8 else 0.6
+    return x, y
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` (uint8) as a gzipped IDX file: magic, dims, big-endian, then the bytes."""
+    magic = 0x0800 + array.ndim  # 0x08 = unsigned byte
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fmnist_dir(tmp_path: Path) -> Path:
+    """A data directory holding a small Fashion-MNIST (256 train, 128 test) in the real format."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    d = root / "fashion-mnist"
+    d.mkdir(parents=True)
+    for split, n in (("train", 256), ("t10k", 128)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
+        for i, c in enumerate(labels):  # a learnable pattern: a bright band per class
+            images[i, 2 * c : 2 * c + 3, :] = 220
+        write_idx(d / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(d / f"{split}-labels-idx1-ubyte.gz", labels)
+    return root

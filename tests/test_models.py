@@ -1,0 +1,229 @@
+"""Model registry and architectures: shapes, normalization, feature layers, determinism."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from bench.errors import UnknownNameError, UsageError
+from models import MODELS, Normalize, create_model
+
+# (channels, image_size, num_classes): Fashion-MNIST-like and CIFAR-100-like.
+SHAPES = [(1, 28, 10), (3, 32, 100)]
+SHAPE_IDS = ["1x28x28-10", "3x32x32-100"]
+
+
+def _batch(name: str) -> int:
+    # wrn-34-10 is 46M parameters: keep its batches tiny so the file stays fast on 2 cores.
+    return 2 if name == "wrn-34-10" else 4
+
+
+def _make(name: str, channels: int, image_size: int, num_classes: int, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return create_model(
+        name,
+        channels=channels,
+        num_classes=num_classes,
+        image_size=image_size,
+        mean=[0.5] * channels,
+        std=[0.25] * channels,
+    )
+
+
+def _input(n: int, channels: int, image_size: int) -> Tensor:
+    return torch.rand(n, channels, image_size, image_size, generator=torch.Generator().manual_seed(1))
+
+
+# One model per (name, shape), built once: building wrn-34-10 is the slow part.
+_CACHE: dict[tuple[Any, ...], nn.Module] = {}
+
+
+@pytest.fixture(params=MODELS.names())
+def name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=SHAPES, ids=SHAPE_IDS)
+def shape(request: pytest.FixtureRequest) -> tuple[int, int, int]:
+    return tuple(request.param)  # type: ignore[return-value]
+
+
+@pytest.fixture
+def model(name: str, shape: tuple[int, int, int]) -> nn.Module:
+    key = (name, shape)
+    if key not in _CACHE:
+        _CACHE[key] = _make(name, *shape)
+    m = _CACHE[key]
+    m.eval()  # tests that train set train mode themselves
+    return m
+
+
+def test_registry_entries_have_metadata() -> None:
+    assert MODELS.names() == ["cnn", "vgg19", "preact-resnet18", "resnet18", "wrn-34-10"]
+    for entry in MODELS:
+        assert isinstance(entry.extra["min_image_size"], int)
+        assert entry.summary and "\n" not in entry.summary
+        assert entry.defaults
+
+
+def test_output_shape(name: str, shape: tuple[int, int, int], model: nn.Module) -> None:
+    channels, size, classes = shape
+    out = model(_input(_batch(name), channels, size))
+    assert out.shape == (_batch(name), classes)
+    assert torch.isfinite(out).all()
+
+
+def test_normalize_is_first_and_applied(name: str, shape: tuple[int, int, int], model: nn.Module) -> None:
+    channels, size, _ = shape
+    first_name, first = next(iter(model.named_children()))
+    assert first_name == "normalize" and isinstance(first, Normalize)
+    assert model.normalize.mean.shape == (1, channels, 1, 1)
+    keys = model.state_dict().keys()
+    assert "normalize.mean" in keys and "normalize.std" in keys
+    x = _input(2, channels, size)
+    with torch.no_grad():
+        before = model(x)
+        saved = model.normalize.mean.clone()
+        model.normalize.mean.fill_(0.1)
+        after = model(x)
+        model.normalize.mean.copy_(saved)
+    assert not torch.allclose(before, after)
+
+
+def test_normalize_formula() -> None:
+    norm = Normalize([0.5, 0.25], [0.5, 2.0])
+    x = torch.rand(3, 2, 4, 4)
+    expected = (x - torch.tensor([0.5, 0.25]).view(1, 2, 1, 1)) / torch.tensor([0.5, 2.0]).view(1, 2, 1, 1)
+    torch.testing.assert_close(norm(x), expected)
+
+
+def test_feature_layers_resolve_and_fire_in_order(
+    name: str, shape: tuple[int, int, int], model: nn.Module
+) -> None:
+    channels, size, _ = shape
+    layers: list[str] = model.feature_layers
+    assert layers and len(set(layers)) == len(layers)
+    modules = dict(model.named_modules())
+    fired: list[str] = []
+    shapes: dict[str, torch.Size] = {}
+
+    def hook(layer: str):  # noqa: ANN202 - a forward hook
+        def record(_m: nn.Module, _inp: Any, out: Any) -> None:
+            assert isinstance(out, Tensor), f"{layer} returns {type(out)}"
+            fired.append(layer)
+            shapes[layer] = out.shape
+
+        return record
+
+    handles = [modules[layer].register_forward_hook(hook(layer)) for layer in layers]
+    try:
+        with torch.no_grad():
+            model(_input(2, channels, size))
+    finally:
+        for h in handles:
+            h.remove()
+    assert fired == layers  # each fires once, in depth order
+    for layer in layers:
+        assert len(shapes[layer]) == 4 and shapes[layer][0] == 2
+        assert min(shapes[layer][2:]) >= 1
+
+
+def test_feature_layer_output_replacement_changes_logits(
+    name: str, shape: tuple[int, int, int], model: nn.Module
+) -> None:
+    # What BatchOut does: a forward hook that returns a new tensor replaces the block's output.
+    channels, size, _ = shape
+    x = _input(2, channels, size)
+    target = dict(model.named_modules())[model.feature_layers[len(model.feature_layers) // 2]]
+    with torch.no_grad():
+        clean = model(x)
+        handle = target.register_forward_hook(lambda _m, _i, out: out + 1.0)
+        try:
+            perturbed = model(x)
+        finally:
+            handle.remove()
+    assert not torch.allclose(clean, perturbed)
+
+
+def test_input_gradient(name: str, shape: tuple[int, int, int], model: nn.Module) -> None:
+    channels, size, _ = shape
+    x = _input(2, channels, size).requires_grad_(True)
+    model(x).sum().backward()
+    model.zero_grad(set_to_none=True)
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_eval_is_deterministic(name: str, shape: tuple[int, int, int], model: nn.Module) -> None:
+    channels, size, _ = shape
+    x = _input(2, channels, size)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
+
+
+def test_state_dict_round_trip(name: str, shape: tuple[int, int, int], model: nn.Module) -> None:
+    channels, size, classes = shape
+    x = _input(2, channels, size)
+    fresh = _make(name, channels, size, classes, seed=123)
+    fresh.load_state_dict(model.state_dict())
+    fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+
+
+def test_train_step_runs(name: str, shape: tuple[int, int, int], model: nn.Module) -> None:
+    channels, size, classes = shape
+    model.train()
+    try:
+        out = model(_input(_batch(name), channels, size))
+        nn.functional.cross_entropy(out, torch.arange(_batch(name)) % classes).backward()
+        grads = [p.grad for p in model.parameters()]
+        assert all(g is not None for g in grads)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
+def test_vgg19_skips_pools_on_28() -> None:
+    pools = lambda m: sum(isinstance(x, nn.MaxPool2d) for x in m.modules())  # noqa: E731
+    assert pools(_make("vgg19", 1, 28, 10)) == 4  # 28 -> 14 -> 7 -> 3 -> 1: fifth skipped
+    assert pools(_make("vgg19", 3, 32, 10)) == 5
+
+
+def test_unknown_name_lists_valid_names() -> None:
+    with pytest.raises(UnknownNameError) as info:
+        create_model("resnet-9000", channels=3, num_classes=10, image_size=32, mean=[0.5] * 3, std=[0.5] * 3)
+    message = str(info.value)
+    assert "resnet-9000" in message
+    for valid in MODELS.names():
+        assert valid in message
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_min_image_size(name: str) -> None:
+    min_size = MODELS[name].extra["min_image_size"]
+    small = _make(name, 1, min_size, 2)
+    small.eval()
+    with torch.no_grad():
+        assert small(torch.rand(2, 1, min_size, min_size)).shape == (2, 2)
+    with pytest.raises(UsageError, match=rf"{name}.*{min_size - 1}x{min_size - 1}"):
+        _make(name, 1, min_size - 1, 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"channels": 0}, "channel"),
+        ({"num_classes": 1}, "2 classes"),
+        ({"mean": [0.5, 0.5]}, "mean and std"),
+        ({"std": [0.0]}, "positive std"),
+    ],
+)
+def test_bad_shapes_are_usage_errors(kwargs: dict[str, Any], fragment: str) -> None:
+    args: dict[str, Any] = dict(channels=1, num_classes=10, image_size=28, mean=[0.5], std=[0.5])
+    args.update(kwargs)
+    with pytest.raises(UsageError, match=fragment) as info:
+        create_model("cnn", **args)
+    assert "\n" not in str(info.value) and "cnn" in str(info.value)

@@ -1,0 +1,181 @@
+"""The training loop and ``bench train`` / ``bench list`` end to end, on the CPU, in seconds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import checkpoint
+from bench.cli import main
+from bench.data import DATASETS, DatasetInfo
+from bench.defenses import DEFENSES
+from bench.errors import UsageError
+from bench.train import TrainConfig, augment_batch, lr_at, prepare, train
+from models import MODELS
+
+
+def _train_argv(tmp_path: Path, data_dir: Path, defense: str, *extra: str) -> list[str]:
+    return [
+        "train", "--defense", defense, "--dataset", "fashion-mnist", "--model", "cnn",
+        "--epochs", "1", "--train-limit", "128", "--eval-n", "64", "--batch-size", "32",
+        "--data-dir", str(data_dir), "--no-download", "--no-progress",
+        "--out", str(tmp_path / "ckpt"), *extra,
+    ]
+
+
+@pytest.mark.parametrize("defense", DEFENSES.names())
+def test_bench_train_every_defense(defense, tmp_path, fmnist_dir, capsys):
+    status = main(_train_argv(tmp_path, fmnist_dir, defense, "--run-id", f"r-{defense}"))
+    out = capsys.readouterr().out.strip().splitlines()
+    assert status == 0
+    run_dir = Path(out[-1])  # the checkpoint's path is the last line of stdout
+    assert run_dir == tmp_path / "ckpt" / f"r-{defense}"
+    ck = checkpoint.read_checkpoint(run_dir)
+    assert ck.defense == defense and ck.config["epochs"] == 1 and ck.config["seed"] == 0
+    assert set(ck.config["defense_params"]) == set(DEFENSES[defense].defaults)
+    assert ck.config["dataset_info"]["image_size"] == 28 and ck.config["train_size"] == 128
+    assert {"torch", "python"} <= set(ck.run["versions"]) and ck.run["train_seconds"] > 0
+    assert len(ck.log) == 1 and 0.0 <= ck.log[0]["clean_acc"] <= 1.0
+    assert ("train_robust_acc" in ck.log[0]) == DEFENSES[defense].extra["adversarial"]
+    model = ck.load_model("cpu")
+    assert not model.training
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_named_flags_and_set_reach_the_defense(tmp_path, fmnist_dir, capsys):
+    argv = _train_argv(tmp_path, fmnist_dir, "pgd-at", "--eps", "4/255", "--set", "steps=2", "--run-id", "p")
+    assert main(argv) == 0
+    params = checkpoint.read_checkpoint(tmp_path / "ckpt" / "p").config["defense_params"]
+    assert params["eps"] == pytest.approx(4 / 255) and params["steps"] == 2
+
+
+def test_training_learns_and_is_reproducible(tmp_path, fmnist_dir):
+    def run(run_id: str) -> checkpoint.Checkpoint:
+        cfg = TrainConfig(epochs=3, train_limit=256, eval_n=128, batch_size=32, data_dir=str(fmnist_dir),
+                          download=False, out_dir=str(tmp_path), run_id=run_id, lr=0.05)
+        return checkpoint.read_checkpoint(train(cfg, progress=False, log=lambda s: None))
+
+    a, b = run("a"), run("b")
+    assert a.log[-1]["clean_acc"] > 0.5  # the bands are easy: well above chance (0.1)
+    assert a.log[-1]["loss"] < a.log[0]["loss"]
+    wa = torch.load(a.path / "weights.pt", weights_only=True)
+    wb = torch.load(b.path / "weights.pt", weights_only=True)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # same seed, same weights
+
+
+@pytest.mark.parametrize(
+    "argv_extra,needle",
+    [
+        (["--defense", "nope"], "unknown defense 'nope'; valid: standard"),
+        (["--model", "nope"], "unknown model 'nope'; valid: cnn"),
+        (["--dataset", "nope"], "unknown data set 'nope'; valid: fashion-mnist"),
+        (["--defense", "pgd-at", "--eps", "8/0"], "not a number"),
+        (["--defense", "pgd-at", "--eps", "-1"], "[0, 1]"),
+        (["--defense", "pgd-at", "--eps", "abc"], "not a number"),
+        (["--defense", "pgd-at", "--set", "bogus=1"], "no parameter 'bogus'; valid: alpha, eps"),
+        (["--defense", "standard", "--eps", "8/255"], "defense standard has no parameter 'eps'"),
+        (["--epochs", "0"], "--epochs"),
+        (["--train-limit", "100000"], "256"),  # the split size of the files in fmnist_dir
+        (["--bogus-flag"], "unrecognized arguments"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_nothing_written(argv_extra, needle, tmp_path, fmnist_dir, capsys):
+    argv = _train_argv(tmp_path, fmnist_dir, "standard") + argv_extra
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("bench: error: ")
+    assert needle in err
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_a_model_that_cannot_take_the_data_set(tmp_path, fmnist_dir, capsys):
+    """A data set of 4x4 images is too small for every model: exit 2, nothing written."""
+    info = DatasetInfo("tiny4", 1, 4, 10, (0.5,), (0.5,), 10, 10, "none")
+    DATASETS.add("tiny4", lambda *a, **k: None, "test only", info=info)
+    try:
+        status = main(_train_argv(tmp_path, fmnist_dir, "standard") + ["--dataset", "tiny4"])
+    finally:
+        DATASETS.remove("tiny4")
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "cnn" in err
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_missing_data_names_the_package_or_flag(tmp_path, capsys, monkeypatch):
+    import bench.data
+
+    monkeypatch.setattr(bench.data, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    status = main(_train_argv(tmp_path, tmp_path / "empty", "standard"))
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert "dataset-fashion-mnist" in err and "--data-dir" in err
+
+
+def test_schedules():
+    cfg = TrainConfig(lr=0.1)
+    assert [lr_at(cfg, i, 100) for i in (0, 49, 50, 74, 75, 99)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    cos = TrainConfig(lr=0.1, schedule="cosine")
+    assert lr_at(cos, 0, 100) == pytest.approx(0.1) and lr_at(cos, 50, 100) == pytest.approx(0.05)
+    assert lr_at(cos, 100, 100) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["none", "crop", "crop-flip"])
+def test_augmentation_keeps_pixels_and_shape(mode):
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 32, 32)
+    out = augment_batch(x, mode)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    if mode == "none":
+        assert out is x
+    else:
+        # Each output image is a shifted (and maybe flipped) window of its input: every nonzero
+        # pixel value comes from the same image.
+        for i in range(4):
+            vals = set(out[i][out[i] > 0].tolist())
+            assert vals <= set(x[i].flatten().tolist())
+        assert not torch.equal(out, x)
+
+
+def test_prepare_checks_everything_before_writing(tmp_path, fmnist_dir):
+    cfg = TrainConfig(defense="batchout", defense_params={"layers": "names:nope"}, data_dir=str(fmnist_dir),
+                      download=False, out_dir=str(tmp_path / "ckpt"))
+    with pytest.raises(UsageError):
+        prepare(cfg)
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_existing_run_dir_is_refused(tmp_path, fmnist_dir, capsys):
+    argv = _train_argv(tmp_path, fmnist_dir, "standard", "--run-id", "same")
+    assert main(argv) == 0
+    assert main(argv) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_bench_list_shows_every_registry(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in DATASETS.names() + MODELS.names() + DEFENSES.names() + ["autoattack", "pgd", "fgsm"]:
+        assert f"  {name} " in out
+    assert "eps=8/255" in out and "steps=10" in out and "beta=6" in out
+
+
+def test_python_dash_m_bench_runs(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "bench", "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.startswith("bench ")
+
+
+def test_weights_that_do_not_fit_are_a_clear_error(tmp_path, fmnist_dir, capsys):
+    assert main(_train_argv(tmp_path, fmnist_dir, "standard", "--run-id", "w")) == 0
+    run_dir = tmp_path / "ckpt" / "w"
+    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg["dataset_info"]["num_classes"] = 7  # the saved head has 10 outputs
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UsageError, match="weights don't fit model cnn"):
+        checkpoint.read_checkpoint(run_dir).load_model()
