@@ -90,8 +90,11 @@ class Checkpoint:
 
     def rows(self) -> list[ResultRow]:
         """The chosen rows, by variant then eps."""
-        return [c[k] for v in sorted(self.curves, key=lambda v: v.sort_key) for c in [self.curves[v]]
-                for k in sorted(c)]
+        out = []
+        for v in sorted(self.curves, key=lambda v: v.sort_key):
+            curve = self.curves[v]
+            out += [curve[k] for k in sorted(curve)]
+        return out
 
     @property
     def ns(self) -> list[int]:
@@ -168,6 +171,8 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return format_eps(value) if 0 < value <= 1 and abs(value * 255 - round(value * 255)) < 1e-6 \
             else f"{value:.4g}"
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+        return "+".join(str(v) for v in value) or "[]"
     if isinstance(value, (dict, list)):
         return canonical(value)
     return str(value)
@@ -240,8 +245,9 @@ def variant_labels(variants: Iterable[Variant], display: bool = True) -> dict[Va
 
 def joined(values: Iterable[Any]) -> str:
     """Distinct values, sorted, comma-separated (``–`` if none)."""
-    vals = sorted({str(v) for v in values if v is not None})
-    return ", ".join(vals) if vals else DASH
+    vals = {v for v in values if v is not None}
+    ordered = sorted(vals, key=lambda v: (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)))
+    return ", ".join(str(v) for v in ordered) if ordered else DASH
 
 
 def aa_attack_list(params: dict[str, Any]) -> list[str]:
@@ -284,12 +290,12 @@ def header(checkpoints: list[Checkpoint]) -> list[str]:
             p = json.loads(text)
             lines.append(
                 f"- AutoAttack version {p.get('version', DASH)}: "
-                f"{', '.join(aa_attack_list(p)) or DASH} (params {text})"
+                f"{', '.join(aa_attack_list(p)) or DASH} (params `{text}`)"
             )
     else:
         lines.append("- AutoAttack: not run")
     plain = sorted((v for v in variants if v.attack != ANY), key=lambda v: v.sort_key)
-    lines.append("- Attack parameters: " + "; ".join(f"{labels[v]} {v.params}" for v in plain))
+    lines.append("- Attack parameters: " + "; ".join(f"{labels[v]} `{v.params}`" for v in plain))
     lines.append(f"- Device: {joined(r.device for r in rows)}")
     lines.append(
         "- Library versions: "
@@ -379,9 +385,9 @@ def curves_section(checkpoints: list[Checkpoint]) -> list[str]:
             head = ["attack"] + [format_eps(k / 1e9) for k in keys]
             body = []
             for v in sorted(ck.curves, key=lambda v: v.sort_key):
-                row = [labels[v]] + [pct(ck.at(v, k).robust_acc) if ck.at(v, k) else DASH  # type: ignore[union-attr]
-                                     for k in keys]
-                body.append(row)
+                curve = ck.curves[v]
+                body.append([labels[v]] + [pct(curve[k].robust_acc) if k in curve else DASH
+                                           for k in keys])
             lines += [
                 f"### {name} / {ck.run.defense} / `{ck.run_id}`",
                 "",
@@ -438,7 +444,7 @@ def model_info(ck: Checkpoint, labels: dict[Variant, str]) -> dict[str, Any]:
         "defense": ck.run.defense,
         "defense_params": ck.run.defense_params,
         "epochs": ck.run.epochs,
-        "train_seconds": ck.run.train_seconds,
+        "train_seconds": None if ck.run.train_seconds is None else round(ck.run.train_seconds, 1),
         "n_eval": ref.n if ref else max(ck.ns),
         "aa_version": aa.params.get("version") if aa else None,
         "worst_case_acc": pct(worst.robust_acc) if worst else None,
@@ -504,6 +510,7 @@ def plots(checkpoints: list[Checkpoint]) -> dict[str, bytes]:
             ns = joined(r.n for ck, v in plotted for r in ck.curves[v].values())
             title_attack = "AutoAttack" if attack == AUTOATTACK and len(mine) > 1 else \
                 base_label(mine[0])
+            title_attack = title_attack[:1].upper() + title_attack[1:]
             title = f"{title_attack}: robust accuracy on {name} (n = {ns})"
             out[f"plot-{slug(name)}-{slug(attack)}.png"] = plot_png(title, lines)
     return out
@@ -533,9 +540,16 @@ def check_out(out: Path) -> None:
             return
 
 
+def _write(path: Path, data: bytes) -> None:
+    """Atomic write, then the usual permissions of a shared report file (mkstemp gives 0600)."""
+    from bench.io import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
+    path.chmod(0o644)
+
+
 def write_report(db: str | Path, out: str | Path) -> ReportFiles:
     """Render the report of store ``db`` into directory ``out``; UsageError before writing."""
-    from bench.io import atomic_write_bytes
 
     out = Path(out).expanduser().resolve()
     check_out(out)
@@ -567,14 +581,14 @@ def write_report(db: str | Path, out: str | Path) -> ReportFiles:
             old.unlink()
     plot_paths = []
     for name, data in sorted(pngs.items()):
-        atomic_write_bytes(out / name, data)
+        _write(out / name, data)
         plot_paths.append(out / name)
     json_paths = []
     for name, info in sorted(infos.items()):
-        atomic_write_bytes(out / "json" / name, (json.dumps(info, indent=2) + "\n").encode())
+        _write(out / "json" / name, (json.dumps(info, indent=2) + "\n").encode())
         json_paths.append(out / "json" / name)
-    atomic_write_bytes(out / "results.csv", csv_bytes)
-    atomic_write_bytes(out / "results.json", json_bytes)
-    atomic_write_bytes(out / LEADERBOARD, markdown.encode())
+    _write(out / "results.csv", csv_bytes)
+    _write(out / "results.json", json_bytes)
+    _write(out / LEADERBOARD, markdown.encode())
     return ReportFiles(out, out / LEADERBOARD, plot_paths, json_paths, out / "results.csv",
                        out / "results.json")

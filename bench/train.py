@@ -129,6 +129,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
         raise UsageError(f"unknown schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
     info = dataset_info(cfg.dataset)  # unknown data set -> UsageError with the valid names
     defense = build_defense(cfg.defense, cfg.defense_params)  # unknown defense / key -> UsageError
+    torch.manual_seed(cfg.seed)  # the weights' initialisation; seeds CUDA too
     model = create_model(  # unknown model, or one that can't take this data set -> UsageError
         cfg.model, channels=info.channels, num_classes=info.num_classes,
         image_size=info.image_size, mean=info.mean, std=info.std,
@@ -136,10 +137,10 @@ def prepare(cfg: TrainConfig) -> Prepared:
     run_dir = Path(cfg.out_dir or paths.checkpoints_dir()).expanduser().resolve() / (
         cfg.run_id or default_run_id(cfg)
     )
-    if run_dir.exists():
-        raise UsageError(f"checkpoint directory {run_dir} already exists; choose another --run-id")
     if cfg.run_id is not None and (not cfg.run_id or "/" in cfg.run_id or cfg.run_id.startswith(".")):
         raise UsageError(f"--run-id {cfg.run_id!r} must be a plain directory name")
+    if run_dir.exists():
+        raise UsageError(f"checkpoint directory {run_dir} already exists; choose another --run-id")
     device = pick_device(cfg.device)
     train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, limit=cfg.train_limit, download=cfg.download)
     test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, download=cfg.download)
@@ -169,8 +170,7 @@ def train(
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
 ) -> Path:
     """Train ``cfg`` and write its checkpoint; returns the checkpoint directory."""
-    p = prepare(cfg)
-    torch.manual_seed(cfg.seed)  # seeds CUDA too; the defenses draw from the global generators
+    p = prepare(cfg)  # seeds torch's global generators, which the defenses draw from
     model, defense, device = p.model.to(p.device), p.defense, p.device
     train_set, test_set = p.train_set.to(device), p.test_set.to(device)
     augment = p.info.augment if cfg.augment else "none"

@@ -66,3 +66,13 @@ def fmnist_dir(tmp_path: Path) -> Path:
         write_idx(d / f"{split}-images-idx3-ubyte.gz", images)
         write_idx(d / f"{split}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` are skipped where CUDA is absent (CI has none)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

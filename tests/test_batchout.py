@@ -51,7 +51,8 @@ def _capture(module: nn.Module, store: dict[str, torch.Tensor], key: str) -> Any
     """A forward hook that records the output it sees (hooks see earlier hooks' replacements)."""
 
     def hook(mod: nn.Module, args: Any, output: torch.Tensor) -> None:
-        output.retain_grad() if output.requires_grad else None
+        if output.requires_grad:  # so tests can read dLoss/dOutput of a non-leaf tensor
+            output.retain_grad()
         store[key] = output
 
     return module.register_forward_hook(hook)
@@ -133,7 +134,9 @@ def _changed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def test_first_k_perturbs_exactly_k_count(k: float, m: int) -> None:
     torch.manual_seed(2)
     # Mutual pairing with an even batch: nobody is its own partner, so every selected row moves.
-    defense = build_defense("batchout", {"k": str(k), "pairing": "mutual", "magnitude": "0.3", "layers": "names:blocks.2"})
+    defense = build_defense(
+        "batchout", {"k": str(k), "pairing": "mutual", "magnitude": "0.3", "layers": "names:blocks.2"}
+    )
     clean, out, _ = _hooked_outputs(defense, "blocks.2", m)
     changed = _changed(out, clean)
     expected = torch.zeros(m, dtype=torch.bool)
@@ -273,7 +276,9 @@ def test_choice_magnitude() -> None:
 def test_magnitude_drawn_once_per_pass_and_shared() -> None:
     torch.manual_seed(13)
     model = _model().train()
-    defense = build_defense("batchout", {"samples": "all", "magnitude": "choice:-0.2,0.3", "layers": "names:blocks.1,blocks.3"})
+    defense = build_defense(
+        "batchout", {"samples": "all", "magnitude": "choice:-0.2,0.3", "layers": "names:blocks.1,blocks.3"}
+    )
     store: dict[str, torch.Tensor] = {}
     modules = dict(model.named_modules())
     hooks = [_capture(modules[n], store, f"clean{n}") for n in ("blocks.1", "blocks.3")]
@@ -478,7 +483,7 @@ def _build_registered(name: str) -> nn.Module:
 
 
 @pytest.mark.parametrize("name", ["cnn", "resnet18", "preact-resnet18"])
-@pytest.mark.parametrize("layers", ["after:1", "alternate:0", "all"])
+@pytest.mark.parametrize("layers", ["after:1", "all"])
 def test_registered_models_hook_and_train(name: str, layers: str) -> None:
     torch.manual_seed(15)
     model = _build_registered(name)

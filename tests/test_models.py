@@ -16,9 +16,9 @@ SHAPES = [(1, 28, 10), (3, 32, 100)]
 SHAPE_IDS = ["1x28x28-10", "3x32x32-100"]
 
 
-def _batch(name: str) -> int:
-    # wrn-34-10 is 46M parameters: keep its batches tiny so the file stays fast on 2 cores.
-    return 2 if name == "wrn-34-10" else 4
+# Batches of 2 (the least train-mode batch norm accepts): wrn-34-10 is 46M parameters and the
+# whole file must stay fast on 2 CPU cores.
+BATCH = 2
 
 
 def _make(name: str, channels: int, image_size: int, num_classes: int, seed: int = 0) -> nn.Module:
@@ -37,28 +37,30 @@ def _input(n: int, channels: int, image_size: int) -> Tensor:
     return torch.rand(n, channels, image_size, image_size, generator=torch.Generator().manual_seed(1))
 
 
-# One model per (name, shape), built once: building wrn-34-10 is the slow part.
-_CACHE: dict[tuple[Any, ...], nn.Module] = {}
-
-
-@pytest.fixture(params=MODELS.names())
+# Module-scoped: each (name, shape) model is built once and its eval logits computed once
+# (pytest groups the tests by parameter and frees a model when its group is done), because
+# building and running wrn-34-10 dominates the file's time.
+@pytest.fixture(scope="module", params=MODELS.names())
 def name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(params=SHAPES, ids=SHAPE_IDS)
+@pytest.fixture(scope="module", params=SHAPES, ids=SHAPE_IDS)
 def shape(request: pytest.FixtureRequest) -> tuple[int, int, int]:
     return tuple(request.param)  # type: ignore[return-value]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def model(name: str, shape: tuple[int, int, int]) -> nn.Module:
-    key = (name, shape)
-    if key not in _CACHE:
-        _CACHE[key] = _make(name, *shape)
-    m = _CACHE[key]
-    m.eval()  # tests that train set train mode themselves
-    return m
+    return _make(name, *shape).eval()
+
+
+@pytest.fixture(scope="module")
+def ref(shape: tuple[int, int, int], model: nn.Module) -> tuple[Tensor, Tensor]:
+    """An input batch and the model's eval-mode logits for it."""
+    x = _input(BATCH, shape[0], shape[1])
+    with torch.no_grad():
+        return x, model(x)
 
 
 def test_registry_entries_have_metadata() -> None:
@@ -69,27 +71,29 @@ def test_registry_entries_have_metadata() -> None:
         assert entry.defaults
 
 
-def test_output_shape(name: str, shape: tuple[int, int, int], model: nn.Module) -> None:
-    channels, size, classes = shape
-    out = model(_input(_batch(name), channels, size))
-    assert out.shape == (_batch(name), classes)
+def test_output_shape(name: str, shape: tuple[int, int, int], ref: tuple[Tensor, Tensor]) -> None:
+    x, out = ref
+    assert out.shape == (x.shape[0], shape[2])
     assert torch.isfinite(out).all()
 
 
-def test_normalize_is_first_and_applied(name: str, shape: tuple[int, int, int], model: nn.Module) -> None:
-    channels, size, _ = shape
+def test_normalize_is_first_and_applied(
+    shape: tuple[int, int, int], model: nn.Module, ref: tuple[Tensor, Tensor]
+) -> None:
+    channels = shape[0]
     first_name, first = next(iter(model.named_children()))
     assert first_name == "normalize" and isinstance(first, Normalize)
     assert model.normalize.mean.shape == (1, channels, 1, 1)
     keys = model.state_dict().keys()
     assert "normalize.mean" in keys and "normalize.std" in keys
-    x = _input(2, channels, size)
-    with torch.no_grad():
-        before = model(x)
-        saved = model.normalize.mean.clone()
-        model.normalize.mean.fill_(0.1)
-        after = model(x)
-        model.normalize.mean.copy_(saved)
+    x, before = ref
+    saved = model.normalize.mean.clone()
+    try:
+        with torch.no_grad():
+            model.normalize.mean.fill_(0.1)
+            after = model(x)
+    finally:
+        model.normalize.mean.copy_(saved)  # the model is shared with the other tests
     assert not torch.allclose(before, after)
 
 
@@ -121,25 +125,23 @@ def test_feature_layers_resolve_and_fire_in_order(
     handles = [modules[layer].register_forward_hook(hook(layer)) for layer in layers]
     try:
         with torch.no_grad():
-            model(_input(2, channels, size))
+            model(_input(BATCH, channels, size))
     finally:
         for h in handles:
             h.remove()
     assert fired == layers  # each fires once, in depth order
     for layer in layers:
-        assert len(shapes[layer]) == 4 and shapes[layer][0] == 2
+        assert len(shapes[layer]) == 4 and shapes[layer][0] == BATCH
         assert min(shapes[layer][2:]) >= 1
 
 
 def test_feature_layer_output_replacement_changes_logits(
-    name: str, shape: tuple[int, int, int], model: nn.Module
+    model: nn.Module, ref: tuple[Tensor, Tensor]
 ) -> None:
     # What BatchOut does: a forward hook that returns a new tensor replaces the block's output.
-    channels, size, _ = shape
-    x = _input(2, channels, size)
+    x, clean = ref
     target = dict(model.named_modules())[model.feature_layers[len(model.feature_layers) // 2]]
     with torch.no_grad():
-        clean = model(x)
         handle = target.register_forward_hook(lambda _m, _i, out: out + 1.0)
         try:
             perturbed = model(x)
@@ -150,40 +152,46 @@ def test_feature_layer_output_replacement_changes_logits(
 
 def test_input_gradient(name: str, shape: tuple[int, int, int], model: nn.Module) -> None:
     channels, size, _ = shape
-    x = _input(2, channels, size).requires_grad_(True)
-    model(x).sum().backward()
-    model.zero_grad(set_to_none=True)
+    x = _input(BATCH, channels, size).requires_grad_(True)
+    try:
+        model(x).sum().backward()
+    finally:
+        model.zero_grad(set_to_none=True)
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-def test_eval_is_deterministic(name: str, shape: tuple[int, int, int], model: nn.Module) -> None:
-    channels, size, _ = shape
-    x = _input(2, channels, size)
+def test_eval_is_deterministic(model: nn.Module, ref: tuple[Tensor, Tensor]) -> None:
+    x, out = ref
     with torch.no_grad():
-        torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
+        torch.testing.assert_close(model(x), out, rtol=0, atol=0)
 
 
-def test_state_dict_round_trip(name: str, shape: tuple[int, int, int], model: nn.Module) -> None:
-    channels, size, classes = shape
-    x = _input(2, channels, size)
-    fresh = _make(name, channels, size, classes, seed=123)
+def test_state_dict_round_trip(
+    name: str, shape: tuple[int, int, int], model: nn.Module, ref: tuple[Tensor, Tensor]
+) -> None:
+    x, out = ref
+    fresh = _make(name, *shape, seed=123)
     fresh.load_state_dict(model.state_dict())
     fresh.eval()
     with torch.no_grad():
-        torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+        torch.testing.assert_close(fresh(x), out, rtol=0, atol=0)
 
 
-def test_train_step_runs(name: str, shape: tuple[int, int, int], model: nn.Module) -> None:
+_TRAIN_PARAMS = [
+    pytest.param(n, marks=pytest.mark.slow) if n == "wrn-34-10" else n for n in MODELS.names()
+]
+
+
+@pytest.mark.parametrize("name", _TRAIN_PARAMS)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_train_step_reaches_every_parameter(name: str, shape: tuple[int, int, int]) -> None:
+    # A fresh model: train mode updates BN running stats, which the cached models must keep.
     channels, size, classes = shape
-    model.train()
-    try:
-        out = model(_input(_batch(name), channels, size))
-        nn.functional.cross_entropy(out, torch.arange(_batch(name)) % classes).backward()
-        grads = [p.grad for p in model.parameters()]
-        assert all(g is not None for g in grads)
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.eval()
+    model = _make(name, *shape).train()
+    out = model(_input(BATCH, channels, size))
+    nn.functional.cross_entropy(out, torch.arange(BATCH) % classes).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing
 
 
 def test_vgg19_skips_pools_on_28() -> None:

@@ -93,8 +93,8 @@ def test_bad_input_is_one_line_exit_2_nothing_written(argv_extra, needle, tmp_pa
 
 
 def test_a_model_that_cannot_take_the_data_set(tmp_path, fmnist_dir, capsys):
-    """A data set of 4x4 images is too small for every model: exit 2, nothing written."""
-    info = DatasetInfo("tiny4", 1, 4, 10, (0.5,), (0.5,), 10, 10, "none")
+    """A data set of 3x3 images is too small for the cnn (it pools twice): exit 2, nothing written."""
+    info = DatasetInfo("tiny4", 1, 3, 10, (0.5,), (0.5,), 10, 10, "none")
     DATASETS.add("tiny4", lambda *a, **k: None, "test only", info=info)
     try:
         status = main(_train_argv(tmp_path, fmnist_dir, "standard") + ["--dataset", "tiny4"])

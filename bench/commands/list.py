@@ -9,10 +9,14 @@ from bench.params import format_eps
 from bench.registry import Registry
 
 
-def _fmt(value: Any) -> str:
+def _fmt(key: str, value: Any) -> str:
+    """Budgets and step sizes on the pixel scale read best as k/255; everything else plainly."""
     if isinstance(value, float):
-        eps = format_eps(value)
-        return eps if "/" in eps else f"{value:g}"
+        if key in ("eps", "alpha", "step") and 0 < value < 1:
+            eps = format_eps(value)
+            if "/" in eps:
+                return eps
+        return f"{value:g}"
     return str(value)
 
 
@@ -38,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{title}:")
         width = max(len(e.name) for e in reg)
         for e in reg:
-            defaults = " ".join(f"{k}={_fmt(v)}" for k, v in e.defaults.items())
+            defaults = " ".join(f"{k}={_fmt(k, v)}" for k, v in e.defaults.items())
             line = f"  {e.name:<{width}}  {e.summary}"
             print(line + (f"  [{defaults}]" if defaults else ""))
     return 0

@@ -1,0 +1,548 @@
+"""Attacks: a registry of name -> factory, each returning an :class:`Attack` with one interface.
+
+``make_attack(name, {"steps": "20"})`` checks the string parameters against the attack's own
+dataclass (an unknown key is a UsageError listing the valid ones) and returns an
+:class:`Attack` whose ``run(model, x, y, eps, seed)`` gives adversarial images in [0, 1].
+
+Two kinds (``entry.extra["kind"]``):
+
+* ``bounded``: the attack itself keeps ``||x_adv - x||_inf <= eps``. Nothing is projected;
+  the evaluator checks every output and a violation is an error, never a result.
+* ``minimum-norm``: the attack looks for the smallest (L2) perturbation and ignores eps
+  (CW, DeepFool). Its output is projected onto the L-infinity eps-ball and [0, 1] -- the honest
+  way to score it at a given budget.
+
+Epsilon is on the [0, 1] pixel scale. Inputs are images in [0, 1]; the model holds its own
+normalization, so no attack is given a mean/std. ``autoattack`` is the OFFICIAL AutoAttack
+(``pyautoattack``), never torchattacks' re-implementation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from bench.params import build_dataclass
+from bench.registry import Registry
+
+KINDS = ("bounded", "minimum-norm")
+# The components of the official AutoAttack, as pyautoattack names them.
+AA_COMPONENTS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
+AA_VERSIONS = ("standard", "plus", "rand", "custom")
+# What pyautoattack's ``_set_version`` runs for each named version (checked by the tests).
+AA_VERSION_ATTACKS: dict[str, tuple[str, ...]] = {
+    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+    "rand": ("apgd-ce", "apgd-dlr"),
+}
+
+#: ``perturb(model, x, y, concrete_params, seed) -> x_adv``: the attack proper.
+Perturb = Callable[[nn.Module, torch.Tensor, torch.Tensor, dict[str, Any], int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A configured attack. ``params`` is its fully resolved parameter dict (the store's
+    identity of the attack; eps-dependent values appear as their rule, e.g. "2.5*eps/steps")."""
+
+    name: str
+    kind: str
+    params: dict[str, Any]
+    concrete: Callable[[float], dict[str, Any]]  # eps -> the values actually passed at that eps
+    perturb: Perturb
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """The name stored in the results' ``attack`` column, e.g. ``pgd``."""
+        return self.name
+
+    @property
+    def display(self) -> str:
+        """The name plus any parameter that differs from its default, e.g. ``pgd[steps=20]``."""
+        changed = [f"{k}={_show(v)}" for k, v in self.params.items() if self.defaults.get(k) != v]
+        return f"{self.name}[{','.join(changed)}]" if changed else self.name
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
+        """Adversarial images for ``x`` (in [0, 1]) at L-infinity budget ``eps``, on the model's
+        device. Seeds torch first, so a run is reproducible; minimum-norm outputs are projected."""
+        if self.kind not in KINDS:
+            raise ValueError(f"attack {self.name}: kind {self.kind!r} is not one of {KINDS}")
+        device = _model_device(model)
+        x = x.detach().to(device)
+        y = y.detach().to(device)
+        if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+            raise ValueError(f"attack {self.name}: inputs must be images in [0, 1]")
+        if eps <= 0.0:  # the 0-ball holds only x itself
+            return x.clone()
+        torch.manual_seed(seed)  # seeds every CUDA device too
+        with _frozen(model):
+            x_adv = self.perturb(model, x, y, self.concrete(eps), seed).detach()
+        if self.kind == "minimum-norm":
+            x_adv = project_linf(x, x_adv, eps)
+        return x_adv
+
+
+def project_linf(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x_adv`` moved into the L-infinity eps-ball around ``x`` and into [0, 1]."""
+    return (x + (x_adv.to(x.dtype) - x).clamp(-eps, eps)).clamp(0.0, 1.0)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "+".join(str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        buf = next(model.buffers(), None)
+        return buf.device if buf is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """No gradients for the weights while attacking (CW and DeepFool call ``backward``, which
+    would otherwise fill every parameter's ``.grad``); restored afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _plain(atk: Any) -> Any:
+    """A torchattacks attack with no normalization of its own: the model holds it (torchattacks
+    sets one for models named ``RobModel``)."""
+    atk.normalization_used = None
+    atk._normalization_applied = None
+    atk.set_model_training_mode(model_training=False)  # eval mode while attacking
+    return atk
+
+
+def _n_classes(model: nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad():
+        return int(model(x[:1]).shape[-1])
+
+
+# ------------------------------------------------------------------------- registration
+
+ATTACKS: Registry[Attack] = Registry("attack")
+
+
+def _register(
+    name: str,
+    cls: type,
+    kind: str,
+    summary: str,
+    resolve: Callable[[Any], dict[str, Any]],
+    concrete: Callable[[Any, float], dict[str, Any]],
+    perturb: Perturb,
+) -> None:
+    """Register attack ``name`` whose parameters are dataclass ``cls``.
+
+    ``resolve(cfg)`` gives the stored parameter dict; ``concrete(cfg, eps)`` the values used at
+    ``eps``; ``perturb`` runs the attack with them.
+    """
+    if kind == "minimum-norm":
+        summary += "; minimum-norm: output projected onto the Linf eps-ball and [0, 1]"
+
+    defaults = resolve(cls())
+
+    def factory(values: dict[str, str] | None = None) -> Attack:
+        cfg = build_dataclass(cls, dict(values or {}), f"attack {name}")
+        return Attack(name, kind, resolve(cfg), lambda eps: concrete(cfg, eps), perturb, defaults)
+
+    ATTACKS.add(name, factory, summary, defaults, kind=kind)
+
+
+def make_attack(name: str, params: dict[str, str] | None = None) -> Attack:
+    """The attack ``name`` with string ``params`` (unknown name or key -> UsageError)."""
+    return ATTACKS[name].factory(dict(params or {}))
+
+
+def attack_kind(name: str) -> str:
+    """``bounded`` or ``minimum-norm``."""
+    return str(ATTACKS[name].extra["kind"])
+
+
+def _positive(**values: float) -> None:
+    for key, value in values.items():
+        if value is not None and value <= 0:
+            raise ValueError(f"{key} must be positive, got {value}")
+
+
+def _nonnegative(**values: float) -> None:
+    for key, value in values.items():
+        if value < 0:
+            raise ValueError(f"{key} must be >= 0, got {value}")
+
+
+def _alpha_rule(alpha: float | None, rule: str) -> float | str:
+    return rule if alpha is None else alpha
+
+
+# ------------------------------------------------------------------------------- fgsm
+
+
+@dataclass(frozen=True)
+class FGSMParams:
+    """FGSM has no parameters: one signed-gradient step of size eps."""
+
+
+def _fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:
+    import torchattacks
+
+    return _plain(torchattacks.FGSM(model, **kw))(x, y)
+
+
+_register(
+    "fgsm", FGSMParams, "bounded", "FGSM (torchattacks): one signed-gradient step of size eps",
+    lambda c: {}, lambda c, eps: {"eps": eps}, _fgsm,
+)
+
+# -------------------------------------------------------------------------------- pgd
+
+
+@dataclass(frozen=True)
+class PGDParams:
+    """PGD with CE loss; ``alpha`` None means 2.5*eps/steps (scales with eps)."""
+
+    steps: int = 10
+    alpha: float | None = None
+    random_start: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(steps=self.steps, alpha=self.alpha)
+
+
+def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:
+    import torchattacks
+
+    return _plain(torchattacks.PGD(model, **kw))(x, y)
+
+
+_register(
+    "pgd", PGDParams, "bounded", "PGD, Linf, CE loss (torchattacks)",
+    lambda c: {"steps": c.steps, "alpha": _alpha_rule(c.alpha, "2.5*eps/steps"),
+               "random_start": c.random_start},
+    lambda c, eps: {"eps": eps, "steps": c.steps, "random_start": c.random_start,
+                    "alpha": 2.5 * eps / c.steps if c.alpha is None else c.alpha},
+    _pgd,
+)
+
+# -------------------------------------------------------------------------------- cw
+
+
+@dataclass(frozen=True)
+class CWParams:
+    """Carlini-Wagner L2 (no binary search over c in torchattacks)."""
+
+    c: float = 1.0
+    kappa: float = 0.0
+    steps: int = 50
+    lr: float = 0.01
+
+    def __post_init__(self) -> None:
+        _positive(c=self.c, steps=self.steps, lr=self.lr)
+        _nonnegative(kappa=self.kappa)
+
+
+def _cw(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:
+    import torchattacks
+
+    return _plain(torchattacks.CW(model, **kw))(x, y)
+
+
+_register(
+    "cw", CWParams, "minimum-norm", "Carlini-Wagner L2 (torchattacks)",
+    lambda c: {"c": c.c, "kappa": c.kappa, "steps": c.steps, "lr": c.lr},
+    lambda c, eps: {"c": c.c, "kappa": c.kappa, "steps": c.steps, "lr": c.lr},
+    _cw,
+)
+
+# ---------------------------------------------------------------------------- deepfool
+
+
+@dataclass(frozen=True)
+class DeepFoolParams:
+    """DeepFool (L2): linearise, step to the nearest boundary, overshoot a little."""
+
+    steps: int = 50
+    overshoot: float = 0.02
+
+    def __post_init__(self) -> None:
+        _positive(steps=self.steps)
+        _nonnegative(overshoot=self.overshoot)
+
+
+def _deepfool(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:
+    import torchattacks
+
+    return _plain(torchattacks.DeepFool(model, **kw))(x, y)
+
+
+_register(
+    "deepfool", DeepFoolParams, "minimum-norm", "DeepFool L2 (torchattacks)",
+    lambda c: {"steps": c.steps, "overshoot": c.overshoot},
+    lambda c, eps: {"steps": c.steps, "overshoot": c.overshoot},
+    _deepfool,
+)
+
+# ------------------------------------------------------------------------------ mifgsm
+
+
+@dataclass(frozen=True)
+class MIFGSMParams:
+    """Momentum iterative FGSM; ``alpha`` None means eps/steps (scales with eps)."""
+
+    steps: int = 10
+    decay: float = 1.0
+    alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        _positive(steps=self.steps, alpha=self.alpha)
+        _nonnegative(decay=self.decay)
+
+
+def _mifgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:
+    import torchattacks
+
+    return _plain(torchattacks.MIFGSM(model, **kw))(x, y)
+
+
+_register(
+    "mifgsm", MIFGSMParams, "bounded", "MI-FGSM, Linf (torchattacks)",
+    lambda c: {"steps": c.steps, "decay": c.decay, "alpha": _alpha_rule(c.alpha, "eps/steps")},
+    lambda c, eps: {"eps": eps, "steps": c.steps, "decay": c.decay,
+                    "alpha": eps / c.steps if c.alpha is None else c.alpha},
+    _mifgsm,
+)
+
+# -------------------------------------------------------------------------------- apgd
+
+
+@dataclass(frozen=True)
+class APGDParams:
+    """Auto-PGD, Linf; step size adapts from 2*eps. Defaults as in AutoAttack (100 steps)."""
+
+    loss: str = "ce"
+    steps: int = 100
+    n_restarts: int = 1
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("ce", "dlr"):
+            raise ValueError(f"loss must be ce or dlr, not {self.loss!r}")
+        _positive(steps=self.steps, n_restarts=self.n_restarts)
+
+
+def _apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:
+    import torchattacks
+
+    return _plain(torchattacks.APGD(model, norm="Linf", seed=seed, **kw))(x, y)
+
+
+_register(
+    "apgd", APGDParams, "bounded", "Auto-PGD, Linf, CE or DLR loss (torchattacks)",
+    lambda c: {"loss": c.loss, "steps": c.steps, "n_restarts": c.n_restarts},
+    lambda c, eps: {"eps": eps, "loss": c.loss, "steps": c.steps, "n_restarts": c.n_restarts},
+    _apgd,
+)
+
+# ------------------------------------------------------------------------------ square
+
+
+@dataclass(frozen=True)
+class SquareParams:
+    """Square Attack, Linf, margin loss; score-based (no gradients). Defaults as in AutoAttack."""
+
+    n_queries: int = 5000
+    n_restarts: int = 1
+    p_init: float = 0.8
+
+    def __post_init__(self) -> None:
+        _positive(n_queries=self.n_queries, n_restarts=self.n_restarts, p_init=self.p_init)
+        if self.p_init > 1:
+            raise ValueError(f"p_init must be in (0, 1], got {self.p_init}")
+
+
+def _square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:
+    import torchattacks
+
+    return _plain(torchattacks.Square(model, norm="Linf", seed=seed, **kw))(x, y)
+
+
+_register(
+    "square", SquareParams, "bounded", "Square Attack, Linf, black-box (torchattacks)",
+    lambda c: {"n_queries": c.n_queries, "n_restarts": c.n_restarts, "p_init": c.p_init},
+    lambda c, eps: {"eps": eps, "n_queries": c.n_queries, "n_restarts": c.n_restarts,
+                    "p_init": c.p_init},
+    _square,
+)
+
+# --------------------------------------------------------------------------------- fab
+
+
+@dataclass(frozen=True)
+class FABParams:
+    """FAB, Linf. It searches for a minimal perturbation but keeps only those of norm <= eps
+    (torchattacks' ``perturb`` treats a point as fooled only when ``res <= eps`` and returns x
+    otherwise), so its output respects the budget: bounded, checked, never projected."""
+
+    steps: int = 100
+    n_restarts: int = 1
+    multi_targeted: bool = False
+
+    def __post_init__(self) -> None:
+        _positive(steps=self.steps, n_restarts=self.n_restarts)
+
+
+def _fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:
+    import torchattacks
+
+    atk = torchattacks.FAB(model, norm="Linf", seed=seed, n_classes=_n_classes(model, x), **kw)
+    return _plain(atk)(x, y)
+
+
+_register(
+    "fab", FABParams, "bounded", "FAB, Linf, keeps only points within eps (torchattacks)",
+    lambda c: {"steps": c.steps, "n_restarts": c.n_restarts, "multi_targeted": c.multi_targeted},
+    lambda c, eps: {"eps": eps, "steps": c.steps, "n_restarts": c.n_restarts,
+                    "multi_targeted": c.multi_targeted},
+    _fab,
+)
+
+# ------------------------------------------------------------------------------ eotpgd
+
+
+@dataclass(frozen=True)
+class EOTPGDParams:
+    """PGD on the gradient averaged over ``eot_iter`` forward passes (randomized defenses);
+    ``alpha`` None means 2.5*eps/steps (scales with eps)."""
+
+    eot_iter: int = 2
+    steps: int = 10
+    alpha: float | None = None
+    random_start: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(eot_iter=self.eot_iter, steps=self.steps, alpha=self.alpha)
+
+
+def _eotpgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:
+    import torchattacks
+
+    return _plain(torchattacks.EOTPGD(model, **kw))(x, y)
+
+
+_register(
+    "eotpgd", EOTPGDParams, "bounded", "EOT-PGD, Linf, CE loss (torchattacks)",
+    lambda c: {"eot_iter": c.eot_iter, "steps": c.steps,
+               "alpha": _alpha_rule(c.alpha, "2.5*eps/steps"), "random_start": c.random_start},
+    lambda c, eps: {"eps": eps, "eot_iter": c.eot_iter, "steps": c.steps,
+                    "random_start": c.random_start,
+                    "alpha": 2.5 * eps / c.steps if c.alpha is None else c.alpha},
+    _eotpgd,
+)
+
+# -------------------------------------------------------------------------- autoattack
+
+
+@dataclass(frozen=True)
+class AutoAttackParams:
+    """The official AutoAttack (pyautoattack), Linf. ``attacks`` only with version custom."""
+
+    version: str = "standard"
+    attacks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.version not in AA_VERSIONS:
+            raise ValueError(f"version must be one of {', '.join(AA_VERSIONS)}, not {self.version!r}")
+        if self.version == "custom":
+            if not self.attacks:
+                raise ValueError(
+                    f"version custom needs attacks, a comma list of {', '.join(AA_COMPONENTS)}"
+                )
+            bad = [a for a in self.attacks if a not in AA_COMPONENTS]
+            if bad:
+                raise ValueError(
+                    f"unknown AutoAttack component {bad[0]!r}; valid: {', '.join(AA_COMPONENTS)}"
+                )
+            if len(set(self.attacks)) != len(self.attacks):
+                raise ValueError(f"attacks lists a component twice: {','.join(self.attacks)}")
+        elif self.attacks:
+            raise ValueError(
+                f"attacks can only be chosen with version custom (version {self.version} runs "
+                f"{','.join(AA_VERSION_ATTACKS[self.version])})"
+            )
+
+    def components(self) -> tuple[str, ...]:
+        """The components this configuration runs, in order."""
+        return self.attacks if self.version == "custom" else AA_VERSION_ATTACKS[self.version]
+
+
+class _Collect(logging.Handler):
+    """Keeps the warnings of pyautoattack's logger (its flags for gradient masking etc.)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+_AA_WARNED: set[str] = set()  # each distinct AutoAttack warning is shown once per process
+
+
+@contextlib.contextmanager
+def _quiet_autoattack() -> Iterator[None]:
+    """Silence pyautoattack's per-batch logging; show each distinct warning once on stderr."""
+    logger = logging.getLogger("auto-attack")
+    handler = _Collect()
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        for msg in handler.messages:
+            if msg not in _AA_WARNED:
+                _AA_WARNED.add(msg)
+                print(f"bench: autoattack warning: {msg}", file=sys.stderr)
+
+
+def _autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:
+    from pyautoattack import AutoAttack
+
+    with _quiet_autoattack():
+        aa = AutoAttack(
+            model, norm="Linf", eps=kw["eps"], version=kw["version"],
+            attacks=list(kw["attacks"]) if kw["version"] == "custom" else None,
+            seed=seed, device=x.device,
+        )
+        aa.verbose = False
+        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=max(len(x), 1))
+    return x_adv.to(x.device)
+
+
+_register(
+    "autoattack", AutoAttackParams, "bounded",
+    "official AutoAttack (pyautoattack), Linf; version standard|plus|rand|custom",
+    lambda c: {"version": c.version, "attacks": list(c.components())},
+    lambda c, eps: {"eps": eps, "version": c.version, "attacks": list(c.attacks)},
+    _autoattack,
+)

@@ -1,0 +1,159 @@
+"""``bench eval``: evaluate checkpoints with attacks over an L-infinity eps grid; store the results.
+
+Everything is validated (attacks and their parameters, the eps grid, n, every checkpoint and its
+data) before the results store is opened, so bad input leaves it untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from bench import paths
+from bench.attacks import ATTACKS, Attack, make_attack
+from bench.checkpoint import find_checkpoints
+from bench.errors import BudgetViolation, UsageError
+from bench.evaluate import evaluate_checkpoint, prepare_target
+from bench.io import pick_device
+from bench.params import parse_eps_grid
+from bench.store import Store
+
+DEFAULT_GRID = "0:8/255:1/255"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``bench eval``."""
+    p = sub.add_parser(
+        "eval",
+        help="evaluate checkpoints with attacks over an eps grid",
+        description="Evaluate checkpoints with torchattacks attacks and the official AutoAttack "
+        "over an L-infinity eps grid (pixel scale [0, 1]); results go to the SQLite store.",
+    )
+    p.add_argument("--attack", action="append", required=True, metavar="NAME[,NAME...]",
+                   help=f"attacks to run (valid: {', '.join(ATTACKS.names())})")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", action="extend", nargs="+", metavar="PATH",
+                       help="checkpoint directories (or their weights.pt)")
+    which.add_argument("--all", action="store_true",
+                       help="every checkpoint in the checkpoints directory")
+    p.add_argument("--checkpoints-dir", metavar="DIR",
+                   help=f"where --all looks (default {paths.checkpoints_dir()})")
+    p.add_argument("--eps", default=DEFAULT_GRID, metavar="GRID",
+                   help="start:stop:step (inclusive) or a comma list, e.g. 0,2/255,8/255 "
+                   f"(default {DEFAULT_GRID})")
+    p.add_argument("--n", type=int, default=1000, help="first n test points (default 1000)")
+    p.add_argument("--batch-size", type=int, default=500, help="points per attack call (default 500)")
+    p.add_argument("--seed", type=int, default=0, help="torch seed set before each attack call")
+    p.add_argument("--db", metavar="PATH", help=f"results store (default {paths.default_db()})")
+    p.add_argument("--dataset", metavar="NAME", help="refuse checkpoints of any other data set")
+    p.add_argument("--data-dir", metavar="DIR", help="data directory (default $BENCH_DATA_DIR or <home>/data)")
+    p.add_argument("--no-download", action="store_true", help="never download a missing data set")
+    p.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    p.add_argument("--set", action="append", default=[], metavar="ATTACK.KEY=VALUE",
+                   help="an attack parameter, e.g. pgd.steps=20 (repeatable)")
+    p.add_argument("--aa-version", choices=("standard", "plus", "rand", "custom"),
+                   help="shorthand for --set autoattack.version=...")
+    p.add_argument("--aa-attacks", metavar="LIST",
+                   help="shorthand for --set autoattack.attacks=... (implies --aa-version custom), "
+                   "e.g. apgd-ce,apgd-t")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=run)
+
+
+def parse_attacks(
+    names: list[str], sets: list[str], aa_version: str | None = None, aa_attacks: str | None = None
+) -> list[Attack]:
+    """The attacks named in ``--attack`` with their ``--set`` parameters (UsageError if bad)."""
+    order: list[str] = []
+    for item in names:
+        for name in (s.strip() for s in item.split(",")):
+            if not name:
+                continue
+            ATTACKS[name]  # unknown name -> UsageError listing the valid ones
+            if name in order:
+                raise UsageError(f"attack {name} is listed twice in --attack")
+            order.append(name)
+    if not order:
+        raise UsageError("--attack names no attack")
+    params: dict[str, dict[str, str]] = {name: {} for name in order}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        name, dot, param = key.strip().partition(".")
+        if not sep or not dot or not name or not param.strip():
+            raise UsageError(f"--set {item!r}: write attack.key=value, e.g. pgd.steps=20")
+        ATTACKS[name]
+        if name not in params:
+            raise UsageError(f"--set {item!r}: attack {name} is not among --attack {','.join(order)}")
+        params[name][param.strip().replace("-", "_")] = value.strip()
+    if aa_version is not None or aa_attacks is not None:
+        if "autoattack" not in params:
+            raise UsageError("--aa-version/--aa-attacks need autoattack among --attack")
+        aa = params["autoattack"]
+        for k, v in (("version", aa_version), ("attacks", aa_attacks)):
+            if v is not None:
+                if k in aa and aa[k] != v:
+                    raise UsageError(f"autoattack {k} is given twice ({aa[k]} and {v})")
+                aa[k] = v
+        if aa_attacks is not None:
+            aa.setdefault("version", "custom")
+    return [make_attack(name, params[name]) for name in order]
+
+
+def _device(name: str | None) -> torch.device:
+    try:
+        device = pick_device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available here")
+    return device
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate everything, then evaluate each checkpoint in turn."""
+    attacks = parse_attacks(args.attack, args.set, args.aa_version, args.aa_attacks)
+    eps_grid = parse_eps_grid(args.eps)
+    if args.n < 1:
+        raise UsageError(f"--n must be >= 1, got {args.n}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.all:
+        root = Path(args.checkpoints_dir).expanduser().resolve() if args.checkpoints_dir else paths.checkpoints_dir()
+        ckpts = find_checkpoints(root)
+        if not ckpts:
+            raise UsageError(f"--all: no checkpoints in {root}")
+    elif args.checkpoint:
+        if args.checkpoints_dir:
+            raise UsageError("--checkpoints-dir goes with --all, not with --checkpoint")
+        ckpts = [Path(c).expanduser().resolve() for c in args.checkpoint]
+    else:
+        raise UsageError("give --checkpoint PATH ... or --all")
+    device = _device(args.device)
+    data_dir = paths.data_dir(args.data_dir)
+    download = not args.no_download
+
+    # Every checkpoint is read and checked against its data before the store is opened.
+    unique: dict[str, Path] = {}
+    for path in ckpts:
+        target = prepare_target(path, args.n, data_dir, args.dataset, download)
+        unique.setdefault(str(target.checkpoint.path), target.checkpoint.path)
+        del target
+    db = Path(args.db).expanduser().resolve() if args.db else paths.default_db()
+
+    with Store(db) as store:
+        for path in unique.values():
+            try:
+                evaluate_checkpoint(
+                    path, attacks, eps_grid, args.n, args.batch_size, args.seed, device, data_dir,
+                    store, args.dataset, progress=not args.no_progress, download=download,
+                )
+            except BudgetViolation as exc:
+                # An attack bug, not a result: nothing of this checkpoint was stored.
+                print(f"bench: error: {exc} (checkpoint {path.name}; nothing stored for it)",
+                      file=sys.stderr)
+                return 1
+    print(f"results stored in {db}", file=sys.stderr)
+    return 0

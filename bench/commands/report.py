@@ -1,0 +1,36 @@
+"""``bench report [--db PATH] [--out DIR]``: leaderboard, curves, plots and JSON from the store."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from bench.paths import default_db, reports_dir
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``bench report``."""
+    p = subparsers.add_parser(
+        "report",
+        help="write leaderboard.md, plots and RobustBench-style JSON from the results store",
+        description="Render the results store (and nothing else) into --out: leaderboard.md, "
+        "plot-<dataset>-<attack>.png, json/<run_id>.json, results.csv and results.json. "
+        "The same store always gives the same leaderboard and JSON.",
+    )
+    p.add_argument("--db", type=Path, default=None,
+                   help=f"results store (default: {default_db()})")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"output directory, created if missing (default: {reports_dir()})")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the report; print the leaderboard's path last."""
+    from bench.report import write_report
+
+    files = write_report(args.db or default_db(), args.out or reports_dir())
+    print(f"{len(files.plots)} plots, {len(files.json)} JSON files, results.csv and results.json in {files.out}")
+    print(files.leaderboard)
+    return 0
