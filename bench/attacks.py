@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from bench.params import build_dataclass
 from bench.registry import Registry
@@ -522,7 +523,7 @@ def _quiet_autoattack() -> Iterator[None]:
         for msg in handler.messages:
             if msg not in _AA_WARNED:
                 _AA_WARNED.add(msg)
-                print(f"bench: autoattack warning: {msg}", file=sys.stderr)
+                tqdm.write(f"bench: autoattack warning: {msg}", file=sys.stderr)  # keeps the bar intact
 
 
 def _autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:

@@ -67,7 +67,12 @@ class GridResult:
 
     def robust_acc(self) -> list[float]:
         """Robust accuracy (fraction) at each eps."""
-        return [float(f.float().mean()) if f.numel() else 0.0 for f in self.flags]
+        return [_fraction(f) for f in self.flags]
+
+
+def _fraction(flags: torch.Tensor) -> float:
+    """The share of True flags, exact in float64 (the store's "any" rows use count / n too)."""
+    return int(flags.sum()) / len(flags) if len(flags) else 0.0
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -178,7 +183,10 @@ def prepare_target(
     return Target(ckpt, model, test.images(slice(0, n)).contiguous(), test.y[:n].clone(), len(test))
 
 
-def _check_settings(attacks: Sequence[Attack], eps_grid: Sequence[float], batch_size: int) -> None:
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
+
+
+def _check_settings(attacks: Sequence[Attack], eps_grid: Sequence[float], batch_size: int, seed: int) -> None:
     if not attacks:
         raise UsageError("no attack given")
     seen: set[tuple[str, str]] = set()
@@ -194,6 +202,8 @@ def _check_settings(attacks: Sequence[Attack], eps_grid: Sequence[float], batch_
             raise UsageError(f"eps {e!r} is outside [0, 1] (pixel scale; write e.g. 8/255)")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"--batch-size must be a whole number >= 1, got {batch_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise UsageError(f"--seed must be a whole number in 0..2**63-1, got {seed!r}")
 
 
 def run_row(ckpt: Checkpoint) -> RunRow:
@@ -241,7 +251,7 @@ def evaluate_checkpoint(
     path is not even opened). A BudgetViolation also leaves this checkpoint's rows unwritten.
     Prints a table on ``out`` (stdout) and a progress bar on stderr.
     """
-    _check_settings(attacks, eps_grid, batch_size)
+    _check_settings(attacks, eps_grid, batch_size, seed)
     target = prepare_target(ckpt_path, n, data_dir, dataset, download)
     device = torch.device(device)
     ckpt = target.checkpoint
@@ -249,7 +259,7 @@ def evaluate_checkpoint(
     eps_sorted = sorted(float(e) for e in eps_grid)
 
     clean = predict(model, target.x) == target.y
-    clean_acc = float(clean.float().mean())
+    clean_acc = _fraction(clean)
     attacked = sum(1 for e in eps_sorted if e > 0)
     bar = tqdm(
         total=len(attacks) * attacked, desc=f"eval {ckpt.run_id}", unit="eps", file=sys.stderr,
@@ -269,7 +279,7 @@ def evaluate_checkpoint(
     rows = [
         ResultRow(
             run_id=ckpt.run_id, attack=r.attack.label, params=r.attack.params, eps=eps, n=n,
-            clean_acc=clean_acc, robust_acc=float(f.float().mean()), seconds=s, device=label,
+            clean_acc=clean_acc, robust_acc=_fraction(f), seconds=s, device=label,
             versions=versions, flags=_flag_text(f), seed=seed, created=now,
         )
         for r in results

@@ -1,4 +1,4 @@
-"""Model registry: ``name -> factory(*, channels, num_classes, image_size, mean, std) -> nn.Module``.
+"""Model registry: name -> ``factory(*, channels, num_classes, image_size, mean, std)``.
 
 Every model takes pixels in [0, 1] of shape [N, channels, image_size, image_size] and returns
 logits [N, num_classes]. Its first submodule, ``normalize``, is a :class:`Normalize`, so the
@@ -9,7 +9,7 @@ feature-space defense may perturb with forward hooks; the classifier head is not
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 from torch import nn
 
@@ -25,15 +25,15 @@ MODELS: Registry[nn.Module] = Registry("model")
 MODELS.add(
     "cnn",
     cnn.SmallCNN,
-    "small CNN (conv32-conv64-fc128), the quick default: trains Fashion-MNIST in minutes on a CPU",
-    {"widths": "32-64", "hidden": 128, "params": "~0.42M (1x28x28)"},
+    "small CNN (conv32-conv64-fc128), the quick default for CPU runs",
+    {"widths": "32-64", "hidden": 128, "params": "~0.42M"},
     min_image_size=cnn.MIN_IMAGE_SIZE,
 )
 MODELS.add(
     "vgg19",
     vgg.VGG,
-    "VGG-19 with batch norm, global pooling + Linear(512, classes) (the BatchOut report's model)",
-    {"depth": 19, "params": "~20M"},
+    "VGG-19 with batch norm, global pooling + one Linear (the BatchOut report's model)",
+    {"depth": 19, "params": "~20.0M"},
     min_image_size=vgg.MIN_IMAGE_SIZE,
 )
 MODELS.add(
@@ -54,7 +54,7 @@ MODELS.add(
     "wrn-34-10",
     wideresnet.WideResNet,
     "WideResNet-34-10 as in TRADES / Madry et al. (dropout 0); slow on a CPU",
-    {"depth": 34, "width": 10, "params": "~46M"},
+    {"depth": 34, "width": 10, "params": "~46.2M"},
     min_image_size=wideresnet.MIN_IMAGE_SIZE,
 )
 
@@ -78,14 +78,16 @@ def create_model(
     elif num_classes < 2:
         problem = f"needs at least 2 classes, got num_classes={num_classes}"
     elif image_size < min_size:
-        problem = f"needs images of at least {min_size}x{min_size}, the data set's are {image_size}x{image_size}"
+        problem = (
+            f"needs images of at least {min_size}x{min_size}, "
+            f"the data set's are {image_size}x{image_size}"
+        )
     elif len(mean) != channels or len(std) != channels:
         problem = f"needs one mean and std per channel ({channels}), got {len(mean)} and {len(std)}"
     elif any(s <= 0 for s in std):
         problem = f"needs positive std, got {list(std)}"
     if problem:
         raise UsageError(f"model {name!r} {problem}")
-    kwargs: dict[str, Any] = dict(
+    return entry.factory(
         channels=channels, num_classes=num_classes, image_size=image_size, mean=mean, std=std
     )
-    return entry.factory(**kwargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from models.common import Normalize, init_weights
@@ -48,6 +49,9 @@ class SmallCNN(nn.Module):
         )
         self.feature_layers: list[str] = [f"features.{i}" for i in range(len(blocks))]
         init_weights(self)
+        # Channels-last conv weights make the convs and max-pools run in NHWC, which nearly
+        # doubles CPU training speed (oneDNN); .to(device) and load_state_dict keep the layout.
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(self.normalize(x)))

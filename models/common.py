@@ -25,8 +25,9 @@ class Normalize(nn.Module):
             raise ValueError(f"mean has {len(mean)} values but std has {len(std)}")
         if any(s <= 0 for s in std):
             raise ValueError(f"std must be positive, got {list(std)}")
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+        shape = (1, len(mean), 1, 1)
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(shape))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(shape))
 
     def forward(self, x: Tensor) -> Tensor:
         return (x - self.mean) / self.std

@@ -53,7 +53,9 @@ class PreActBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.shortcut: nn.Module | None = None
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(x))
@@ -93,7 +95,8 @@ class _ResNet18Base(nn.Module):
             self.feature_layers += [f"layer{i}.{j}" for j in range(len(blocks))]
             in_planes = planes
         if self.preact:
-            self.bn = nn.BatchNorm2d(in_planes)  # the blocks end un-activated: BN-ReLU before pooling
+            # Pre-activation blocks end un-activated: one more BN-ReLU before pooling.
+            self.bn = nn.BatchNorm2d(in_planes)
         self.linear = nn.Linear(in_planes, num_classes)
         init_weights(self)
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Sequence
 
 from torch import Tensor, nn
 
 from models.common import Normalize, init_weights
 
-VGG19: list[Union[int, str]] = [
-    64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M",
-]  # fmt: skip
+# Conv widths, "M" for a 2x2 max-pool.
+VGG19: tuple[int | str, ...] = (
+    64, 64, "M",
+    128, 128, "M",
+    256, 256, 256, 256, "M",
+    512, 512, 512, 512, "M",
+    512, 512, 512, 512, "M",
+)  # fmt: skip
 MIN_IMAGE_SIZE = 1  # max-pools that would shrink the map below 1x1 are skipped, see VGG
 
 
@@ -32,7 +37,7 @@ class VGG(nn.Module):
         image_size: int,
         mean: Sequence[float],
         std: Sequence[float],
-        config: Sequence[Union[int, str]] = tuple(VGG19),
+        config: Sequence[int | str] = VGG19,
     ) -> None:
         super().__init__()
         self.normalize = Normalize(mean, std)
@@ -49,7 +54,7 @@ class VGG(nn.Module):
             self.feature_layers.append(f"features.{len(layers)}")
             layers.append(
                 nn.Sequential(
-                    # Conv bias kept (redundant before BN) to match the common CIFAR VGG's parameters.
+                    # Conv bias kept (redundant before BN) as in the common CIFAR VGG.
                     nn.Conv2d(in_ch, width, 3, padding=1),
                     nn.BatchNorm2d(width),
                     nn.ReLU(),

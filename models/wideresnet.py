@@ -24,7 +24,9 @@ class WideBasicBlock(nn.Module):
     When the width changes, the shortcut is a 1x1 conv on the pre-activated input (as in TRADES).
     """
 
-    def __init__(self, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0) -> None:
+    def __init__(
+        self, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0
+    ) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.relu1 = nn.ReLU()
@@ -55,12 +57,9 @@ class NetworkBlock(nn.Module):
         self, n: int, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0
     ) -> None:
         super().__init__()
-        self.layer = nn.Sequential(
-            *[
-                WideBasicBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate)
-                for i in range(n)
-            ]
-        )
+        blocks = [WideBasicBlock(in_planes, out_planes, stride, drop_rate)]
+        blocks += [WideBasicBlock(out_planes, out_planes, 1, drop_rate) for _ in range(n - 1)]
+        self.layer = nn.Sequential(*blocks)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layer(x)
@@ -99,7 +98,9 @@ class WideResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.relu = nn.ReLU()
         self.fc = nn.Linear(widths[3], num_classes)
-        self.feature_layers: list[str] = [f"block{g}.layer.{i}" for g in (1, 2, 3) for i in range(n)]
+        self.feature_layers: list[str] = [
+            f"block{g}.layer.{i}" for g in (1, 2, 3) for i in range(n)
+        ]
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:

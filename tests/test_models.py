@@ -34,7 +34,8 @@ def _make(name: str, channels: int, image_size: int, num_classes: int, seed: int
 
 
 def _input(n: int, channels: int, image_size: int) -> Tensor:
-    return torch.rand(n, channels, image_size, image_size, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, channels, image_size, image_size, generator=g)
 
 
 # Module-scoped: each (name, shape) model is built once and its eval logits computed once
@@ -100,8 +101,9 @@ def test_normalize_is_first_and_applied(
 def test_normalize_formula() -> None:
     norm = Normalize([0.5, 0.25], [0.5, 2.0])
     x = torch.rand(3, 2, 4, 4)
-    expected = (x - torch.tensor([0.5, 0.25]).view(1, 2, 1, 1)) / torch.tensor([0.5, 2.0]).view(1, 2, 1, 1)
-    torch.testing.assert_close(norm(x), expected)
+    mean = torch.tensor([0.5, 0.25]).view(1, 2, 1, 1)
+    std = torch.tensor([0.5, 2.0]).view(1, 2, 1, 1)
+    torch.testing.assert_close(norm(x), (x - mean) / std)
 
 
 def test_feature_layers_resolve_and_fire_in_order(
@@ -202,7 +204,7 @@ def test_vgg19_skips_pools_on_28() -> None:
 
 def test_unknown_name_lists_valid_names() -> None:
     with pytest.raises(UnknownNameError) as info:
-        create_model("resnet-9000", channels=3, num_classes=10, image_size=32, mean=[0.5] * 3, std=[0.5] * 3)
+        _make("resnet-9000", 3, 32, 10)
     message = str(info.value)
     assert "resnet-9000" in message
     for valid in MODELS.names():

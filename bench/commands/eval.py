@@ -16,7 +16,7 @@ from bench import paths
 from bench.attacks import ATTACKS, Attack, make_attack
 from bench.checkpoint import find_checkpoints
 from bench.errors import BudgetViolation, UsageError
-from bench.evaluate import evaluate_checkpoint, prepare_target
+from bench.evaluate import SEED_MAX, evaluate_checkpoint, prepare_target
 from bench.io import pick_device
 from bench.params import parse_eps_grid
 from bench.store import Store
@@ -120,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--n must be >= 1, got {args.n}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0 <= args.seed <= SEED_MAX:
+        raise UsageError(f"--seed must be in 0..2**63-1, got {args.seed}")
     if args.all:
         root = Path(args.checkpoints_dir).expanduser().resolve() if args.checkpoints_dir else paths.checkpoints_dir()
         ckpts = find_checkpoints(root)

@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
         if status:
             return status
         print(f"quick: trained {name} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    aa = ["--aa-version", args.aa_version] + (["--aa-attacks", args.aa_attacks] if args.aa_attacks else [])
+    aa: list[str] = []
+    if "autoattack" in args.attacks.split(","):  # the --aa-* flags are refused without it
+        aa = ["--aa-version", args.aa_version] + (["--aa-attacks", args.aa_attacks] if args.aa_attacks else [])
     checkpoints = [str(ckpt_root / f"{QUICK_PREFIX}{name}") for name in names]
     t0 = time.perf_counter()
     status = main(
