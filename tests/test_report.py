@@ -195,6 +195,25 @@ def test_robustbench_json(report: Path) -> None:
     assert {"pgd [steps=10]", "pgd [steps=50]"} <= set(c10["curves"])
 
 
+def test_json_matches_robustbench_model_info(report: Path) -> None:
+    """Every field of robustbench's own ModelInfo (but the corruption benchmarks') is present,
+    and the RobustBench part of each file builds a ModelInfo."""
+    import dataclasses
+
+    from bench.compat import import_robustbench
+
+    import_robustbench()  # robustbench needs the autoattack alias to import at all
+    from robustbench.utils import ModelInfo
+
+    fields = {f.name for f in dataclasses.fields(ModelInfo)}
+    needed = {f for f in fields if not f.startswith("corruptions") and f != "footnote"}
+    for path in sorted((report / "json").glob("*.json")):
+        info = json.loads(path.read_text())
+        assert needed <= set(info), (path.name, sorted(needed - set(info)))
+        model_info = ModelInfo(**{k: v for k, v in info.items() if k in fields})
+        assert model_info.name == path.stem and model_info.eps == info["eps"]
+
+
 def test_exports(report: Path) -> None:
     csv_lines = (report / "results.csv").read_text().splitlines()
     n_rows = sum(9 * (len(a[5]) + 1) for a in CHECKPOINTS.values())
