@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import struct
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -41,6 +42,38 @@ def tiny_data() -> tuple[torch.Tensor, torch.Tensor]:
     for i, c in enumerate(y.tolist()):
         x[i, 0, c % 8, :] = 0.9 if c < 8 else 0.6
     return x, y
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models: with 2 busy cores, intra-op threads cost far more than they save."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_problem(n: int = 40, seed: int = 0, flip: tuple[int, ...] = ()) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A small CNN trained (fixed seed) on 1x8x8 images near 0.5 whose class is a faint +-0.03
+    pattern: correct when clean, broken between about 3/255 and 8/255. The labels at ``flip``
+    are then moved to the next class, so that those points are wrong when clean."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.randn(10, 1, 8, 8, generator=g).sign()
+    y = torch.arange(n) % 10
+    x = (0.5 + 0.03 * protos[y] + 0.04 * torch.randn(n, 1, 8, 8, generator=g)).clamp(0, 1)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    y = y.clone()
+    idx = list(flip)
+    y[idx] = (y[idx] + 1) % 10
+    return model.eval(), x, y
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Iterator
 
 import pytest
 import torch
@@ -17,6 +16,8 @@ from bench.attacks import (
     make_attack,
     project_linf,
 )
+from conftest import tiny_problem
+
 from bench.errors import UsageError
 from bench.evaluate import check_budget
 
@@ -38,31 +39,8 @@ CHEAP: dict[str, dict[str, str]] = {
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models: with 2 busy cores, intra-op threads cost far more than they save."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_problem(n: int = 40, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """A small CNN trained (fixed seed) on 1x8x8 images near 0.5 whose class is a faint +-0.03
-    pattern: correct when clean, broken between about 3/255 and 8/255."""
-    g = torch.Generator().manual_seed(seed)
-    protos = torch.randn(10, 1, 8, 8, generator=g).sign()
-    y = torch.arange(n) % 10
-    x = (0.5 + 0.03 * protos[y] + 0.04 * torch.randn(n, 1, 8, 8, generator=g)).clamp(0, 1)
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    return model.eval(), x, y
+def _single_thread(one_thread: None) -> None:
+    """Every test here runs with one intra-op thread (see conftest.one_thread)."""
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from bench.attacks import ATTACKS, Attack, make_attack
+from conftest import tiny_problem
+
 from bench.errors import BudgetViolation, UsageError
 from bench.evaluate import check_budget, evaluate_checkpoint, grid_walk, predict
 from bench.store import ANY, Store
@@ -39,38 +41,13 @@ needs_registries = pytest.mark.skipif(not _importable(), reason="bench.data / mo
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models: with 2 busy cores, intra-op threads cost far more than they save."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_problem(n: int = 40, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """A small CNN trained (fixed seed) on 1x8x8 images whose class is a faint +-0.03 pattern;
-    four labels are then flipped so that some points are wrong when clean."""
-    g = torch.Generator().manual_seed(seed)
-    protos = torch.randn(10, 1, 8, 8, generator=g).sign()
-    y = torch.arange(n) % 10
-    x = (0.5 + 0.03 * protos[y] + 0.04 * torch.randn(n, 1, 8, 8, generator=g)).clamp(0, 1)
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    y = y.clone()
-    y[[1, 7, 13, 22]] = (y[[1, 7, 13, 22]] + 1) % 10
-    return model.eval(), x, y
+def _single_thread(one_thread: None) -> None:
+    """Every test here runs with one intra-op thread (see conftest.one_thread)."""
 
 
 @pytest.fixture(scope="module")
 def problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    return tiny_problem()
+    return tiny_problem(flip=(1, 7, 13, 22))
 
 
 def _fixed_attack(name: str, perturb: Any) -> Attack:

@@ -15,6 +15,22 @@ from torch import nn
 from bench.defenses.base import Defense, input_grad, project_linf
 
 
+def pgd_linf(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int,
+    random_start: bool,
+) -> torch.Tensor:
+    """L-infinity PGD on the cross-entropy: optional uniform start in the eps-ball, then
+    ``steps`` signed-gradient steps of ``alpha``, each projected onto the ball and [0, 1]."""
+    x_adv = x.detach().clone()
+    if random_start:
+        x_adv = project_linf(x_adv + torch.empty_like(x).uniform_(-eps, eps), x, eps)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        grad = input_grad(F.cross_entropy(model(x_adv), y), x_adv)
+        x_adv = project_linf(x_adv.detach() + alpha * grad.sign(), x, eps)
+    return x_adv.detach()
+
+
 def _check_eps(eps: float) -> None:
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"eps must be in [0, 1] (pixel scale, e.g. 8/255), got {eps}")
@@ -41,14 +57,7 @@ class PGDAT(Defense):
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The PGD example: ``steps`` signed-gradient ascents on the cross-entropy, projected."""
-        x_adv = x.detach().clone()
-        if self.random_start:
-            x_adv = project_linf(x_adv + torch.empty_like(x).uniform_(-self.eps, self.eps), x, self.eps)
-        for _ in range(self.steps):
-            x_adv.requires_grad_(True)
-            grad = input_grad(F.cross_entropy(model(x_adv), y), x_adv)
-            x_adv = project_linf(x_adv.detach() + self.alpha * grad.sign(), x, self.eps)
-        return x_adv.detach()
+        return pgd_linf(model, x, y, self.eps, self.alpha, self.steps, self.random_start)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = model(self.perturb(model, x, y))
@@ -109,11 +118,8 @@ class FGSMRS(Defense):
         return 1.25 * self.eps if self.alpha is None else self.alpha
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Random start in the ball, one step, projection."""
-        x_adv = project_linf(x + torch.empty_like(x).uniform_(-self.eps, self.eps), x, self.eps)
-        x_adv.requires_grad_(True)
-        grad = input_grad(F.cross_entropy(model(x_adv), y), x_adv)
-        return project_linf(x_adv.detach() + self.step * grad.sign(), x, self.eps).detach()
+        """Random start in the ball, one step, projection: PGD with a single step."""
+        return pgd_linf(model, x, y, self.eps, self.step, 1, random_start=True)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = model(self.perturb(model, x, y))
