@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from bench.errors import UsageError
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a part."""
@@ -61,10 +63,20 @@ def library_versions() -> dict[str, str]:
 
 
 def pick_device(name: str | None = None) -> torch.device:
-    """``--device`` if given, else CUDA when present, else the CPU. Called at run time only."""
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``--device`` if given, else CUDA when present, else the CPU. Called at run time only.
+
+    A device that can't be used here (a typo, CUDA without a GPU) is a UsageError."""
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available here")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name}: bench runs on cpu or cuda")
+    return device
 
 
 def device_label(device: torch.device) -> str:

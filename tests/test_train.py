@@ -80,6 +80,9 @@ def test_training_learns_and_is_reproducible(tmp_path, fmnist_dir):
         (["--epochs", "0"], "--epochs"),
         (["--train-limit", "100000"], "256"),  # the split size of the files in fmnist_dir
         (["--bogus-flag"], "unrecognized arguments"),
+        (["--device", "bogus"], "--device 'bogus'"),
+        pytest.param(["--device", "cuda"], "CUDA is not available",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(argv_extra, needle, tmp_path, fmnist_dir, capsys):

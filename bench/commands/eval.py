@@ -10,7 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 
 from bench import paths
 from bench.attacks import ATTACKS, Attack, make_attack
@@ -102,16 +101,6 @@ def parse_attacks(
     return [make_attack(name, params[name]) for name in order]
 
 
-def _device(name: str | None) -> torch.device:
-    try:
-        device = pick_device(name)
-    except RuntimeError as exc:
-        raise UsageError(f"--device {name!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available here")
-    return device
-
-
 def run(args: argparse.Namespace) -> int:
     """Validate everything, then evaluate each checkpoint in turn."""
     attacks = parse_attacks(args.attack, args.set, args.aa_version, args.aa_attacks)
@@ -133,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         ckpts = [Path(c).expanduser().resolve() for c in args.checkpoint]
     else:
         raise UsageError("give --checkpoint PATH ... or --all")
-    device = _device(args.device)
+    device = pick_device(args.device)
     data_dir = paths.data_dir(args.data_dir)
     download = not args.no_download
 
