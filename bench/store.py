@@ -152,17 +152,18 @@ class Store:
             self._insert(rows)
 
     def _insert(self, rows: Iterable[ResultRow]) -> None:
+        """INSERT OR REPLACE, inside the caller's transaction."""
         self.db.executemany(
-                "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        r.run_id, r.attack, canonical(r.params), r.eps, eps_key(r.eps), r.n,
-                        r.seed, r.clean_acc, r.robust_acc, r.seconds, r.device,
-                        canonical(r.versions), r.flags, r.created,
-                    )
-                    for r in rows
-                ],
-            )
+            "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    r.run_id, r.attack, canonical(r.params), r.eps, eps_key(r.eps), r.n,
+                    r.seed, r.clean_acc, r.robust_acc, r.seconds, r.device,
+                    canonical(r.versions), r.flags, r.created,
+                )
+                for r in rows
+            ],
+        )
 
     def recompute_any(self, run_id: str, n: int, created: str) -> list[ResultRow]:
         """Rewrite the worst-case rows of (run_id, n): per eps, a point is robust only if every
