@@ -36,15 +36,28 @@ def _check_eps(eps: float) -> None:
         raise ValueError(f"eps must be in [0, 1] (pixel scale, e.g. 8/255), got {eps}")
 
 
+class _TrainOnPerturbed(Defense):
+    """Cross-entropy on ``self.perturb(model, x, y)`` alone (PGD-AT, FGSM-RS)."""
+
+    adversarial = True
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = model(self.perturb(model, x, y))
+        self.record_adversarial(logits, y)
+        return F.cross_entropy(logits, y)
+
+
 @dataclass
-class PGDAT(Defense):
+class PGDAT(_TrainOnPerturbed):
     """PGD adversarial training (Madry et al. 2018): train on PGD examples with random start.
 
     Source defaults for CIFAR-10: eps 8/255, 10 steps of 2/255, uniform random start. The attack
     runs with the model in training mode, as the reference implementations do.
     """
 
-    adversarial = True
     eps: float = 8 / 255
     alpha: float = 2 / 255
     steps: int = 10
@@ -58,11 +71,6 @@ class PGDAT(Defense):
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The PGD example: ``steps`` signed-gradient ascents on the cross-entropy, projected."""
         return pgd_linf(model, x, y, self.eps, self.alpha, self.steps, self.random_start)
-
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = model(self.perturb(model, x, y))
-        self.record_adversarial(logits, y)
-        return F.cross_entropy(logits, y)
 
 
 @dataclass
@@ -96,14 +104,13 @@ class FGSMAT(Defense):
 
 
 @dataclass
-class FGSMRS(Defense):
+class FGSMRS(_TrainOnPerturbed):
     """FGSM with a random start (Wong et al. 2020, "Fast is better than free").
 
     delta ~ U(-eps, eps), one signed-gradient step of ``alpha`` (1.25*eps unless set), projected
     back onto the eps-ball and [0, 1]; the loss is cross-entropy on that point.
     """
 
-    adversarial = True
     eps: float = 8 / 255
     alpha: float | None = None  # None: 1.25 * eps, the paper's choice
 
@@ -120,11 +127,6 @@ class FGSMRS(Defense):
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Random start in the ball, one step, projection: PGD with a single step."""
         return pgd_linf(model, x, y, self.eps, self.step, 1, random_start=True)
-
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = model(self.perturb(model, x, y))
-        self.record_adversarial(logits, y)
-        return F.cross_entropy(logits, y)
 
 
 @dataclass
