@@ -541,11 +541,10 @@ def check_out(out: Path) -> None:
 
 
 def _write(path: Path, data: bytes) -> None:
-    """Atomic write, then the usual permissions of a shared report file (mkstemp gives 0600)."""
+    """Atomic write (imported here: bench.io imports torch, which the report does not need)."""
     from bench.io import atomic_write_bytes
 
     atomic_write_bytes(path, data)
-    path.chmod(0o644)
 
 
 def write_report(db: str | Path, out: str | Path) -> ReportFiles:
