@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -565,9 +564,8 @@ def write_report(db: str | Path, out: str | Path) -> ReportFiles:
             for ck in cks:
                 infos[f"{safe_name(ck.run_id)}.json"] = model_info(ck, labels)
         pngs = plots(checkpoints)
-        with tempfile.TemporaryDirectory() as tmp:
-            csv_bytes = store.export_csv(Path(tmp) / "results.csv").read_bytes()
-            json_bytes = store.export_json(Path(tmp) / "results.json").read_bytes()
+        csv_bytes = store.csv_text().encode()
+        json_bytes = store.json_text().encode()
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "json").mkdir(exist_ok=True)

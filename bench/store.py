@@ -11,6 +11,7 @@ its rows (the primary key), never duplicates them.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sqlite3
 from dataclasses import asdict, dataclass, field
@@ -226,25 +227,20 @@ class Store:
         return int(self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
 
     # -- export ----------------------------------------------------------------------------
-    def export_csv(self, path: str | Path) -> Path:
+    def csv_text(self) -> str:
         """All result rows as CSV (one line per row, flags left out)."""
         recs = [r.as_record() for r in self.results()]
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with p.open("w", newline="") as fh:
-            fields = list(recs[0]) if recs else ["run_id", "attack", "params", "eps", "n"]
-            w = csv.DictWriter(fh, fieldnames=fields)
-            w.writeheader()
-            w.writerows(recs)
-        return p
+        buffer = io.StringIO(newline="")
+        fields = list(recs[0]) if recs else ["run_id", "attack", "params", "eps", "n"]
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(recs)
+        return buffer.getvalue()
 
-    def export_json(self, path: str | Path) -> Path:
+    def json_text(self) -> str:
         """Runs and result rows as one JSON document."""
         doc = {
             "runs": [asdict(r) for r in self.runs()],
             "results": [r.as_record() for r in self.results()],
         }
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(doc, indent=2) + "\n")
-        return p
+        return json.dumps(doc, indent=2) + "\n"
