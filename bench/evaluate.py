@@ -26,7 +26,7 @@ from bench.attacks import Attack
 from bench.checkpoint import Checkpoint, read_checkpoint
 from bench.errors import BudgetViolation, UsageError
 from bench.io import device_label, library_versions
-from bench.params import format_eps
+from bench.params import eps_in_255, format_eps
 from bench.store import ANY, ResultRow, RunRow, Store
 
 PREDICT_BATCH = 1000  # points per forward pass for clean predictions
@@ -303,11 +303,6 @@ def evaluate_checkpoint(
 # ------------------------------------------------------------------------------- table
 
 
-def _eps_head(eps: float) -> str:
-    k = eps * 255
-    return str(round(k)) if abs(k - round(k)) < 1e-6 else f"{k:.3g}"
-
-
 def format_table(
     ckpt: Checkpoint,
     results: Sequence[GridResult],
@@ -322,7 +317,7 @@ def format_table(
     any_by_eps = {round(r.eps * 1e9): r.robust_acc for r in any_rows}
     names = [r.attack.display for r in results] + [ANY]
     width = max(len(s) for s in names + ["attack"])
-    head = f"{'attack':<{width}}" + "".join(f"{_eps_head(e):>7}" for e in eps) + f"{'seconds':>10}"
+    head = f"{'attack':<{width}}" + "".join(f"{eps_in_255(e, digits=3):>7}" for e in eps) + f"{'seconds':>10}"
     lines = [
         f"{ckpt.run_id} ({ckpt.dataset}, {ckpt.model_name}, {ckpt.defense}): n={n}, seed={seed}, "
         f"{device}",

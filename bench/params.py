@@ -150,3 +150,9 @@ def format_eps(eps: float) -> str:
     if abs(k - round(k)) < 1e-6:
         return "0" if round(k) == 0 else f"{round(k)}/255"
     return f"{eps:.6g}"
+
+
+def eps_in_255(eps: float, digits: int = 4) -> str:
+    """Eps in units of 1/255 for axes and column heads: ``"8"``, or e.g. ``"25.5"`` off the grid."""
+    k = eps * 255
+    return str(int(round(k))) if abs(k - round(k)) < 1e-6 else f"{k:.{digits}g}"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bench.errors import UsageError
-from bench.params import format_eps
+from bench.params import eps_in_255, format_eps
 from bench.store import ANY, ResultRow, RunRow, Store, canonical, eps_key
 
 AUTOATTACK = "autoattack"
@@ -157,12 +157,6 @@ def by_dataset(checkpoints: Iterable[Checkpoint]) -> dict[str, list[Checkpoint]]
 def pct(acc: float | None) -> str:
     """A fraction as a percentage with 2 decimals, ``–`` if missing."""
     return DASH if acc is None else f"{100 * acc:.2f}"
-
-
-def eps_255(eps: float) -> str:
-    """Eps in units of 1/255: ``"8"``, or ``"0.5"`` off the grid."""
-    k = eps * 255
-    return str(int(round(k))) if abs(k - round(k)) < 1e-6 else f"{k:.4g}"
 
 
 def format_value(value: Any) -> str:
@@ -424,7 +418,7 @@ def model_info(ck: Checkpoint, labels: dict[Variant, str]) -> dict[str, Any]:
     ref = aa or worst
     curves: dict[str, dict[str, float]] = {}
     for v in sorted(ck.curves, key=lambda v: v.sort_key):
-        curves[labels[v]] = {eps_255(r.eps): round(100 * r.robust_acc, 2)
+        curves[labels[v]] = {eps_in_255(r.eps): round(100 * r.robust_acc, 2)
                              for _, r in sorted(ck.curves[v].items())}
     return {
         "link": None,
