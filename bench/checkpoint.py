@@ -133,11 +133,19 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def find_checkpoints(root: str | Path) -> list[Path]:
-    """Every finished checkpoint directory directly under ``root``, sorted by name."""
+    """Every finished checkpoint directory under ``root`` (at any depth, e.g. ``quick/``),
+    sorted by path. A checkpoint directory is not searched further."""
     r = Path(root)
     if not r.is_dir():
         return []
-    return sorted(d for d in r.iterdir() if (d / WEIGHTS).is_file() and (d / CONFIG).is_file())
+    found: list[Path] = []
+    for d in sorted(p for p in r.iterdir() if p.is_dir() and not p.is_symlink()):
+        if (d / CONFIG).is_file():
+            if (d / WEIGHTS).is_file():
+                found.append(d)
+        else:
+            found.extend(find_checkpoints(d))
+    return found
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:
