@@ -139,11 +139,11 @@ def find_checkpoints(root: str | Path) -> list[Path]:
     if not r.is_dir():
         return []
     found: list[Path] = []
-    for d in sorted(p for p in r.iterdir() if p.is_dir() and not p.is_symlink()):
+    for d in sorted(p for p in r.iterdir() if p.is_dir()):
         if (d / CONFIG).is_file():
             if (d / WEIGHTS).is_file():
                 found.append(d)
-        else:
+        elif not d.is_symlink():  # a linked checkpoint counts; a linked tree is not walked (loops)
             found.extend(find_checkpoints(d))
     return found
 
