@@ -20,6 +20,8 @@ normalization, so no attack is given a mean/std. ``autoattack`` is the OFFICIAL 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import hashlib
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -43,8 +45,16 @@ AA_VERSION_ATTACKS: dict[str, tuple[str, ...]] = {
     "rand": ("apgd-ce", "apgd-dlr"),
 }
 
-#: ``perturb(model, x, y, concrete_params, seed) -> x_adv``: the attack proper.
-Perturb = Callable[[nn.Module, torch.Tensor, torch.Tensor, dict[str, Any], int], torch.Tensor]
+#: ``perturb(model, x, y, concrete_params, seed, index) -> x_adv``: the attack proper. ``index``
+#: holds each point's position in the evaluated set, for attacks that seed every point on its own.
+Perturb = Callable[[nn.Module, torch.Tensor, torch.Tensor, dict[str, Any], int, torch.Tensor], torch.Tensor]
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from ``parts`` (e.g. the run's seed, an eps key, a batch or point index):
+    stable across processes and machines, unlike Python's ``hash``."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 @dataclass(frozen=True)
@@ -70,9 +80,13 @@ class Attack:
         changed = [f"{k}={_show(v)}" for k, v in self.params.items() if self.defaults.get(k) != v]
         return f"{self.name}[{','.join(changed)}]" if changed else self.name
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
+    def run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int,
+        index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Adversarial images for ``x`` (in [0, 1]) at L-infinity budget ``eps``, on the model's
-        device. Seeds torch first, so a run is reproducible; minimum-norm outputs are projected."""
+        device. Seeds torch first, so a run is reproducible; minimum-norm outputs are projected.
+        ``index``: each point's position in the evaluated set (default 0..len(x)-1)."""
         if self.kind not in KINDS:
             raise ValueError(f"attack {self.name}: kind {self.kind!r} is not one of {KINDS}")
         device = _model_device(model)
@@ -82,9 +96,11 @@ class Attack:
             raise ValueError(f"attack {self.name}: inputs must be images in [0, 1]")
         if eps <= 0.0:  # the 0-ball holds only x itself
             return x.clone()
+        if index is None:
+            index = torch.arange(len(x))
         torch.manual_seed(seed)  # seeds every CUDA device too
         with _frozen(model):
-            x_adv = self.perturb(model, x, y, self.concrete(eps), seed).detach()
+            x_adv = self.perturb(model, x, y, self.concrete(eps), seed, index.cpu()).detach()
         if self.kind == "minimum-norm":
             x_adv = project_linf(x, x_adv, eps)
         return x_adv
@@ -202,7 +218,7 @@ class FGSMParams:
     """FGSM has no parameters: one signed-gradient step of size eps."""
 
 
-def _fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:
+def _fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
     import torchattacks
 
     return _plain(torchattacks.FGSM(model, **kw))(x, y)
@@ -218,7 +234,7 @@ _register(
 
 @dataclass(frozen=True)
 class PGDParams:
-    """PGD with CE loss; ``alpha`` None means 2.5*eps/steps (scales with eps)."""
+    """PGD with CE loss (Madry et al. 2018); ``alpha`` None means 2.5*eps/steps (scales with eps)."""
 
     steps: int = 10
     alpha: float | None = None
@@ -228,14 +244,42 @@ class PGDParams:
         _positive(steps=self.steps, alpha=self.alpha)
 
 
-def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:
-    import torchattacks
+def point_uniform(like: torch.Tensor, eps: float, seed: int, index: torch.Tensor) -> torch.Tensor:
+    """U(-eps, eps) noise shaped like ``like``, each point's row drawn from its own generator
+    seeded by (seed, eps, the point's index): a point's start never depends on its batch."""
+    rows = []
+    for i in index.tolist():  # one small CPU generator per point: microseconds each
+        g = torch.Generator().manual_seed(derive_seed(seed, round(eps * 1e9), i))
+        rows.append(torch.rand(like.shape[1:], generator=g, dtype=like.dtype))
+    noise = torch.stack(rows) if rows else torch.empty_like(like.cpu())
+    return ((2 * noise - 1) * eps).to(like.device)
 
-    return _plain(torchattacks.PGD(model, **kw))(x, y)
+
+def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
+    """bench's PGD: per-point seeded uniform start, ``steps`` signed steps of ``alpha`` on the
+    summed cross-entropy, each projected onto the ball and [0, 1]. Returns, per point, the first
+    iterate that the model misclassified, else the last one (an adversarial example found on the
+    way is kept, as AutoAttack's APGD does)."""
+    eps, alpha = kw["eps"], kw["alpha"]
+    x_adv = x.clone()
+    if kw["random_start"]:
+        x_adv = (x + point_uniform(x, eps, seed, index)).clamp(0.0, 1.0)
+    best = x_adv.clone()
+    found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for _ in range(kw["steps"]):
+        x_adv.requires_grad_(True)
+        logits = model(x_adv)
+        (grad,) = torch.autograd.grad(nn.functional.cross_entropy(logits, y, reduction="sum"), x_adv)
+        wrong = (logits.detach().argmax(1) != y) & ~found  # adversarial before this step
+        best[wrong] = x_adv.detach()[wrong]
+        found |= wrong
+        x_adv = x_adv.detach() + alpha * grad.sign()
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+    return torch.where(found[:, None, None, None], best, x_adv)
 
 
 _register(
-    "pgd", PGDParams, "bounded", "PGD, Linf, CE loss (torchattacks)",
+    "pgd", PGDParams, "bounded", "PGD, Linf, CE loss (bench's own: per-point seeded start)",
     lambda c: {"steps": c.steps, "alpha": _alpha_rule(c.alpha, "2.5*eps/steps"),
                "random_start": c.random_start},
     lambda c, eps: {"eps": eps, "steps": c.steps, "random_start": c.random_start,
@@ -260,7 +304,7 @@ class CWParams:
         _nonnegative(kappa=self.kappa)
 
 
-def _cw(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:
+def _cw(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
     import torchattacks
 
     return _plain(torchattacks.CW(model, **kw))(x, y)
@@ -288,7 +332,7 @@ class DeepFoolParams:
         _nonnegative(overshoot=self.overshoot)
 
 
-def _deepfool(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:
+def _deepfool(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
     import torchattacks
 
     return _plain(torchattacks.DeepFool(model, **kw))(x, y)
@@ -317,7 +361,7 @@ class MIFGSMParams:
         _nonnegative(decay=self.decay)
 
 
-def _mifgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:
+def _mifgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
     import torchattacks
 
     return _plain(torchattacks.MIFGSM(model, **kw))(x, y)
@@ -348,7 +392,7 @@ class APGDParams:
         _positive(steps=self.steps, n_restarts=self.n_restarts)
 
 
-def _apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:
+def _apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
     import torchattacks
 
     return _plain(torchattacks.APGD(model, norm="Linf", seed=seed, **kw))(x, y)
@@ -378,7 +422,7 @@ class SquareParams:
             raise ValueError(f"p_init must be in (0, 1], got {self.p_init}")
 
 
-def _square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:
+def _square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
     import torchattacks
 
     return _plain(torchattacks.Square(model, norm="Linf", seed=seed, **kw))(x, y)
@@ -409,7 +453,7 @@ class FABParams:
         _positive(steps=self.steps, n_restarts=self.n_restarts)
 
 
-def _fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:
+def _fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
     import torchattacks
 
     atk = torchattacks.FAB(model, norm="Linf", seed=seed, n_classes=_n_classes(model, x), **kw)
@@ -441,7 +485,7 @@ class EOTPGDParams:
         _positive(eot_iter=self.eot_iter, steps=self.steps, alpha=self.alpha)
 
 
-def _eotpgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:
+def _eotpgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
     import torchattacks
 
     return _plain(torchattacks.EOTPGD(model, **kw))(x, y)
@@ -504,12 +548,26 @@ class _Collect(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-_AA_WARNED: set[str] = set()  # each distinct AutoAttack warning is shown once per process
+#: Where AutoAttack's warnings go while an evaluation collects them (see :func:`collect_warnings`).
+_WARNINGS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("bench_aa_warnings", default=None)
+
+
+@contextlib.contextmanager
+def collect_warnings() -> Iterator[list[str]]:
+    """Collect the warnings of pyautoattack's ``checks.py`` raised inside the block, every time
+    (not once per process), so the evaluator can store them with the model they concern."""
+    bucket: list[str] = []
+    token = _WARNINGS.set(bucket)
+    try:
+        yield bucket
+    finally:
+        _WARNINGS.reset(token)
 
 
 @contextlib.contextmanager
 def _quiet_autoattack() -> Iterator[None]:
-    """Silence pyautoattack's per-batch logging; show each distinct warning once on stderr."""
+    """Silence pyautoattack's per-batch logging; pass its warnings to the collector (if any) and
+    to stderr."""
     logger = logging.getLogger("auto-attack")
     handler = _Collect()
     propagate = logger.propagate
@@ -520,13 +578,14 @@ def _quiet_autoattack() -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate
-        for msg in handler.messages:
-            if msg not in _AA_WARNED:
-                _AA_WARNED.add(msg)
-                tqdm.write(f"bench: autoattack warning: {msg}", file=sys.stderr)  # keeps the bar intact
+        bucket = _WARNINGS.get()
+        for msg in dict.fromkeys(handler.messages):  # distinct, in order
+            if bucket is not None:
+                bucket.append(msg)
+            tqdm.write(f"bench: autoattack warning: {msg}", file=sys.stderr)  # keeps the bar intact
 
 
-def _autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int) -> torch.Tensor:
+def _autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
     from pyautoattack import AutoAttack
 
     with _quiet_autoattack():

@@ -1,11 +1,21 @@
-"""Evaluation of checkpoints: each attack walks an L-infinity eps grid, results go to the store.
+"""Evaluation: each attack walks an L-infinity eps grid over fixed, seeded batches of points.
 
-The grid walk for one attack on n test points: eps ascending; a point starts robust if the
-model classifies it correctly (eps 0 needs no attack); at each eps > 0 only the points still
-robust are attacked, every output is checked against the eps-ball and [0, 1]
-(:func:`check_budget`; a violation is an error, never a result), and a point the attack breaks
-stays broken at every larger eps (the balls are nested). So the curve is monotone and the cost
-falls as points break.
+The grid walk for one attack on the first n test points:
+
+* eps ascending; a point starts robust if the model classifies it correctly (eps 0 needs no
+  attack); at each eps > 0 only the points still robust are attacked, and a point broken at a
+  smaller eps stays broken at every larger one (the balls are nested: an adversarial example is
+  proof at every larger budget). The stored flag at an eps is the attack's raw outcome there AND
+  this carry.
+* Batches are fixed by point index: batch k holds points k*B .. (k+1)*B-1 of the evaluated set
+  (B = ``--batch-size``, recorded). Within batch k only its still-robust points are attacked,
+  with torch seeded from (seed, eps, k) (:func:`batch_seed`); bench's own PGD seeds each point's
+  random start from (seed, eps, point index). So a batch's outcome depends only on the weights,
+  its points, the grid, B and the seed: a sharded or resumed run gives the same flags.
+* Every output is checked against the eps-ball and [0, 1] (:func:`check_budget`); a violation is
+  an error, never a result.
+* Each finished batch is kept in the store and each finished (attack, eps) step becomes a result
+  row at once, so a killed evaluation rerun with the same arguments continues where it stopped.
 """
 
 from __future__ import annotations
@@ -13,23 +23,24 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from bench.attacks import Attack
-from bench.checkpoint import Checkpoint, read_checkpoint
+from bench.attacks import Attack, collect_warnings, derive_seed
 from bench.errors import BudgetViolation, UsageError
 from bench.io import device_label, library_versions
 from bench.params import eps_in_255, format_eps
-from bench.store import ANY, ResultRow, RunRow, Store
+from bench.results import Estimate, WorstPoint, estimate, worst_case
+from bench.store import ANY, DiagnosticRow, ResultRow, RunRow, Store, canonical, eps_key
 
 PREDICT_BATCH = 1000  # points per forward pass for clean predictions
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 
 
 def check_budget(
@@ -56,6 +67,21 @@ def check_budget(
         )
 
 
+def batch_seed(seed: int, eps: float, batch: int) -> int:
+    """The torch seed of batch ``batch`` at ``eps``: depends on nothing else."""
+    return derive_seed(seed, eps_key(eps), batch)
+
+
+def flag_text(flags: torch.Tensor) -> str:
+    """Bool flags as '0'/'1' text."""
+    return "".join("1" if f else "0" for f in flags.tolist())
+
+
+def text_flags(text: str) -> torch.Tensor:
+    """'0'/'1' text as bool flags."""
+    return torch.tensor([c == "1" for c in text], dtype=torch.bool)
+
+
 @dataclass
 class GridResult:
     """One attack's walk over the eps grid: per-eps robust flags (bool [n], CPU) and seconds."""
@@ -64,15 +90,11 @@ class GridResult:
     eps: list[float]
     flags: list[torch.Tensor]
     seconds: list[float]
+    reused: int = 0  # steps taken from the store instead of being run (resumed)
 
     def robust_acc(self) -> list[float]:
         """Robust accuracy (fraction) at each eps."""
-        return [_fraction(f) for f in self.flags]
-
-
-def _fraction(flags: torch.Tensor) -> float:
-    """The share of True flags, exact in float64 (the store's "any" rows use count / n too)."""
-    return int(flags.sum()) / len(flags) if len(flags) else 0.0
+        return [int(f.sum()) / len(f) if len(f) else 0.0 for f in self.flags]
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -91,6 +113,77 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = PREDICT_BATCH) 
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
+class Recorder:
+    """Where a grid walk keeps its progress: nowhere (plain walk) or a store (resumable).
+
+    ``done(eps)`` gives the flags of a finished step or None; ``batches(eps)`` the finished batches
+    of a step in progress; ``batch(...)`` and ``finish(...)`` record them."""
+
+    def done(self, eps: float) -> torch.Tensor | None:
+        return None
+
+    def batches(self, eps: float) -> dict[int, torch.Tensor]:
+        return {}
+
+    def batch(self, eps: float, k: int, flags: torch.Tensor, seconds: float) -> None:
+        pass
+
+    def finish(self, eps: float, flags: torch.Tensor, seconds: float) -> None:
+        pass
+
+
+def _attack_batch(
+    model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+    eps: float, seed: int,
+) -> torch.Tensor:
+    """Still-robust flags (CPU) of the points ``idx`` after ``attack`` at ``eps``."""
+    device = _device_of(model)
+    xb, yb = x[idx].to(device), y[idx].to(device)
+    x_adv = attack.run(model, xb, yb, eps, seed, index=idx)
+    check_budget(xb, x_adv, eps, attack=attack.display)
+    model.eval()  # whatever the attack did to the mode
+    with torch.no_grad():
+        return (model(x_adv.to(device)).argmax(dim=1) == yb).cpu()
+
+
+@dataclass
+class Walk:
+    """The settings of one grid walk."""
+
+    eps: list[float]
+    batch_size: int
+    seed: int
+    bar: Any = None
+    recorder: Recorder = field(default_factory=Recorder)
+    on_batch: Callable[[Attack, float, int, float], None] | None = None  # (attack, eps, k, s)
+
+
+def _walk_eps(
+    model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, robust: torch.Tensor,
+    eps: float, w: Walk,
+) -> None:
+    """Attack the still-robust points of each fixed batch at ``eps``; updates ``robust``."""
+    n, B = len(robust), w.batch_size
+    kept = w.recorder.batches(eps)
+    n_batches = math.ceil(n / B)
+    for k in range(n_batches):
+        lo, hi = k * B, min((k + 1) * B, n)
+        if k in kept:  # finished before an interruption: same seed, same result
+            robust[lo:hi] &= kept[k]
+            continue
+        started = time.perf_counter()
+        idx = robust[lo:hi].nonzero().flatten() + lo  # only the points still robust
+        if w.bar is not None:
+            w.bar.set_postfix_str(f"{attack.display} eps={format_eps(eps)} batch {k + 1}/{n_batches} "
+                                  f"robust {int(robust.sum())}/{n}", refresh=True)
+        if len(idx):
+            robust[idx] &= _attack_batch(model, attack, x, y, idx, eps, batch_seed(w.seed, eps, k))
+        seconds = time.perf_counter() - started
+        w.recorder.batch(eps, k, robust[lo:hi].clone(), seconds)
+        if w.on_batch is not None and len(idx):
+            w.on_batch(attack, eps, k, seconds)
+
+
 def grid_walk(
     model: nn.Module,
     attack: Attack,
@@ -102,58 +195,73 @@ def grid_walk(
     seed: int,
     clean: torch.Tensor | None = None,
     bar: Any = None,
+    recorder: Recorder | None = None,
+    on_batch: Callable[[Attack, float, int, float], None] | None = None,
 ) -> GridResult:
     """Walk ``eps_grid`` (sorted here) with ``attack`` on images ``x`` in [0, 1] (any device;
     batches go to the model's device). ``clean``: the clean-correct flags if already known.
-    ``bar``: a tqdm bar ticked once per eps > 0."""
+    ``bar``: a tqdm bar ticked once per eps > 0; ``recorder``: where progress is kept."""
     model.eval()
-    device = _device_of(model)
     y_cpu = y.detach().cpu()
     if clean is None:
         clean = predict(model, x) == y_cpu
     robust = clean.detach().cpu().clone().bool()
-    eps_sorted = sorted(float(e) for e in eps_grid)
-    flags: list[torch.Tensor] = []
-    seconds: list[float] = []
-    for eps in eps_sorted:
+    w = Walk(sorted(float(e) for e in eps_grid), batch_size, seed, bar, recorder or Recorder(), on_batch)
+    result = GridResult(attack, w.eps, [], [])
+    for eps in w.eps:
         started = time.perf_counter()
-        if eps > 0:
-            idx = robust.nonzero().flatten()  # only the points still robust: nested balls
-            n_batches = math.ceil(len(idx) / batch_size)
-            for b in range(n_batches):
-                if bar is not None:
-                    bar.set_postfix_str(
-                        f"{attack.display} eps={format_eps(eps)} batch {b + 1}/{n_batches} "
-                        f"robust {int(robust.sum())}/{len(robust)}",
-                        refresh=True,
-                    )
-                bi = idx[b * batch_size : (b + 1) * batch_size]
-                xb, yb = x[bi].to(device), y_cpu[bi].to(device)
-                x_adv = attack.run(model, xb, yb, eps, seed)
-                check_budget(xb, x_adv, eps, attack=attack.display)
-                model.eval()  # whatever the attack did to the mode
-                with torch.no_grad():
-                    still = (model(x_adv.to(device)).argmax(dim=1) == yb).cpu()
-                robust[bi] &= still
-            if bar is not None:
-                bar.update(1)
-        flags.append(robust.clone())
-        seconds.append(time.perf_counter() - started if eps > 0 else 0.0)
-    return GridResult(attack, eps_sorted, flags, seconds)
+        stored = w.recorder.done(eps) if eps > 0 else None
+        if stored is not None:  # this step finished in an earlier, interrupted run
+            robust &= stored
+            result.reused += 1
+        else:
+            if eps > 0:
+                _walk_eps(model, attack, x, y_cpu, robust, eps, w)
+            w.recorder.finish(eps, robust.clone(), time.perf_counter() - started)
+        if eps > 0 and bar is not None:
+            bar.update(1)
+        result.flags.append(robust.clone())
+        result.seconds.append(time.perf_counter() - started if eps > 0 and stored is None else 0.0)
+    return result
 
 
-# ------------------------------------------------------------------------- checkpoints
+# ------------------------------------------------------------------------------ targets
 
 
 @dataclass
 class Target:
-    """A validated checkpoint with its first n test points (float images in [0, 1], CPU)."""
+    """A model ready to evaluate: where it came from (a :class:`bench.sources.Source`) and its
+    first n test points (float images in [0, 1], CPU)."""
 
-    checkpoint: Checkpoint
-    model: nn.Module  # on the CPU
+    source: Any
     x: torch.Tensor
     y: torch.Tensor
     test_size: int
+
+    @property
+    def model(self) -> nn.Module:
+        return self.source.model
+
+    @property
+    def run_id(self) -> str:
+        return str(self.source.run_id)
+
+
+def check_n(n: int) -> None:
+    """``n`` must be a whole number >= 1."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UsageError(f"--n must be a whole number >= 1, got {n!r}")
+
+
+def attach_points(source: Any, n: int, data_dir: str | Path | None = None, download: bool = True) -> Target:
+    """The first ``n`` test points of the source's data set (UsageError if there are fewer)."""
+    check_n(n)
+    from bench.data import load_dataset  # here: bench.data is only needed to evaluate
+
+    test = load_dataset(source.dataset, "test", data_dir, download=download)
+    if n > len(test):
+        raise UsageError(f"--n {n} is larger than the {source.dataset} test split ({len(test)} points)")
+    return Target(source, test.images(slice(0, n)).contiguous(), test.y[:n].clone(), len(test))
 
 
 def prepare_target(
@@ -165,33 +273,24 @@ def prepare_target(
 ) -> Target:
     """Read and check a checkpoint and its data: readable, of ``dataset`` if given, with at
     least ``n`` test points. Everything is a UsageError; nothing is written."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise UsageError(f"--n must be a whole number >= 1, got {n!r}")
-    ckpt = read_checkpoint(ckpt_path)
-    if dataset is not None and dataset != ckpt.dataset:
+    check_n(n)
+    from bench.sources import from_checkpoint
+
+    source = from_checkpoint(ckpt_path)
+    if dataset is not None and dataset != source.dataset:
         raise UsageError(
-            f"checkpoint {ckpt.run_id} was trained on {ckpt.dataset}, not on --dataset {dataset}"
+            f"checkpoint {source.run_id} was trained on {source.dataset}, not on --dataset {dataset}"
         )
-    model = ckpt.load_model("cpu")
-    from bench.data import load_dataset  # here: bench.data is only needed to evaluate
-
-    test = load_dataset(ckpt.dataset, "test", data_dir, download=download)
-    if n > len(test):
-        raise UsageError(
-            f"--n {n} is larger than the {ckpt.dataset} test split ({len(test)} points)"
-        )
-    return Target(ckpt, model, test.images(slice(0, n)).contiguous(), test.y[:n].clone(), len(test))
+    return attach_points(source, n, data_dir, download)
 
 
-SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
-
-
-def _check_settings(attacks: Sequence[Attack], eps_grid: Sequence[float], batch_size: int, seed: int) -> None:
+def check_settings(attacks: Sequence[Attack], eps_grid: Sequence[float], batch_size: int, seed: int) -> None:
+    """Attacks listed once, eps in [0, 1], batch size >= 1, seed in range (UsageError)."""
     if not attacks:
         raise UsageError("no attack given")
     seen: set[tuple[str, str]] = set()
     for a in attacks:
-        key = (a.label, repr(sorted(a.params.items())))
+        key = (a.label, canonical(a.params))
         if key in seen:
             raise UsageError(f"attack {a.display} is listed twice")
         seen.add(key)
@@ -206,25 +305,217 @@ def _check_settings(attacks: Sequence[Attack], eps_grid: Sequence[float], batch_
         raise UsageError(f"--seed must be a whole number in 0..2**63-1, got {seed!r}")
 
 
-def run_row(ckpt: Checkpoint) -> RunRow:
-    """The store's record of a checkpoint, from its config.json and run.json."""
-    cfg = ckpt.config
+def run_row(source: Any) -> RunRow:
+    """The store's record of a model, from its source's configuration and run record."""
+    cfg, run = dict(source.config or {}), dict(source.run or {})
     return RunRow(
-        run_id=ckpt.run_id,
-        path=str(ckpt.path),
-        dataset=ckpt.dataset,
-        model=ckpt.model_name,
-        defense=ckpt.defense,
-        defense_params=dict(cfg.get("defense_params") or {}),
-        epochs=cfg.get("epochs"),
-        train_limit=cfg.get("train_limit"),
-        train_seconds=ckpt.run.get("train_seconds"),
-        config=cfg,
+        run_id=source.run_id, path=str(source.path), dataset=source.dataset,
+        model=str(cfg.get("model", "unknown")), defense=str(cfg.get("defense", "external")),
+        defense_params=dict(cfg.get("defense_params") or {}), epochs=cfg.get("epochs"),
+        train_limit=cfg.get("train_limit"), train_seconds=run.get("train_seconds"),
+        config=cfg, run=run, fingerprint=source.fingerprint, kind=source.kind,
     )
 
 
-def _flag_text(flags: torch.Tensor) -> str:
-    return "".join("1" if f else "0" for f in flags.tolist())
+# --------------------------------------------------------------------------- the store
+
+
+@dataclass
+class StoreRecorder(Recorder):
+    """Keeps one attack's walk in the store: each batch as it finishes, each step as a row."""
+
+    store: Store
+    target: Target
+    attack: Attack
+    settings: "Settings"
+    clean_acc: float
+    device: str
+    versions: dict[str, str]
+
+    def _step(self, eps: float) -> str:
+        s = self.settings
+        return canonical([self.target.source.fingerprint, self.attack.label, self.attack.params,
+                          eps_key(eps), len(self.target.y), s.seed, s.batch_size,
+                          [eps_key(e) for e in s.eps_grid]])
+
+    def done(self, eps: float) -> torch.Tensor | None:
+        if self.settings.fresh:
+            return None
+        for r in self.store.results(self.target.run_id):
+            if (r.attack == self.attack.label and r.params == self.attack.params
+                    and eps_key(r.eps) == eps_key(eps) and r.n == len(self.target.y)
+                    and r.fingerprint == self.target.source.fingerprint
+                    and r.seed == self.settings.seed and r.batch_size == self.settings.batch_size
+                    and [eps_key(e) for e in r.grid] == [eps_key(e) for e in self.settings.eps_grid]):
+                return text_flags(r.flags)
+        return None
+
+    def batches(self, eps: float) -> dict[int, torch.Tensor]:
+        kept = self.store.batches(self.target.run_id, self._step(eps))
+        return {k: text_flags(f) for k, (f, _) in kept.items()}
+
+    def batch(self, eps: float, k: int, flags: torch.Tensor, seconds: float) -> None:
+        self.store.write_batch(self.target.run_id, self._step(eps), k, flag_text(flags), seconds)
+
+    def finish(self, eps: float, flags: torch.Tensor, seconds: float) -> None:
+        kept = self.store.batches(self.target.run_id, self._step(eps))
+        s = self.settings
+        row = ResultRow(
+            run_id=self.target.run_id, attack=self.attack.label, params=self.attack.params,
+            eps=eps, n=len(flags), clean_acc=self.clean_acc,
+            robust_acc=int(flags.sum()) / len(flags), seconds=sum(t for _, t in kept.values()) or seconds,
+            device=self.device, versions=self.versions, flags=flag_text(flags), seed=s.seed,
+            batch_size=s.batch_size, grid=list(s.eps_grid),
+            fingerprint=self.target.source.fingerprint, created=_now(),
+        )
+        self.store.write_result(row, self._step(eps))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class Settings:
+    """What an evaluation runs: attacks, grid, batch size, seed; ``fresh`` recomputes stored steps."""
+
+    attacks: list[Attack]
+    eps_grid: list[float]
+    batch_size: int = 500
+    seed: int = 0
+    fresh: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Evaluation:
+    """What one model's evaluation produced: per-attack walks, the worst case, the findings."""
+
+    target: Target
+    settings: Settings
+    clean: torch.Tensor
+    results: list[GridResult]
+    worst: list[WorstPoint]
+    findings: list[Any] = field(default_factory=list)  # bench.diagnostics.Finding
+    aa_warnings: list[str] = field(default_factory=list)
+
+    @property
+    def clean_estimate(self) -> Estimate:
+        return Estimate(int(self.clean.sum()), len(self.clean))
+
+    def estimates(self) -> dict[str, dict[float, Estimate]]:
+        """Attack display name (and ``any``) -> eps -> estimate with its interval."""
+        out = {r.attack.display: {e: Estimate(int(f.sum()), len(f)) for e, f in zip(r.eps, r.flags)}
+               for r in self.results}
+        out[ANY] = {w.eps: w.estimate for w in self.worst}
+        return out
+
+
+class _Eta:
+    """Prints, after the first batch of each attack, an upper bound on that attack's time left."""
+
+    def __init__(self, target: Target, settings: Settings) -> None:
+        self.target, self.settings, self.seen = target, settings, set()
+
+    def __call__(self, attack: Attack, eps: float, k: int, seconds: float) -> None:
+        if attack.display in self.seen:
+            return
+        self.seen.add(attack.display)
+        s = self.settings
+        batches = math.ceil(len(self.target.y) / s.batch_size)
+        steps = sum(1 for e in s.eps_grid if e >= eps)
+        left = seconds * (steps * batches - 1)
+        tqdm.write(
+            f"bench: {self.target.run_id}: {attack.display}: first batch {seconds:.1f} s; at most "
+            f"about {_duration(left)} left for this attack (if no point breaks; less as they do)",
+            file=sys.stderr,
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _walk_all(target: Target, s: Settings, clean: torch.Tensor, store: Store | None,
+              device: torch.device) -> tuple[list[GridResult], list[str]]:
+    """Every attack's grid walk, with progress kept in ``store`` when given."""
+    model = target.model
+    label, versions = device_label(device), library_versions()
+    attacked = sum(1 for e in s.eps_grid if e > 0)
+    bar = tqdm(total=len(s.attacks) * attacked, desc=f"eval {target.run_id}", unit="eps",
+               file=sys.stderr, disable=not s.progress, dynamic_ncols=True, leave=False)
+    results = []
+    eta = _Eta(target, s) if s.progress else None
+    try:
+        with collect_warnings() as warned:
+            for a in s.attacks:
+                rec = (StoreRecorder(store, target, a, s, int(clean.sum()) / len(clean), label, versions)
+                       if store is not None else None)
+                results.append(grid_walk(model, a, target.x, target.y, s.eps_grid,
+                                         batch_size=s.batch_size, seed=s.seed, clean=clean, bar=bar,
+                                         recorder=rec, on_batch=eta))
+    finally:
+        bar.close()
+    return results, list(dict.fromkeys(warned))
+
+
+def result_rows(target: Target, results: Sequence[GridResult], s: Settings, device: str) -> list[ResultRow]:
+    """The result rows of a finished walk (as the store holds them)."""
+    n = len(target.y)
+    clean_acc = float(results[0].flags[0].sum()) / n if results and results[0].flags else 0.0
+    versions, now = library_versions(), _now()
+    return [
+        ResultRow(run_id=target.run_id, attack=r.attack.label, params=r.attack.params, eps=e, n=n,
+                  clean_acc=clean_acc, robust_acc=int(f.sum()) / n, seconds=t, device=device,
+                  versions=versions, flags=flag_text(f), seed=s.seed, batch_size=s.batch_size,
+                  grid=list(s.eps_grid), fingerprint=target.source.fingerprint, created=now)
+        for r in results for e, f, t in zip(r.eps, r.flags, r.seconds)
+    ]
+
+
+def aa_warning_rows(target: Target, warnings: Sequence[str]) -> list[DiagnosticRow]:
+    """AutoAttack's own ``checks.py`` warnings as findings of this model (flagged)."""
+    return [
+        DiagnosticRow(
+            run_id=target.run_id, fingerprint=target.source.fingerprint, n=len(target.y),
+            check="autoattack-checks", key=f"{i:02d}", flagged=True,
+            source="AutoAttack checks.py (run by pyautoattack inside each call)", summary=msg,
+            details={"message": msg}, advice="read AutoAttack's flags_doc.md for this message",
+            created=_now(),
+        )
+        for i, msg in enumerate(warnings)
+    ]
+
+
+def evaluate_target(
+    target: Target, settings: Settings, device: torch.device | str = "cpu",
+    store: Store | None = None, out: TextIO | None = None,
+) -> Evaluation:
+    """Evaluate one model (see the module docstring); rows go to ``store`` as they finish.
+    Prints a table with 95% intervals on ``out`` (stdout unless None and ``out`` is False)."""
+    s = settings
+    check_settings(s.attacks, s.eps_grid, s.batch_size, s.seed)
+    s.eps_grid = sorted(float(e) for e in s.eps_grid)
+    device = torch.device(device)
+    target.source.model = target.model.to(device).eval()
+    if store is not None:
+        store.claim_run(run_row(target.source), _now())
+    clean = predict(target.model, target.x) == target.y
+    results, warned = _walk_all(target, s, clean, store, device)
+    if store is not None and warned:
+        store.write_diagnostics(aa_warning_rows(target, warned))
+    rows = result_rows(target, results, s, device_label(device))
+    ev = Evaluation(target, s, clean, results, worst_case(rows, flag_text(clean)), aa_warnings=warned)
+    if out is not None:
+        print(format_table(ev, device_label(device)), file=out)
+    return ev
 
 
 def evaluate_checkpoint(
@@ -242,100 +533,61 @@ def evaluate_checkpoint(
     *,
     download: bool = True,
     out: TextIO | None = None,
-) -> list[ResultRow]:
-    """Evaluate one checkpoint with every attack over ``eps_grid`` on its first ``n`` test points.
-
-    Writes one row per (attack, eps) and recomputes the worst case over every attack stored for
-    this checkpoint and n ("any"); returns the attack rows followed by the "any" rows. All input
-    is validated first: bad input raises UsageError with the store untouched (a store given as a
-    path is not even opened). A BudgetViolation also leaves this checkpoint's rows unwritten.
-    Prints a table on ``out`` (stdout) and a progress bar on stderr.
-    """
-    _check_settings(attacks, eps_grid, batch_size, seed)
+    fresh: bool = False,
+) -> Evaluation:
+    """Evaluate one checkpoint into ``store`` (a Store or a path). All input is validated before
+    the store is opened; a BudgetViolation leaves that step's row unwritten."""
+    settings = Settings(list(attacks), list(eps_grid), batch_size, seed, fresh, progress)
+    check_settings(settings.attacks, settings.eps_grid, batch_size, seed)
     target = prepare_target(ckpt_path, n, data_dir, dataset, download)
-    device = torch.device(device)
-    ckpt = target.checkpoint
-    model = target.model.to(device).eval()
-    eps_sorted = sorted(float(e) for e in eps_grid)
-
-    clean = predict(model, target.x) == target.y
-    clean_acc = _fraction(clean)
-    attacked = sum(1 for e in eps_sorted if e > 0)
-    bar = tqdm(
-        total=len(attacks) * attacked, desc=f"eval {ckpt.run_id}", unit="eps", file=sys.stderr,
-        disable=not progress, dynamic_ncols=True, leave=False,
-    )
-    try:
-        results = [
-            grid_walk(model, a, target.x, target.y, eps_sorted, batch_size=batch_size, seed=seed,
-                      clean=clean, bar=bar)
-            for a in attacks
-        ]
-    finally:
-        bar.close()
-
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    label, versions = device_label(device), library_versions()
-    rows = [
-        ResultRow(
-            run_id=ckpt.run_id, attack=r.attack.label, params=r.attack.params, eps=eps, n=n,
-            clean_acc=clean_acc, robust_acc=_fraction(f), seconds=s, device=label,
-            versions=versions, flags=_flag_text(f), seed=seed, created=now,
-        )
-        for r in results
-        for eps, f, s in zip(r.eps, r.flags, r.seconds)
-    ]
-
     own = not isinstance(store, Store)
     db = Store(store) if own else store  # type: ignore[arg-type]
     try:
-        db.upsert_run(run_row(ckpt), now)
-        db.replace_results(rows)
-        any_rows = db.recompute_any(ckpt.run_id, n, now)
+        return evaluate_target(target, settings, device, db, out or sys.stdout)
     finally:
         if own:
             db.close()
-
-    print(format_table(ckpt, results, any_rows, n, seed, label, clean_acc), file=out or sys.stdout)
-    return rows + any_rows
 
 
 # ------------------------------------------------------------------------------- table
 
 
-def format_table(
-    ckpt: Checkpoint,
-    results: Sequence[GridResult],
-    any_rows: Sequence[ResultRow],
-    n: int,
-    seed: int,
-    device: str,
-    clean_acc: float,
-) -> str:
-    """Robust accuracy (%) per attack (rows) and eps in units of 1/255 (columns)."""
-    eps = results[0].eps if results else []
-    any_by_eps = {round(r.eps * 1e9): r.robust_acc for r in any_rows}
-    names = [r.attack.display for r in results] + [ANY]
-    width = max(len(s) for s in names + ["attack"])
-    head = f"{'attack':<{width}}" + "".join(f"{eps_in_255(e, digits=3):>7}" for e in eps) + f"{'seconds':>10}"
+def ci_cell(e: Estimate) -> str:
+    """``72.0 (63.1-79.6)``: accuracy and 95% Wilson interval in %."""
+    lo, hi = e.interval
+    return f"{100 * e.acc:.1f} ({100 * lo:.1f}-{100 * hi:.1f})"
+
+
+def format_table(ev: Evaluation, device: str) -> str:
+    """Robust accuracy (%) with 95% intervals per attack (rows) and eps in 1/255 (columns)."""
+    t, s = ev.target, ev.settings
+    src = t.source
+    est = ev.estimates()
+    names = list(est)
+    width = max(len(x) for x in names + ["attack"])
+    head = f"{'attack':<{width}}" + "".join(f"{eps_in_255(e, digits=3):>19}" for e in s.eps_grid)
     lines = [
-        f"{ckpt.run_id} ({ckpt.dataset}, {ckpt.model_name}, {ckpt.defense}): n={n}, seed={seed}, "
-        f"{device}",
-        f"clean accuracy {100 * clean_acc:.2f}%; robust accuracy (%) by Linf eps (x/255)",
+        f"{t.run_id} ({src.dataset}, {src.config.get('model', '?')}, {src.config.get('defense', '?')}, "
+        f"weights {str(src.fingerprint)[7:19]}): n={len(t.y)} (first n test points), seed={s.seed}, "
+        f"batch={s.batch_size}, {device}",
+        f"clean accuracy {ci_cell(ev.clean_estimate)}%; robust accuracy % (95% Wilson interval) "
+        "by Linf eps (x/255)",
         head,
         "-" * len(head),
     ]
-    for r in results:
-        cells = "".join(f"{100 * a:7.2f}" for a in r.robust_acc())
-        lines.append(f"{r.attack.display:<{width}}{cells}{sum(r.seconds):10.1f}")
-    cells = "".join(
-        f"{100 * any_by_eps[round(e * 1e9)]:7.2f}" if round(e * 1e9) in any_by_eps else f"{'-':>7}"
-        for e in eps
-    )
-    lines.append(f"{ANY:<{width}}{cells}")
-    covered = sorted({a for r in any_rows for a in r.params.get("attacks", [])})
-    lines.append(
-        f"any = per point, robust only if every attack stored for this checkpoint at n={n} left it "
-        f"robust ({len(covered)} attack configuration{'s' if len(covered) != 1 else ''})"
-    )
+    for name in names:
+        cells = "".join(f"{ci_cell(est[name][e]) if e in est[name] else '-':>19}" for e in s.eps_grid)
+        lines.append(f"{name:<{width}}{cells}")
+    lines.append(f"{ANY} = per point, robust only if every attack above failed at that eps and at "
+                 "every smaller one")
+    for f in ev.findings:
+        if getattr(f, "flagged", False):
+            lines.append(f"FLAG {f.check}: {f.summary} -> {f.advice}")
+    for msg in ev.aa_warnings:
+        lines.append(f"FLAG autoattack-checks: {msg}")
     return "\n".join(lines)
+
+
+__all__ = ["Evaluation", "GridResult", "Settings", "Target", "attach_points", "check_budget",
+           "estimate", "evaluate_checkpoint", "evaluate_target", "grid_walk", "predict",
+           "prepare_target"]

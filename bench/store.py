@@ -1,11 +1,28 @@
 """The results store: SQLite (standard library) at ``reports/results.sqlite`` unless ``--db``.
 
-Two tables. ``runs``: one row per evaluated checkpoint, a snapshot of its configuration, so that
-``bench report`` is a pure function of the store. ``results``: one row per (checkpoint, attack with
-its parameters, eps, n) holding clean and robust accuracy, seconds, device, library versions and
-the per-point robust flags ('1' robust, '0' broken, one character per test point), from which the
-worst case over all attacks ("any") is recomputed. Writing the same evaluation again replaces
-its rows (the primary key), never duplicates them.
+Tables (schema version :data:`SCHEMA_VERSION`, recorded in ``meta``):
+
+``runs``
+    one row per evaluated model (a checkpoint, a factory model, a zoo entry): its run id, the
+    fingerprint of its weights and a snapshot of its configuration and run record, so that
+    ``bench report`` is a pure function of the store.
+``results``
+    one row per (model, attack with its parameters, eps, n): clean and robust accuracy, the
+    per-point robust flags ('1' robust, '0' broken, one character per point), and everything the
+    flags depend on: weights fingerprint, points (the first n of the test split), the eps grid
+    walked, batch size, seed, library versions.
+``batches``
+    per-batch flags of an (attack, eps) step still in progress, so that a killed evaluation
+    resumes where it stopped; deleted when the step's result row is written.
+``diagnostics``
+    what each check found for a model (see :mod:`bench.diagnostics`), AutoAttack's own warnings
+    included.
+
+The worst case over attacks is not stored: it is derived from the flags
+(:func:`bench.results.worst_case`). Every write is one short transaction (``BEGIN IMMEDIATE``);
+the journal is WAL with a busy timeout, so several ``bench eval`` processes can share a store.
+A store is only created by a writer; readers open it read-only and refuse anything that is not
+a bench store of this layout.
 """
 
 from __future__ import annotations
@@ -16,15 +33,21 @@ import json
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from bench.errors import UsageError
 
-ANY = "any"  # the attack name of the worst-case rows
+ANY = "any"  # the label of the worst case over attacks (derived, never stored)
+APPLICATION = "bench"
+SCHEMA_VERSION = 2
+BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another writer's transaction
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (
     run_id TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,      -- sha256 over the weights (bench.weights)
+    kind TEXT NOT NULL,             -- checkpoint | factory | robustbench | module
     path TEXT NOT NULL,
     dataset TEXT NOT NULL,
     model TEXT NOT NULL,
@@ -33,27 +56,54 @@ CREATE TABLE IF NOT EXISTS runs (
     epochs INTEGER,
     train_limit INTEGER,
     train_seconds REAL,
-    config TEXT NOT NULL,           -- JSON, the checkpoint's config.json
+    config TEXT NOT NULL,           -- JSON, e.g. the checkpoint's config.json
+    run TEXT NOT NULL,              -- JSON, e.g. the checkpoint's run.json
     updated TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS results (
-    run_id TEXT NOT NULL REFERENCES runs(run_id),
+CREATE TABLE results (
+    run_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
     attack TEXT NOT NULL,
     params TEXT NOT NULL,           -- JSON with sorted keys: part of the row's identity
     eps REAL NOT NULL,
     eps_key INTEGER NOT NULL,       -- round(eps * 1e9): exact identity for floating eps
     n INTEGER NOT NULL,
-    seed INTEGER,
+    seed INTEGER NOT NULL,
+    batch_size INTEGER NOT NULL,
+    grid TEXT NOT NULL,             -- JSON list of the eps values walked (flags carry upwards)
     clean_acc REAL NOT NULL,
     robust_acc REAL NOT NULL,
     seconds REAL NOT NULL,
     device TEXT NOT NULL,
     versions TEXT NOT NULL,         -- JSON
-    flags TEXT,                     -- per-point robust flags, '0'/'1' per point
+    flags TEXT NOT NULL,            -- per-point robust flags, '0'/'1' per point
     created TEXT NOT NULL,
     PRIMARY KEY (run_id, attack, params, eps_key, n)
 );
+CREATE TABLE batches (
+    run_id TEXT NOT NULL,
+    step TEXT NOT NULL,             -- the step's identity (fingerprint, attack, eps, n, seed, B, grid)
+    batch INTEGER NOT NULL,
+    flags TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    PRIMARY KEY (run_id, step, batch)
+);
+CREATE TABLE diagnostics (
+    run_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    check_name TEXT NOT NULL,
+    key TEXT NOT NULL,              -- distinguishes findings of one check (e.g. the attacks compared)
+    flagged INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    details TEXT NOT NULL,          -- JSON
+    advice TEXT NOT NULL,
+    created TEXT NOT NULL,
+    PRIMARY KEY (run_id, n, check_name, key)
+);
 """
+TABLES = ("meta", "runs", "results", "batches", "diagnostics")
 
 
 def canonical(obj: Any) -> str:
@@ -68,7 +118,7 @@ def eps_key(eps: float) -> int:
 
 @dataclass
 class ResultRow:
-    """One evaluation result: a checkpoint, an attack with parameters, an eps, n points."""
+    """One evaluation result: a model, an attack with parameters, an eps, n points."""
 
     run_id: str
     attack: str
@@ -80,9 +130,17 @@ class ResultRow:
     seconds: float
     device: str
     versions: dict[str, str]
-    flags: str | None = None
-    seed: int | None = None
+    flags: str
+    seed: int
+    batch_size: int
+    grid: list[float]
+    fingerprint: str
     created: str = ""
+
+    @property
+    def robust_count(self) -> int:
+        """Points robust under this attack at this eps."""
+        return self.flags.count("1")
 
     def as_record(self) -> dict[str, Any]:
         """A flat dict for CSV/JSON export (flags dropped: they are for the store)."""
@@ -90,13 +148,14 @@ class ResultRow:
         rec.pop("flags")
         rec["params"] = canonical(self.params)
         rec["versions"] = canonical(self.versions)
+        rec["grid"] = canonical(self.grid)
         rec["eps_255"] = round(self.eps * 255, 6)
         return rec
 
 
 @dataclass
 class RunRow:
-    """A checkpoint as recorded in the store."""
+    """A model as recorded in the store."""
 
     run_id: str
     path: str
@@ -108,22 +167,112 @@ class RunRow:
     train_limit: int | None
     train_seconds: float | None
     config: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
+    kind: str = "checkpoint"
+
+
+@dataclass
+class DiagnosticRow:
+    """One finding of one check on a model's first n points."""
+
+    run_id: str
+    fingerprint: str
+    n: int
+    check: str
+    key: str
+    flagged: bool
+    source: str
+    summary: str
+    details: dict[str, Any]
+    advice: str
+    created: str = ""
+
+
+_RESULT_COLUMNS = (
+    "run_id, fingerprint, attack, params, eps, eps_key, n, seed, batch_size, grid, clean_acc,"
+    " robust_acc, seconds, device, versions, flags, created"
+)
+_RUN_COLUMNS = (
+    "run_id, fingerprint, kind, path, dataset, model, defense, defense_params, epochs,"
+    " train_limit, train_seconds, config, run, updated"
+)
 
 
 class Store:
-    """Open (and create, unless ``must_exist``) the SQLite store at ``path``."""
+    """The SQLite store at ``path``. Writers create it (``Store(path)``); readers use
+    ``Store(path, readonly=True)``, which never creates or changes a file."""
 
-    def __init__(self, path: str | Path, *, must_exist: bool = False) -> None:
+    def __init__(self, path: str | Path, *, must_exist: bool = False, readonly: bool = False) -> None:
         self.path = Path(path).expanduser().resolve()
-        if must_exist and not self.path.is_file():
-            raise UsageError(f"results store {self.path} does not exist; run `bench eval` first")
-        if not must_exist:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
+        if (must_exist or readonly) and not self.path.is_file():
+            what = "is not a file" if self.path.exists() else "does not exist"
+            raise UsageError(f"results store {self.path} {what}; run `bench eval` first")
+        if self.path.is_dir():
+            raise UsageError(f"results store {self.path} is a directory, not a file")
+        self.db = self._connect()
         try:
-            self.db = sqlite3.connect(self.path)
-            self.db.executescript(SCHEMA)
+            self._check_layout()
+        except BaseException:
+            self.db.close()
+            raise
+
+    # -- opening ---------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            if self.readonly:
+                db = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except (sqlite3.Error, OSError) as exc:
+            raise UsageError(f"results store {self.path} can't be opened: {exc}") from None
+        return db
+
+    def _tables(self) -> set[str]:
+        try:
+            rows = self.db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
         except sqlite3.DatabaseError as exc:
             raise UsageError(f"results store {self.path} is not a usable SQLite file: {exc}") from None
+        return {r[0] for r in rows}
+
+    def _check_layout(self) -> None:
+        """A new, empty file becomes a store (writers only); anything else must be one of ours."""
+        tables = self._tables()
+        if not tables and not self.readonly:
+            self._create()
+            return
+        if "meta" not in tables:
+            raise UsageError(
+                f"{self.path} is not a bench results store (no meta table; tables: "
+                f"{', '.join(sorted(tables)) or 'none'})"
+            )
+        meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("application") != APPLICATION:
+            raise UsageError(f"{self.path} is not a bench results store")
+        version = meta.get("schema_version")
+        if version != str(SCHEMA_VERSION):
+            raise UsageError(
+                f"results store {self.path} has layout version {version}; this bench reads "
+                f"version {SCHEMA_VERSION}: evaluate into a new --db"
+            )
+        if not set(TABLES) <= tables:
+            raise UsageError(f"results store {self.path} lacks tables {sorted(set(TABLES) - tables)}")
+
+    def _create(self) -> None:
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            with self.transaction():
+                for statement in SCHEMA.split(";"):  # executescript would commit first
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.executemany(
+                    "INSERT INTO meta VALUES (?, ?)",
+                    [("application", APPLICATION), ("schema_version", str(SCHEMA_VERSION))],
+                )
+        except sqlite3.Error as exc:
+            raise UsageError(f"results store {self.path} can't be written: {exc}") from None
 
     def close(self) -> None:
         self.db.close()
@@ -134,97 +283,132 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- writing ---------------------------------------------------------------------------
-    def upsert_run(self, run: RunRow, updated: str) -> None:
-        """Record (or refresh) a checkpoint's configuration snapshot."""
-        with self.db:
+    # -- transactions ----------------------------------------------------------------------
+    def transaction(self) -> "_Transaction":
+        """``with store.transaction():`` one write transaction, taken at once (BEGIN IMMEDIATE),
+        so that concurrent writers queue instead of failing half-way."""
+        if self.readonly:
+            raise UsageError(f"results store {self.path} was opened read-only")
+        return _Transaction(self.db)
+
+    def check_writable(self) -> None:
+        """A UsageError now, rather than after hours of attacks, if the store can't be written."""
+        try:
+            with self.transaction():
+                self.db.execute("UPDATE meta SET value=value WHERE key='application'")
+        except sqlite3.Error as exc:
+            raise UsageError(f"results store {self.path} can't be written: {exc}") from None
+
+    # -- runs ------------------------------------------------------------------------------
+    def run(self, run_id: str) -> RunRow | None:
+        """The recorded model with this run id, if any."""
+        rows = self._runs("WHERE run_id=?", (run_id,))
+        return rows[0] if rows else None
+
+    def claim_run(self, run: RunRow, updated: str) -> None:
+        """Record ``run`` before its results. A run id already held by other weights is replaced
+        (rows and all) when it comes from the same path (a retrained checkpoint); from another
+        path it is refused: two different models would share one run id."""
+        with self.transaction():
+            old = self.run(run.run_id)
+            if old is not None and old.fingerprint != run.fingerprint:
+                if old.path != run.path:
+                    raise UsageError(
+                        f"run id {run.run_id!r} is already in {self.path} for other weights "
+                        f"from {old.path}; rename this checkpoint or use another --db"
+                    )
+                for table in ("results", "batches", "diagnostics"):
+                    self.db.execute(f"DELETE FROM {table} WHERE run_id=?", (run.run_id,))
             self.db.execute(
-                "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    run.run_id, run.path, run.dataset, run.model, run.defense,
-                    canonical(run.defense_params), run.epochs, run.train_limit,
-                    run.train_seconds, canonical(run.config), updated,
-                ),
+                f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) VALUES ({','.join('?' * 14)})",
+                (run.run_id, run.fingerprint, run.kind, run.path, run.dataset, run.model,
+                 run.defense, canonical(run.defense_params), run.epochs, run.train_limit,
+                 run.train_seconds, canonical(run.config), canonical(run.run), updated),
             )
 
-    def replace_results(self, rows: Iterable[ResultRow]) -> None:
-        """Insert rows in one transaction, replacing any row with the same identity."""
-        with self.db:
-            self._insert(rows)
-
-    def _insert(self, rows: Iterable[ResultRow]) -> None:
-        """INSERT OR REPLACE, inside the caller's transaction."""
-        self.db.executemany(
-            "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [
-                (
-                    r.run_id, r.attack, canonical(r.params), r.eps, eps_key(r.eps), r.n,
-                    r.seed, r.clean_acc, r.robust_acc, r.seconds, r.device,
-                    canonical(r.versions), r.flags, r.created,
-                )
-                for r in rows
-            ],
-        )
-
-    def recompute_any(self, run_id: str, n: int, created: str) -> list[ResultRow]:
-        """Rewrite the worst-case rows of (run_id, n): per eps, a point is robust only if every
-        attack evaluated at that eps on these n points left it robust. Returns the new rows."""
-        attack_rows = [r for r in self.results(run_id) if r.n == n and r.attack != ANY and r.flags]
-        by_eps: dict[int, list[ResultRow]] = {}
-        for r in attack_rows:
-            by_eps.setdefault(eps_key(r.eps), []).append(r)
-        out = []
-        for rows in by_eps.values():
-            flags = [all(r.flags[i] == "1" for r in rows) for i in range(n)]  # type: ignore[index]
-            out.append(
-                ResultRow(
-                    run_id=run_id, attack=ANY,
-                    params={"attacks": sorted(f"{r.attack}{canonical(r.params)}" for r in rows)},
-                    eps=rows[0].eps, n=n, clean_acc=rows[0].clean_acc,
-                    robust_acc=sum(flags) / n, seconds=sum(r.seconds for r in rows),
-                    device=rows[0].device, versions=rows[0].versions,
-                    flags="".join("1" if f else "0" for f in flags), seed=None, created=created,
-                )
-            )
-        # The identity of an "any" row is (run, eps, n); its params only say what it covers, so
-        # the old rows go first, in the same transaction as the new ones.
-        with self.db:
-            self.db.execute("DELETE FROM results WHERE run_id=? AND attack=? AND n=?", (run_id, ANY, n))
-            self._insert(out)
-        return out
-
-    # -- reading ---------------------------------------------------------------------------
     def runs(self) -> list[RunRow]:
-        """Every recorded checkpoint, by run id."""
-        cur = self.db.execute(
-            "SELECT run_id, path, dataset, model, defense, defense_params, epochs, train_limit,"
-            " train_seconds, config FROM runs ORDER BY run_id"
-        )
+        """Every recorded model, by run id."""
+        return self._runs("", ())
+
+    def _runs(self, where: str, args: tuple[Any, ...]) -> list[RunRow]:
+        cur = self.db.execute(f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY run_id", args)
         return [
-            RunRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8], json.loads(r[9]))
+            RunRow(run_id=r[0], fingerprint=r[1], kind=r[2], path=r[3], dataset=r[4], model=r[5],
+                   defense=r[6], defense_params=json.loads(r[7]), epochs=r[8], train_limit=r[9],
+                   train_seconds=r[10], config=json.loads(r[11]), run=json.loads(r[12]))
             for r in cur.fetchall()
         ]
 
+    # -- results ---------------------------------------------------------------------------
+    def write_result(self, row: ResultRow, step: str | None = None) -> None:
+        """Insert (or replace) one result row; in the same transaction drop the step's batches."""
+        with self.transaction():
+            self.db.execute(
+                f"INSERT OR REPLACE INTO results ({_RESULT_COLUMNS}) VALUES ({','.join('?' * 17)})",
+                (row.run_id, row.fingerprint, row.attack, canonical(row.params), row.eps,
+                 eps_key(row.eps), row.n, row.seed, row.batch_size, canonical(row.grid),
+                 row.clean_acc, row.robust_acc, row.seconds, row.device, canonical(row.versions),
+                 row.flags, row.created),
+            )
+            if step is not None:
+                self.db.execute("DELETE FROM batches WHERE run_id=? AND step=?", (row.run_id, step))
+
+    def replace_results(self, rows: Iterable[ResultRow]) -> None:
+        """Insert several rows (each its own transaction)."""
+        for row in rows:
+            self.write_result(row)
+
     def results(self, run_id: str | None = None) -> list[ResultRow]:
-        """Result rows (of one checkpoint if ``run_id``), ordered by run, attack, n, eps."""
-        sql = (
-            "SELECT run_id, attack, params, eps, n, clean_acc, robust_acc, seconds, device,"
-            " versions, flags, seed, created FROM results"
-        )
+        """Result rows (of one model if ``run_id``), ordered by run, attack, params, n, eps."""
+        sql = f"SELECT {_RESULT_COLUMNS} FROM results"
         args: tuple[Any, ...] = ()
         if run_id is not None:
             sql += " WHERE run_id=?"
             args = (run_id,)
         sql += " ORDER BY run_id, attack, params, n, eps"
-        return [
-            ResultRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6], r[7], r[8],
-                      json.loads(r[9]), r[10], r[11], r[12])
-            for r in self.db.execute(sql, args).fetchall()
-        ]
+        return [_result(r) for r in self.db.execute(sql, args).fetchall()]
 
     def count(self) -> int:
         """Number of result rows."""
         return int(self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
+    # -- batches of a step in progress -----------------------------------------------------
+    def write_batch(self, run_id: str, step: str, batch: int, flags: str, seconds: float) -> None:
+        """Keep one finished batch of a step (so that a killed run resumes after it)."""
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO batches VALUES (?,?,?,?,?)",
+                            (run_id, step, batch, flags, seconds))
+
+    def batches(self, run_id: str, step: str) -> dict[int, tuple[str, float]]:
+        """The finished batches of a step: batch index -> (flags, seconds)."""
+        cur = self.db.execute("SELECT batch, flags, seconds FROM batches WHERE run_id=? AND step=?",
+                              (run_id, step))
+        return {r[0]: (r[1], r[2]) for r in cur.fetchall()}
+
+    # -- diagnostics -----------------------------------------------------------------------
+    def write_diagnostics(self, rows: Iterable[DiagnosticRow]) -> None:
+        """Insert (or replace) findings, in one transaction."""
+        with self.transaction():
+            for d in rows:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO diagnostics VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (d.run_id, d.fingerprint, d.n, d.check, d.key, int(d.flagged), d.source,
+                     d.summary, canonical(d.details), d.advice, d.created),
+                )
+
+    def diagnostics(self, run_id: str | None = None) -> list[DiagnosticRow]:
+        """Findings (of one model if ``run_id``), ordered by run, n, check, key."""
+        sql = "SELECT * FROM diagnostics"
+        args: tuple[Any, ...] = ()
+        if run_id is not None:
+            sql += " WHERE run_id=?"
+            args = (run_id,)
+        sql += " ORDER BY run_id, n, check_name, key"
+        return [
+            DiagnosticRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], json.loads(r[8]),
+                          r[9], r[10])
+            for r in self.db.execute(sql, args).fetchall()
+        ]
 
     # -- export ----------------------------------------------------------------------------
     def csv_text(self) -> str:
@@ -238,9 +422,37 @@ class Store:
         return buffer.getvalue()
 
     def json_text(self) -> str:
-        """Runs and result rows as one JSON document."""
+        """Runs, result rows and diagnostics as one JSON document."""
         doc = {
+            "schema_version": SCHEMA_VERSION,
             "runs": [asdict(r) for r in self.runs()],
             "results": [r.as_record() for r in self.results()],
+            "diagnostics": [asdict(d) for d in self.diagnostics()],
         }
         return json.dumps(doc, indent=2) + "\n"
+
+
+def _result(r: tuple[Any, ...]) -> ResultRow:
+    return ResultRow(
+        run_id=r[0], fingerprint=r[1], attack=r[2], params=json.loads(r[3]), eps=r[4], n=r[6],
+        seed=r[7], batch_size=r[8], grid=json.loads(r[9]), clean_acc=r[10], robust_acc=r[11],
+        seconds=r[12], device=r[13], versions=json.loads(r[14]), flags=r[15], created=r[16],
+    )
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (autocommit connection)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def iter_flags(flags: str) -> Iterator[bool]:
+    """'0'/'1' text as booleans."""
+    return (c == "1" for c in flags)

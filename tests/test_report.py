@@ -1,93 +1,56 @@
-"""``bench report``: ranking, numbers, header, plots, RobustBench-style JSON, determinism, errors."""
+"""``bench report`` from real stores of per-point flags: one evaluation per row, the worst case
+over mismatched grids, AutoAttack versions, reused run ids, intervals, seeds, files, errors."""
 
 from __future__ import annotations
 
-import argparse
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from bench.errors import UsageError
-from bench.params import format_eps
-from bench.report import write_report
-from bench.store import ANY, ResultRow, RunRow, Store
+from bench.report import MANIFEST, write_report
+from bench.results import wilson
+from bench.store import ResultRow, RunRow, Store
 
-N = 100
-VERSIONS = {"python": "3.11.2", "torch": "2.11.0", "torchattacks": "3.5.1", "pyautoattack": "0.2.0"}
-AA = {"version": "standard", "attacks": []}
+VERSIONS = {"python": "3.11.7", "torch": "2.14.1"}
+STD = {"version": "standard", "attacks": ["apgd-ce", "apgd-t", "fab-t", "square"]}
+CUSTOM = {"version": "custom", "attacks": ["apgd-ce"]}
 PGD = {"steps": 10, "alpha": "2.5*eps/steps", "random_start": True}
-PGD50 = {"steps": 50, "alpha": "2.5*eps/steps", "random_start": True}
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-# run id -> (dataset, defense, model, epochs, clean, {attack: (params, accuracy at 8/255)})
-CHECKPOINTS = {
-    "fm-pgd-at": ("fashion-mnist", "pgd-at", "cnn", 10, 0.80,
-                  {"fgsm": ({}, 0.55), "pgd": (PGD, 0.45), "autoattack": (AA, 0.40)}),
-    # Higher clean and PGD accuracy but lower AutoAttack: ranks below fm-pgd-at.
-    "fm-standard": ("fashion-mnist", "standard", "cnn", 5, 0.92,
-                    {"fgsm": ({}, 0.60), "pgd": (PGD, 0.50), "autoattack": (AA, 0.05)}),
-    # No AutoAttack: ranked by "any" (0.30), between the two above.
-    "fm-trades": ("fashion-mnist", "trades", "cnn", 10, 0.85,
-                  {"fgsm": ({}, 0.45), "pgd": (PGD, 0.31)}),
-    # Two PGD variants on one checkpoint: they must stay apart.
-    "c10-fgsm-at": ("cifar10", "fgsm-at", "resnet18", 3, 0.70,
-                    {"fgsm": ({}, 0.35), "pgd": (PGD, 0.25), "pgd50": (PGD50, 0.22),
-                     "autoattack": (AA, 0.20)}),
-}
-ANY_AT_8 = {"fm-pgd-at": 0.39, "fm-standard": 0.04, "fm-trades": 0.30, "c10-fgsm-at": 0.19}
+E8 = 8 / 255
 
 
-def acc_at(clean: float, final: float, k: int) -> float:
-    """Linear from clean at eps 0 to final at 8/255."""
-    return clean + (final - clean) * k / 8
+def flags(n: int, robust: list[int] | range) -> str:
+    """'1' at the indices in ``robust``, '0' elsewhere."""
+    keep = set(robust)
+    return "".join("1" if i in keep else "0" for i in range(n))
 
 
-def make_store(path: Path) -> Path:
-    """A store with the checkpoints above, eps 0..8/255, attacks and their worst case."""
-    with Store(path) as store:
-        for run_id, (dataset, defense, model, epochs, clean, attacks) in CHECKPOINTS.items():
-            store.upsert_run(
-                RunRow(run_id, f"/nonexistent/{run_id}", dataset, model, defense,
-                       {"epsilon": 8 / 255} if defense != "standard" else {}, epochs, None,
-                       123.4 * epochs),
-                updated="2025-01-01T00:00:00",
-            )
-            rows = []
-            for k in range(9):
-                eps = k / 255
-                for name, (params, final) in attacks.items():
-                    rows.append(ResultRow(run_id, name.rstrip("0123456789"), params, eps, N, clean,
-                                          acc_at(clean, final, k), 1.5, "cpu:2threads", VERSIONS,
-                                          created="2025-01-01T00:00:00"))
-                rows.append(ResultRow(run_id, ANY, {"attacks": sorted(attacks)}, eps, N, clean,
-                                      acc_at(clean, ANY_AT_8[run_id], k), 6.0, "cpu:2threads",
-                                      VERSIONS, created="2025-01-01T00:00:00"))
-            store.replace_results(rows)
-    return path
+def add_run(store: Store, run_id: str, fp: str = "sha256:aa", dataset: str = "fashion-mnist",
+            defense: str = "standard", seed: int = 0, path: str | None = None, **cfg: object) -> None:
+    config = {"model": "cnn", "defense": defense, "dataset": dataset, "seed": seed, "epochs": 3, **cfg}
+    store.claim_run(RunRow(run_id, path or f"/ckpt/{run_id}", dataset, "cnn", defense, {}, 3, None,
+                           12.5, config, {}, fp, "checkpoint"), "2026-01-01T00:00:00")
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_store(tmp_path_factory.mktemp("store") / "results.sqlite")
-
-
-@pytest.fixture(scope="module")
-def report(db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One report shared by the read-only tests."""
-    out = tmp_path_factory.mktemp("report") / "out"
-    write_report(db, out)
-    return out
+def add(store: Store, run_id: str, attack: str, params: dict, grid: list[float],
+        robust: dict[float, list[int] | range], n: int, fp: str = "sha256:aa") -> None:
+    """Rows of one attack's walk: ``robust[eps]`` are the robust points at that eps."""
+    clean = robust.get(0.0, robust[min(robust)])
+    for eps in grid:
+        f = flags(n, robust[eps])
+        store.write_result(ResultRow(run_id, attack, params, eps, n, len(set(clean)) / n,
+                                     f.count("1") / n, 1.0, "cpu", VERSIONS, f, 0, 500, grid, fp,
+                                     "2026-01-01T00:00:00"))
 
 
 def section(md: str, title: str) -> list[dict[str, str]]:
     """The rows of the first table under ``## title`` as dicts keyed by header."""
     lines = md.splitlines()
     start = lines.index(f"## {title}")
-    table = []
+    table: list[list[str]] = []
     for line in lines[start + 1:]:
-        if line.startswith("## "):
-            break
         if line.startswith("|"):
             table.append([c.strip() for c in line.strip("|").split(" | ")])
         elif table:
@@ -96,225 +59,218 @@ def section(md: str, title: str) -> list[dict[str, str]]:
     return [dict(zip(head, row)) for row in body]
 
 
-def test_ranking_by_autoattack_with_any_fallback(report: Path) -> None:
-    rows = section((report / "leaderboard.md").read_text(), "fashion-mnist")
-    assert [r["run id"] for r in rows] == ["`fm-pgd-at`", "`fm-trades`", "`fm-standard`"]
-    assert [r["rank"] for r in rows] == ["1", "2†", "3"]
-    assert [r["run id"] for r in section((report / "leaderboard.md").read_text(), "cifar10")] == [
-        "`c10-fgsm-at`"]
+def pct(cell: str) -> float:
+    return float(cell.split()[0])
 
 
-def test_table_numbers_match_rows(report: Path, db: Path) -> None:
-    md = (report / "leaderboard.md").read_text()
-    with Store(db) as store:
-        results = store.results()
-    for dataset in ("fashion-mnist", "cifar10"):
-        for row in section(md, dataset):
-            run_id = row["run id"].strip("`")
-            mine = [r for r in results if r.run_id == run_id and abs(r.eps - 8 / 255) < 1e-12]
-            by_label = {
-                "AutoAttack (standard)": [r for r in mine if r.attack == "autoattack"],
-                "FGSM": [r for r in mine if r.attack == "fgsm"],
-                "worst case (any)": [r for r in mine if r.attack == ANY],
-            }
-            if dataset == "fashion-mnist":
-                by_label["PGD"] = [r for r in mine if r.attack == "pgd"]
-            else:  # two PGD variants: two columns, labelled by the parameter that differs
-                by_label["PGD [steps=10]"] = [r for r in mine if r.attack == "pgd" and r.params == PGD]
-                by_label["PGD [steps=50]"] = [r for r in mine if r.attack == "pgd" and r.params == PGD50]
-            for label, rs in by_label.items():
-                assert label in row, label
-                expected = f"{100 * rs[0].robust_acc:.2f}" if rs else "–"
-                assert row[label] == expected, (run_id, label)
-            assert row["clean"] == f"{100 * CHECKPOINTS[run_id][4]:.2f}"
-            assert row["epochs"] == str(CHECKPOINTS[run_id][3])
-            assert row["n"] == str(N)
-            assert row["defense"] == CHECKPOINTS[run_id][1]
-            assert row["model"] == CHECKPOINTS[run_id][2]
-    assert "Robust accuracy is measured on the first n test points" in md
-    assert "per-point worst case over all attacks" in md
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "results.sqlite"
 
 
-def test_header_states_settings(report: Path) -> None:
-    md = (report / "leaderboard.md").read_text()
-    head = md.split("\n## ", 1)[0]
-    assert "Test points n: 100" in head
-    assert "Training epochs: 3, 5, 10" in head
-    assert "AutoAttack version standard: apgd-ce, apgd-t, fab-t, square" in head
-    assert "Eps grid: " + ", ".join(format_eps(k / 255) for k in range(9)) in head
-    assert "Device: cpu:2threads" in head
-    assert "torch 2.11.0" in head and "torchattacks 3.5.1" in head
-    assert "Checkpoints: 4" in head
+def report(db: Path, tmp_path: Path, **kw: object) -> str:
+    return write_report(db, tmp_path / "out", **kw).leaderboard.read_text()  # type: ignore[arg-type]
 
 
-def test_full_curves_every_eps(report: Path) -> None:
-    md = (report / "leaderboard.md").read_text()
-    curves = md.split("## Full curves", 1)[1]
-    block = curves.split("### fashion-mnist / pgd-at / `fm-pgd-at`", 1)[1].split("###", 1)[0]
-    lines = [line for line in block.splitlines() if line.startswith("|")]
-    assert lines[0] == "| attack | " + " | ".join(format_eps(k / 255) for k in range(9)) + " |"
-    pgd = next(line for line in lines if line.startswith("| PGD |"))
-    cells = [c.strip() for c in pgd.strip("|").split(" | ")][1:]
-    assert cells == [f"{100 * acc_at(0.80, 0.45, k):.2f}" for k in range(9)]
+def test_ranking_needs_standard_autoattack_and_custom_never_outranks(db: Path, tmp_path: Path) -> None:
+    n = 20
+    with Store(db) as s:
+        for rid, aa, params in (("std", range(8), STD), ("cust", range(2), CUSTOM), ("none", None, None)):
+            add_run(s, rid, fp=f"sha256:{rid}", defense=rid)
+            add(s, rid, "pgd", PGD, [0.0, E8], {0.0: range(18), E8: range(10)}, n, fp=f"sha256:{rid}")
+            if aa is not None:
+                add(s, rid, "autoattack", params, [E8], {E8: aa}, n, fp=f"sha256:{rid}")
+    rows = section(report(db, tmp_path), "fashion-mnist")
+    assert [r["run id"] for r in rows] == ["`std`", "`cust`", "`none`"]
+    assert rows[0]["rank"] == "1" and pct(rows[0]["worst case"]) == 40.0
+    for r in rows[1:]:  # custom-only and no AutoAttack: listed, never ranked
+        assert r["rank"] == "–" and "no standard AutoAttack" in r["flags"]
+    info = json.loads((tmp_path / "out" / "json" / "cust.json").read_text())
+    assert info["autoattack_acc"] is None and info["autoattack_custom_acc"] == "10.00"
+    assert json.loads((tmp_path / "out" / "json" / "std.json").read_text())["autoattack_acc"] == "40.00"
 
 
-def test_plots_one_per_dataset_and_attack(report: Path) -> None:
-    pngs = sorted(p.name for p in report.glob("*.png"))
-    assert pngs == sorted(
-        f"plot-{d}-{a}.png" for d in ("fashion-mnist", "cifar10")
-        for a in ("fgsm", "pgd", "autoattack", "any")
-    )
-    for name in pngs:
-        data = (report / name).read_bytes()
-        assert data[:8] == PNG_MAGIC and len(data) > 1000
+def test_one_n_per_row(db: Path, tmp_path: Path) -> None:
+    """AutoAttack at n=5 and everything else at n=10: the row shows one evaluation only."""
+    with Store(db) as s:
+        add_run(s, "m")
+        add(s, "m", "autoattack", STD, [0.0, E8], {0.0: range(5), E8: range(1)}, 5)
+        add(s, "m", "pgd", PGD, [0.0, E8], {0.0: range(10), E8: range(6)}, 10)
+    md = report(db, tmp_path)
+    (row,) = section(md, "fashion-mnist")
+    assert row["n"] == "5" and pct(row["worst case"]) == 20.0 and row.get("PGD", "–") == "–"
+    assert pct(row["clean"]) == 100.0
+    assert "also evaluated at n = 10" in md
 
 
-def test_robustbench_json(report: Path) -> None:
-    files = sorted(p.name for p in (report / "json").iterdir())
-    assert files == sorted(f"{r}.json" for r in CHECKPOINTS)
-    info = json.loads((report / "json" / "fm-pgd-at.json").read_text())
-    assert info["name"] == "fm-pgd-at"
-    assert info["link"] is None and info["authors"] is None and info["venue"] is None
-    assert info["reported"] is None
-    assert info["additional_data"] is False and info["number_forward_passes"] == 1
-    assert info["dataset"] == "fashion-mnist" and info["architecture"] == "cnn"
-    assert info["eps"] == "8/255"
-    assert info["clean_acc"] == "80.00"
-    assert info["autoattack_acc"] == "40.00"
-    assert info["worst_case_acc"] == "39.00"
-    assert info["aa_version"] == "standard"
-    assert info["defense"] == "pgd-at" and info["defense_params"] == {"epsilon": 8 / 255}
-    assert info["epochs"] == 10 and info["n_eval"] == N
-    assert set(info["curves"]) == {"fgsm", "pgd", "autoattack", "any"}
-    assert list(info["curves"]["pgd"]) == [str(k) for k in range(9)]
-    assert info["curves"]["pgd"]["4"] == round(100 * acc_at(0.80, 0.45, 4), 2)
-    trades = json.loads((report / "json" / "fm-trades.json").read_text())
-    assert trades["autoattack_acc"] is None and trades["aa_version"] is None
-    assert trades["worst_case_acc"] == "30.00"
-    c10 = json.loads((report / "json" / "c10-fgsm-at.json").read_text())
-    assert {"pgd [steps=10]", "pgd [steps=50]"} <= set(c10["curves"])
+def test_worst_case_over_mismatched_grids_carries_and_shows_missing(db: Path, tmp_path: Path) -> None:
+    n = 10
+    with Store(db) as s:
+        add_run(s, "m")
+        # PGD breaks points 0-4 at 4/255, then nothing more: robust 5..9 at 8/255.
+        add(s, "m", "pgd", PGD, [0.0, 4 / 255, E8], {0.0: range(10), 4 / 255: range(5, 10), E8: range(5, 10)}, n)
+        # AutoAttack only at 8/255, breaks 8 and 9 but (alone) leaves 0-4 standing.
+        add(s, "m", "autoattack", STD, [E8], {E8: range(8)}, n)
+    md = report(db, tmp_path)
+    (row,) = section(md, "fashion-mnist")
+    assert pct(row["worst case"]) == 30.0  # points 5, 6, 7: AND over both, carried
+    worst = next(line for line in md.splitlines() if line.startswith("| `m` | 10 |"))
+    cells = [c.strip() for c in worst.strip("|").split(" | ")]
+    assert [pct(c) for c in cells[2:]] == [100.0, 50.0, 30.0]  # monotone: never 100 / 20 / 60
+    curves = md[md.index("## Full curves"):]
+    assert "| worst case |" in curves
+    info = json.loads((tmp_path / "out" / "json" / "m.json").read_text())
+    assert info["worst_case_missing"] == [] and info["curves"]["any"]["4"]["acc"] == 50.0
 
 
-def test_json_matches_robustbench_model_info(report: Path) -> None:
-    """Every field of robustbench's own ModelInfo (but the corruption benchmarks') is present,
-    and the RobustBench part of each file builds a ModelInfo."""
+def test_missing_attack_at_rank_eps_is_marked(db: Path, tmp_path: Path) -> None:
+    with Store(db) as s:
+        add_run(s, "m")
+        add(s, "m", "pgd", PGD, [0.0, 4 / 255], {0.0: range(10), 4 / 255: range(6)}, 10)
+        add(s, "m", "autoattack", STD, [4 / 255, E8], {4 / 255: range(5), E8: range(2)}, 10)
+    (row,) = section(report(db, tmp_path), "fashion-mnist")
+    assert "missing: pgd" in row["worst case"]
+
+
+def test_retrained_checkpoint_under_reused_run_id_replaces_its_rows(db: Path, tmp_path: Path) -> None:
+    with Store(db) as s:
+        add_run(s, "quick-pgd-at", fp="sha256:old")
+        add(s, "quick-pgd-at", "autoattack", STD, [E8], {E8: range(12)}, 20, fp="sha256:old")
+        add(s, "quick-pgd-at", "pgd", PGD, [E8], {E8: range(13)}, 20, fp="sha256:old")
+        add_run(s, "quick-pgd-at", fp="sha256:new")  # same path, new weights
+        add(s, "quick-pgd-at", "autoattack", STD, [E8], {E8: range(4)}, 20, fp="sha256:new")
+        assert {r.fingerprint for r in s.results()} == {"sha256:new"}
+        with pytest.raises(UsageError, match="already in .* for other weights"):
+            add_run(s, "quick-pgd-at", fp="sha256:other", path="/elsewhere/quick-pgd-at")
+    (row,) = section(report(db, tmp_path), "fashion-mnist")
+    assert pct(row["AutoAttack (standard)"]) == 20.0 and row.get("PGD", "–") == "–"
+
+
+def test_intervals_everywhere_and_overlap_marked(db: Path, tmp_path: Path) -> None:
+    n = 50
+    with Store(db) as s:
+        for rid, k in (("a", 30), ("b", 28), ("c", 5)):
+            add_run(s, rid, fp=f"sha256:{rid}", defense=rid)
+            add(s, rid, "autoattack", STD, [0.0, E8], {0.0: range(45), E8: range(k)}, n, fp=f"sha256:{rid}")
+    md = report(db, tmp_path)
+    rows = {r["run id"]: r for r in section(md, "fashion-mnist")}
+    lo, hi = wilson(30, 50)
+    assert rows["`a`"]["worst case"] == f"60.0 ({100 * lo:.1f}–{100 * hi:.1f})"
+    assert rows["`a`"]["intervals overlap with rank"] == "2" and rows["`c`"]["intervals overlap with rank"] == "none"
+    info = json.loads((tmp_path / "out" / "json" / "a.json").read_text())
+    assert info["worst_case"]["ci95"] == [round(100 * lo, 2), round(100 * hi, 2)]
+    assert info["clean_ci95"][0] < 90.0 < info["clean_ci95"][1]
+
+
+def test_seeds_grouped_into_one_entry(db: Path, tmp_path: Path) -> None:
+    n = 20
+    with Store(db) as s:
+        for seed, k in ((0, 10), (1, 12), (2, 14)):
+            rid = f"pgd-at-s{seed}"
+            add_run(s, rid, fp=f"sha256:{seed}", defense="pgd-at", seed=seed)
+            add(s, rid, "autoattack", STD, [0.0, E8], {0.0: range(18), E8: range(k)}, n, fp=f"sha256:{seed}")
+        add_run(s, "other-lr", fp="sha256:x", defense="pgd-at", lr=0.1)
+        add(s, "other-lr", "autoattack", STD, [0.0, E8], {0.0: range(18), E8: range(3)}, n, fp="sha256:x")
+    rows = section(report(db, tmp_path), "fashion-mnist")
+    assert len(rows) == 2
+    group = next(r for r in rows if "pgd-at-s0" in r["run id"])
+    assert "pgd-at-s1" in group["run id"] and "pgd-at-s2" in group["run id"]
+    assert group["worst case"].startswith("60.0 ± 10.0 [")
+    for seed in range(3):  # the JSON keeps each seed's numbers
+        info = json.loads((tmp_path / "out" / "json" / f"pgd-at-s{seed}.json").read_text())
+        assert info["autoattack_acc"] == f"{(10 + 2 * seed) * 5:.2f}" and info["seed"] == seed
+
+
+def test_rank_by_and_rank_eps(db: Path, tmp_path: Path) -> None:
+    with Store(db) as s:
+        for rid, k4, k8 in (("a", 9, 1), ("b", 6, 5)):
+            add_run(s, rid, fp=f"sha256:{rid}", defense=rid)
+            add(s, rid, "autoattack", STD, [0.0, 4 / 255, E8], {0.0: range(10), 4 / 255: range(k4), E8: range(k8)},
+                10, fp=f"sha256:{rid}")
+    assert [r["run id"] for r in section(report(db, tmp_path), "fashion-mnist")] == ["`b`", "`a`"]
+    md = report(db, tmp_path, rank_eps=4 / 255)
+    assert [r["run id"] for r in section(md, "fashion-mnist")] == ["`a`", "`b`"]
+    assert "at eps = 4/255" in md
+
+
+def test_deterministic_and_only_own_files_deleted(db: Path, tmp_path: Path) -> None:
+    with Store(db) as s:
+        add_run(s, "a")
+        add(s, "a", "autoattack", STD, [0.0, E8], {0.0: range(8), E8: range(3)}, 10)
+        add_run(s, "b", fp="sha256:b", dataset="mnist")
+        add(s, "b", "pgd", PGD, [0.0, E8], {0.0: range(8), E8: range(3)}, 10, fp="sha256:b")
+    out = tmp_path / "out"
+    (out / "json").mkdir(parents=True)
+    mine = {out / "plot-mine.png": b"user", out / "json" / "user.json": b"{}", out / "notes.txt": b"x"}
+    for p, data in mine.items():
+        p.write_bytes(data)
+    write_report(db, out)
+    first = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    write_report(db, tmp_path / "again")
+    for p, data in first.items():
+        if p.name != MANIFEST and p not in mine:
+            assert (tmp_path / "again" / p.relative_to(out)).read_bytes() == data, p
+    with sqlite3.connect(db) as con:  # b leaves the store: its files go, the user's stay
+        con.execute("DELETE FROM results WHERE run_id='b'")
+    write_report(db, out)
+    assert not (out / "json" / "b.json").exists() and not (out / "plot-mnist-pgd.png").exists()
+    assert all(p.read_bytes() == data for p, data in mine.items())
+
+
+def test_reading_never_writes(db: Path, tmp_path: Path) -> None:
+    with Store(db) as s:
+        add_run(s, "a")
+        add(s, "a", "autoattack", STD, [E8], {E8: range(3)}, 10)
+    before = db.read_bytes()
+    write_report(db, tmp_path / "out")
+    assert db.read_bytes() == before
+
+
+@pytest.mark.parametrize("case", ["missing", "empty-store", "zero-bytes", "foreign", "directory",
+                                  "out-is-file", "old-layout"])
+def test_errors(case: str, db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.cli import main
+
+    out = tmp_path / "out"
+    if case == "empty-store":
+        Store(db).close()
+    elif case == "zero-bytes":
+        db.write_bytes(b"")
+    elif case == "foreign":
+        with sqlite3.connect(db) as con:
+            con.execute("CREATE TABLE customers (id INTEGER)")
+    elif case == "directory":
+        db.mkdir()
+    elif case == "old-layout":
+        with Store(db) as s:
+            s.db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    elif case == "out-is-file":
+        with Store(db) as s:
+            add_run(s, "a")
+            add(s, "a", "pgd", PGD, [E8], {E8: range(3)}, 10)
+        out.write_text("not a folder")
+    before = db.read_bytes() if db.is_file() else None
+    assert main(["report", "--db", str(db), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bench: error:"), err
+    assert (db.read_bytes() if db.is_file() else None) == before  # the store is never written
+    assert out.is_file() if case == "out-is-file" else not out.exists()
+
+
+def test_json_loads_with_robustbench_model_info(db: Path, tmp_path: Path) -> None:
     import dataclasses
 
     from bench.compat import import_robustbench
 
-    import_robustbench()  # robustbench needs the autoattack alias to import at all
+    import_robustbench()
     from robustbench.utils import ModelInfo
 
+    with Store(db) as s:
+        add_run(s, "a")
+        add(s, "a", "autoattack", STD, [0.0, E8], {0.0: range(8), E8: range(3)}, 10)
+    write_report(db, tmp_path / "out")
     fields = {f.name for f in dataclasses.fields(ModelInfo)}
+    info = json.loads((tmp_path / "out" / "json" / "a.json").read_text())
     needed = {f for f in fields if not f.startswith("corruptions") and f != "footnote"}
-    for path in sorted((report / "json").glob("*.json")):
-        info = json.loads(path.read_text())
-        assert needed <= set(info), (path.name, sorted(needed - set(info)))
-        model_info = ModelInfo(**{k: v for k, v in info.items() if k in fields})
-        assert model_info.name == path.stem and model_info.eps == info["eps"]
-
-
-def test_exports(report: Path) -> None:
-    csv_lines = (report / "results.csv").read_text().splitlines()
-    n_rows = sum(9 * (len(a[5]) + 1) for a in CHECKPOINTS.values())
-    assert len(csv_lines) == 1 + n_rows
-    doc = json.loads((report / "results.json").read_text())
-    assert len(doc["results"]) == n_rows and len(doc["runs"]) == len(CHECKPOINTS)
-
-
-def test_deterministic(db: Path, report: Path, tmp_path: Path) -> None:
-    before = {p.relative_to(report): p.read_bytes() for p in report.rglob("*") if p.is_file()}
-    again = tmp_path / "again"
-    write_report(db, again)
-    write_report(db, report)  # again into the same folder: same files, nothing added
-    after = {p.relative_to(report): p.read_bytes() for p in report.rglob("*") if p.is_file()}
-    assert after == before
-    for rel in ["leaderboard.md", "results.csv", "results.json",
-                *(f"json/{r}.json" for r in CHECKPOINTS)]:
-        assert (again / rel).read_bytes() == before[Path(rel)], rel
-
-
-def test_stale_outputs_removed(db: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    (out / "json").mkdir(parents=True)
-    (out / "plot-old-set-pgd.png").write_bytes(b"x")
-    (out / "json" / "gone.json").write_text("{}")
-    (out / "notes.txt").write_text("mine")
-    write_report(db, out)
-    assert not (out / "plot-old-set-pgd.png").exists() and not (out / "json" / "gone.json").exists()
-    assert (out / "notes.txt").read_text() == "mine"
-
-
-def test_command_via_parser(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from bench.commands import report as cmd
-
-    parser = argparse.ArgumentParser()
-    cmd.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["report", "--db", str(db), "--out", str(tmp_path / "r")])
-    assert args.func(args) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last == str((tmp_path / "r" / "leaderboard.md").resolve())
-
-
-def test_cli_main(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    try:
-        from bench.commands import command_modules
-
-        command_modules()
-    except ImportError as exc:  # another command module not written yet
-        pytest.skip(f"bench.cli not complete: {exc}")
-    from bench.cli import main
-
-    out = tmp_path / "r"
-    assert main(["report", "--db", str(db), "--out", str(out)]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out / "leaderboard.md")
-    assert (out / "leaderboard.md").is_file()
-
-
-def run_cli(argv: list[str]) -> int:
-    """``bench`` via bench.cli when every command exists, else the report command alone."""
-    try:
-        from bench.commands import command_modules
-
-        command_modules()
-        from bench.cli import main
-
-        return main(argv)
-    except ImportError:
-        from bench.cli import Parser
-        from bench.commands import report as cmd
-
-        parser = Parser(prog="bench")
-        cmd.add_parser(parser.add_subparsers(parser_class=Parser))
-        try:
-            args = parser.parse_args(argv)
-            return args.func(args)
-        except UsageError as exc:
-            import sys
-
-            print(f"bench: error: {exc}", file=sys.stderr)
-            return 2
-
-
-@pytest.mark.parametrize("case", ["missing", "empty", "out-is-file"])
-def test_errors(case: str, db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "out"
-    store = db
-    if case == "missing":
-        store = tmp_path / "nope.sqlite"
-    elif case == "empty":
-        store = tmp_path / "empty.sqlite"
-        Store(store).close()
-    else:
-        out.write_text("not a folder")
-    assert run_cli(["report", "--db", str(store), "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("bench: error:")
-    if case == "empty":
-        assert "empty store" in err[0] and "bench eval" in err[0]
-    if case == "out-is-file":
-        assert out.read_text() == "not a folder"
-    else:
-        assert not out.exists()
-    if case == "missing":
-        assert not store.exists()
+    assert needed <= set(info)
+    assert ModelInfo(**{k: v for k, v in info.items() if k in fields}).autoattack_acc == "30.00"

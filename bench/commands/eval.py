@@ -11,11 +11,10 @@ import sys
 from pathlib import Path
 
 
-from bench import paths
+from bench import checkpoint, paths
 from bench.attacks import ATTACKS, Attack, make_attack
-from bench.checkpoint import find_checkpoints
 from bench.errors import BudgetViolation, UsageError
-from bench.evaluate import SEED_MAX, evaluate_checkpoint, prepare_target
+from bench.evaluate import SEED_MAX, Settings, Target, evaluate_target, prepare_target
 from bench.io import pick_device
 from bench.params import parse_eps_grid
 from bench.store import Store
@@ -37,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--checkpoint", action="extend", nargs="+", metavar="PATH",
                        help="checkpoint directories (or their weights.pt)")
     which.add_argument("--all", action="store_true",
-                       help="every checkpoint in the checkpoints directory")
+                       help="every finished checkpoint under the checkpoints directory (the "
+                       "default when no model is named)")
     p.add_argument("--checkpoints-dir", metavar="DIR",
                    help=f"where --all looks (default {paths.checkpoints_dir()})")
     p.add_argument("--eps", default=DEFAULT_GRID, metavar="GRID",
@@ -45,7 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    f"(default {DEFAULT_GRID})")
     p.add_argument("--n", type=int, default=1000, help="first n test points (default 1000)")
     p.add_argument("--batch-size", type=int, default=500, help="points per attack call (default 500)")
-    p.add_argument("--seed", type=int, default=0, help="torch seed set before each attack call")
+    p.add_argument("--seed", type=int, default=0,
+                   help="attack seed; batch k at eps e is seeded from (seed, e, k) (default 0)")
+    p.add_argument("--fresh", action="store_true",
+                   help="recompute steps already in the store (default: a step stored with the same "
+                   "weights, points, grid, batch size and seed is reused, so a killed run resumes)")
     p.add_argument("--db", metavar="PATH", help=f"results store (default {paths.default_db()})")
     p.add_argument("--dataset", metavar="NAME", help="refuse checkpoints of any other data set")
     p.add_argument("--data-dir", metavar="DIR", help="data directory (default $BENCH_DATA_DIR or <home>/data)")
@@ -111,39 +115,48 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not 0 <= args.seed <= SEED_MAX:
         raise UsageError(f"--seed must be in 0..2**63-1, got {args.seed}")
-    if args.all:
-        root = Path(args.checkpoints_dir).expanduser().resolve() if args.checkpoints_dir else paths.checkpoints_dir()
-        ckpts = find_checkpoints(root)
-        if not ckpts:
-            raise UsageError(f"--all: no checkpoints in {root}")
-    elif args.checkpoint:
-        if args.checkpoints_dir:
-            raise UsageError("--checkpoints-dir goes with --all, not with --checkpoint")
-        ckpts = [Path(c).expanduser().resolve() for c in args.checkpoint]
-    else:
-        raise UsageError("give --checkpoint PATH ... or --all")
+    paths_ = checkpoint_paths(args)
     device = pick_device(args.device)
     data_dir = paths.data_dir(args.data_dir)
     download = not args.no_download
 
-    # Every checkpoint is read and checked against its data before the store is opened.
-    unique: dict[str, Path] = {}
-    for path in ckpts:
+    # Every model is read and checked against its data before the store is opened.
+    targets: dict[str, Target] = {}
+    for path in paths_:
         target = prepare_target(path, args.n, data_dir, args.dataset, download)
-        unique.setdefault(str(target.checkpoint.path), target.checkpoint.path)
-        del target
+        targets.setdefault(str(target.source.path), target)
     db = Path(args.db).expanduser().resolve() if args.db else paths.default_db()
+    settings = Settings(attacks, eps_grid, args.batch_size, args.seed, args.fresh, not args.no_progress)
+    return evaluate_all(list(targets.values()), settings, device, db)
 
+
+def checkpoint_paths(args: argparse.Namespace) -> list[Path]:
+    """The checkpoints named (``--checkpoint``) or found under the checkpoints directory (``--all``
+    or nothing named); unfinished runs found there are skipped with one line each."""
+    if args.checkpoint:
+        if args.checkpoints_dir:
+            raise UsageError("--checkpoints-dir goes with --all, not with --checkpoint")
+        return [Path(c).expanduser().resolve() for c in args.checkpoint]
+    root = Path(args.checkpoints_dir).expanduser().resolve() if args.checkpoints_dir else paths.checkpoints_dir()
+    for run_dir in getattr(checkpoint, "find_incomplete", lambda r: [])(root):
+        print(f"bench: skipping {run_dir}: training did not finish; resume it with "
+              f"`bench train --resume {run_dir}`", file=sys.stderr)
+    found = checkpoint.find_checkpoints(root)
+    if not found:
+        raise UsageError(f"no finished checkpoints under {root} (train one, or name one with --checkpoint)")
+    return found
+
+
+def evaluate_all(targets: list[Target], settings: Settings, device: object, db: Path) -> int:
+    """Evaluate each target into the store ``db`` (opened and checked writable first)."""
     with Store(db) as store:
-        for path in unique.values():
+        store.check_writable()
+        for target in targets:
             try:
-                evaluate_checkpoint(
-                    path, attacks, eps_grid, args.n, args.batch_size, args.seed, device, data_dir,
-                    store, args.dataset, progress=not args.no_progress, download=download,
-                )
+                evaluate_target(target, settings, device, store, out=sys.stdout)  # type: ignore[arg-type]
             except BudgetViolation as exc:
-                # An attack bug, not a result: nothing of this checkpoint was stored.
-                print(f"bench: error: {exc} (checkpoint {path.name}; nothing stored for it)",
+                # An attack bug, not a result: the step in progress is not stored.
+                print(f"bench: error: {exc} (model {target.run_id}; that step is not stored)",
                       file=sys.stderr)
                 return 1
     print(f"results stored in {db}", file=sys.stderr)

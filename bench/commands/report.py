@@ -22,6 +22,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"results store (default: {default_db()})")
     p.add_argument("--out", type=Path, default=None,
                    help=f"output directory, created if missing (default: {reports_dir()})")
+    p.add_argument("--rank-by", default="worst-case", metavar="BASIS",
+                   help="worst-case (default: the worst case over every attack, ranked only with "
+                   "standard AutoAttack among them), autoattack, clean, or an attack name")
+    p.add_argument("--rank-eps", default=None, metavar="EPS",
+                   help="the eps of the ranked table (default: the largest eps with standard "
+                   "AutoAttack, per data set), e.g. 8/255")
     p.set_defaults(func=run)
     return p
 
@@ -30,7 +36,10 @@ def run(args: argparse.Namespace) -> int:
     """Write the report; print the leaderboard's path last."""
     from bench.report import write_report
 
-    files = write_report(args.db or default_db(), args.out or reports_dir())
+    from bench.params import parse_eps
+
+    rank_eps = parse_eps(args.rank_eps, "--rank-eps") if args.rank_eps is not None else None
+    files = write_report(args.db or default_db(), args.out or reports_dir(), args.rank_by, rank_eps)
     print(f"{len(files.plots)} plots, {len(files.json)} JSON files, results.csv and results.json in {files.out}")
     print(files.leaderboard)
     return 0

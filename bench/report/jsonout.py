@@ -1,0 +1,66 @@
+"""RobustBench-style model-info JSON, one file per model.
+
+RobustBench's keys (``clean_acc``, ``autoattack_acc`` as ``"%.2f"`` strings, ``eps``, ...) so that
+robustbench's own model-info reader loads the file; ``autoattack_acc`` is written only from the
+standard version of AutoAttack (what RobustBench means by it); other versions go under
+``autoattack_<version>_acc``. bench's own keys add the intervals, the worst case, flags and the
+curves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.params import eps_in_255, format_eps
+from bench.report.model import AUTOATTACK, WORST, Model, Variant
+from bench.results import Estimate
+from bench.store import ANY
+
+
+def pct(e: Estimate | None) -> str | None:
+    return None if e is None else f"{100 * e.acc:.2f}"
+
+
+def _aa(m: Model, key: int) -> dict[str, Any]:
+    """``autoattack_acc`` (standard only) and every other version under its own key."""
+    out: dict[str, Any] = {"autoattack_acc": None, "autoattack_ci95": None}
+    for v in sorted(v for v in m.curves if v.attack == AUTOATTACK and key in m.curves[v]):
+        e = m.at(v, key)
+        name = "autoattack" if v.aa_version == "standard" else f"autoattack_{v.aa_version}"
+        out[f"{name}_acc"] = pct(e)
+        out[f"{name}_ci95"] = e.as_dict()["ci95"] if e else None
+    return out
+
+
+def _curves(m: Model, labels: dict[Variant, str]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for v in sorted(m.curves, key=lambda v: v.sort_key):
+        out[labels[v]] = {eps_in_255(k / 1e9): m.at(v, k).as_dict() for k in sorted(m.curves[v])}  # type: ignore[union-attr]
+    out[ANY] = {eps_in_255(k / 1e9): m.at(WORST, k).as_dict() for k in m.eps_keys}  # type: ignore[union-attr]
+    return out
+
+
+def model_info(m: Model, key: int, labels: dict[Variant, str]) -> dict[str, Any]:
+    """The JSON document of one model at the ranking eps ``key``."""
+    worst = m.at(WORST, key)
+    info: dict[str, Any] = {
+        "link": None, "name": m.run_id, "authors": None, "additional_data": False,
+        "number_forward_passes": 1, "dataset": m.run.dataset, "venue": None,
+        "architecture": m.run.model, "threat_model": "Linf", "eps": format_eps(key / 1e9),
+        "clean_acc": pct(m.clean), "reported": None,
+    }
+    info.update(_aa(m, key))
+    info.update({
+        "clean_ci95": m.clean.as_dict()["ci95"],
+        "worst_case_acc": pct(worst), "worst_case": worst.as_dict() if worst else None,
+        "worst_case_missing": m.worst[key].missing if key in m.worst else None,
+        "n_eval": m.n, "fingerprint": m.run.fingerprint, "source_kind": m.run.kind,
+        "defense": m.run.defense, "defense_params": m.run.defense_params, "seed": m.seed,
+        "epochs": m.run.epochs,
+        "train_seconds": None if m.run.train_seconds is None else round(m.run.train_seconds, 1),
+        "flags": m.flags, "unreliable": m.unreliable,
+        "findings": [{"check": f.check, "flagged": f.flagged, "summary": f.summary,
+                      "details": f.details, "source": f.source} for f in m.findings],
+        "curves": _curves(m, labels),
+    })
+    return info

@@ -1,0 +1,129 @@
+"""Numbers derived from stored flags: intervals and the worst case over attacks.
+
+Pure functions of result rows (no store, no torch), shared by ``bench eval``'s table, the report
+and the JSON, so that every place shows the same number for the same rows.
+
+Worst case ("any"): on one evaluation (one model's weights, the same n points), at each eps a
+point is robust only if every attack evaluated at that eps left it robust, and only if it was
+robust at every smaller eps of the union grid (the L-infinity balls are nested, so an adversarial
+example found at a smaller eps is also one at every larger eps). Attacks of the evaluation that
+were not run at an eps are listed as missing there, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from bench.store import ResultRow, canonical, eps_key
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval (95% by default) for k successes in n trials, as fractions.
+
+    Wilson (1927); preferred over the normal approximation near 0 and 1 (Brown, Cai and
+    DasGupta 2001). n = 0 gives (0, 1)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """An accuracy with its count, n and 95% Wilson interval."""
+
+    k: int
+    n: int
+
+    @property
+    def acc(self) -> float:
+        return self.k / self.n if self.n else 0.0
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson(self.k, self.n)
+
+    def overlaps(self, other: "Estimate") -> bool:
+        """True when the two 95% intervals overlap (the two are not separated)."""
+        a, b = self.interval, other.interval
+        return a[0] <= b[1] and b[0] <= a[1]
+
+    def as_dict(self) -> dict[str, float | int]:
+        lo, hi = self.interval
+        return {"acc": round(100 * self.acc, 2), "ci95": [round(100 * lo, 2), round(100 * hi, 2)],
+                "k": self.k, "n": self.n}
+
+
+def estimate(flags: str) -> Estimate:
+    """The estimate of a '0'/'1' flag string."""
+    return Estimate(flags.count("1"), len(flags))
+
+
+def attack_id(row: ResultRow) -> str:
+    """An attack with its parameters, e.g. ``pgd{"steps":10,...}``: the unit a worst case covers."""
+    return f"{row.attack}{canonical(row.params)}"
+
+
+@dataclass
+class WorstPoint:
+    """The worst case at one eps: flags, the attacks it covers there and those missing."""
+
+    eps: float
+    flags: str
+    covered: list[str]
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def estimate(self) -> Estimate:
+        return estimate(self.flags)
+
+
+def _and(a: str, b: str) -> str:
+    return "".join("1" if x == "1" and y == "1" else "0" for x, y in zip(a, b))
+
+
+def worst_case(rows: Sequence[ResultRow], clean_flags: str | None = None) -> list[WorstPoint]:
+    """The worst case per eps over ``rows`` (all of one evaluation: same weights and n).
+
+    ``clean_flags``: the clean-correct flags (eps 0), when known; else the rows' flags at eps 0
+    or, failing those, the first eps. Eps are visited upwards; each point carries forward."""
+    if not rows:
+        return []
+    n = rows[0].n
+    if any(r.n != n or len(r.flags) != n for r in rows):
+        raise ValueError("worst_case needs rows of one evaluation (one n)")
+    every = sorted({attack_id(r) for r in rows})
+    by_eps: dict[int, list[ResultRow]] = {}
+    for r in rows:
+        by_eps.setdefault(eps_key(r.eps), []).append(r)
+    carry = clean_flags if clean_flags is not None else "1" * n
+    out = []
+    for key in sorted(by_eps):
+        here = by_eps[key]
+        flags = carry
+        for r in here:
+            flags = _and(flags, r.flags)
+        covered = sorted({attack_id(r) for r in here})
+        missing = [a for a in every if a not in covered] if key > 0 else []
+        out.append(WorstPoint(here[0].eps, flags, covered, missing))
+        carry = flags
+    return out
+
+
+def group_rows(rows: Iterable[ResultRow]) -> dict[tuple[str, str, int], list[ResultRow]]:
+    """Rows grouped by evaluation: (run id, fingerprint, n)."""
+    out: dict[tuple[str, str, int], list[ResultRow]] = {}
+    for r in rows:
+        out.setdefault((r.run_id, r.fingerprint, r.n), []).append(r)
+    return out
+
+
+__all__ = ["Estimate", "WorstPoint", "attack_id", "estimate", "group_rows",
+           "wilson", "worst_case"]
