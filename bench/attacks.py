@@ -548,15 +548,17 @@ class _Collect(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-#: Where AutoAttack's warnings go while an evaluation collects them (see :func:`collect_warnings`).
-_WARNINGS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("bench_aa_warnings", default=None)
+#: Where AutoAttack's warnings go while an evaluation collects them (see :func:`collect_warnings`):
+#: (message, eps, points in that AutoAttack call).
+_WARNINGS: contextvars.ContextVar[list[tuple[str, float, int]] | None] = contextvars.ContextVar(
+    "bench_aa_warnings", default=None)
 
 
 @contextlib.contextmanager
-def collect_warnings() -> Iterator[list[str]]:
+def collect_warnings() -> Iterator[list[tuple[str, float, int]]]:
     """Collect the warnings of pyautoattack's ``checks.py`` raised inside the block, every time
     (not once per process), so the evaluator can store them with the model they concern."""
-    bucket: list[str] = []
+    bucket: list[tuple[str, float, int]] = []
     token = _WARNINGS.set(bucket)
     try:
         yield bucket
@@ -565,7 +567,7 @@ def collect_warnings() -> Iterator[list[str]]:
 
 
 @contextlib.contextmanager
-def _quiet_autoattack() -> Iterator[None]:
+def _quiet_autoattack(eps: float, points: int) -> Iterator[None]:
     """Silence pyautoattack's per-batch logging; pass its warnings to the collector (if any) and
     to stderr."""
     logger = logging.getLogger("auto-attack")
@@ -581,14 +583,14 @@ def _quiet_autoattack() -> Iterator[None]:
         bucket = _WARNINGS.get()
         for msg in dict.fromkeys(handler.messages):  # distinct, in order
             if bucket is not None:
-                bucket.append(msg)
+                bucket.append((msg, eps, points))
             tqdm.write(f"bench: autoattack warning: {msg}", file=sys.stderr)  # keeps the bar intact
 
 
 def _autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
     from pyautoattack import AutoAttack
 
-    with _quiet_autoattack():
+    with _quiet_autoattack(kw["eps"], len(x)):
         aa = AutoAttack(
             model, norm="Linf", eps=kw["eps"], version=kw["version"],
             attacks=list(kw["attacks"]) if kw["version"] == "custom" else None,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from bench import audit
 from bench.attacks import Attack, collect_warnings, derive_seed
 from bench.errors import BudgetViolation, UsageError
 from bench.io import device_label, library_versions
@@ -388,6 +389,8 @@ class Settings:
     seed: int = 0
     fresh: bool = False
     progress: bool = True
+    diagnose: bool = False  # the costly checks too (large budget, loss trace, transfer)
+    transfer_from: Any = None  # an nn.Module whose PGD examples the transfer check replays
 
 
 @dataclass
@@ -400,7 +403,18 @@ class Evaluation:
     results: list[GridResult]
     worst: list[WorstPoint]
     findings: list[Any] = field(default_factory=list)  # bench.diagnostics.Finding
-    aa_warnings: list[str] = field(default_factory=list)
+    aa_warnings: list[tuple[str, float, int]] = field(default_factory=list)
+    note: str = ""  # how the attacks were adapted to the model, if they were
+
+    @property
+    def aa_flagged(self) -> list[str]:
+        """AutoAttack warnings that flag the evaluation (see audit.classify_aa_warning)."""
+        return [m for m, _, pts in self.aa_warnings if audit.classify_aa_warning(m, pts)[0]]
+
+    @property
+    def unreliable(self) -> bool:
+        """A flagged finding: the numbers may overstate robustness."""
+        return bool(self.aa_flagged) or any(f.flagged for f in self.findings)
 
     @property
     def clean_estimate(self) -> Estimate:
@@ -480,26 +494,59 @@ def result_rows(target: Target, results: Sequence[GridResult], s: Settings, devi
     ]
 
 
-def aa_warning_rows(target: Target, warnings: Sequence[str]) -> list[DiagnosticRow]:
-    """AutoAttack's own ``checks.py`` warnings as findings of this model (flagged)."""
-    return [
-        DiagnosticRow(
+def aa_warning_rows(target: Target, warnings: Sequence[tuple[str, float, int]]) -> list[DiagnosticRow]:
+    """AutoAttack's own ``checks.py`` warnings as findings of this model (see
+    :func:`bench.audit.classify_aa_warning` for which of them flag)."""
+    out = []
+    for i, (msg, eps, points) in enumerate(warnings):
+        flag, why = audit.classify_aa_warning(msg, points)
+        out.append(DiagnosticRow(
             run_id=target.run_id, fingerprint=target.source.fingerprint, n=len(target.y),
-            check="autoattack-checks", key=f"{i:02d}", flagged=True,
-            source="AutoAttack checks.py (run by pyautoattack inside each call)", summary=msg,
-            details={"message": msg}, advice="read AutoAttack's flags_doc.md for this message",
-            created=_now(),
-        )
-        for i, msg in enumerate(warnings)
-    ]
+            check="autoattack-checks", key=f"{i:03d}", flagged=flag,
+            source="AutoAttack checks.py (run by pyautoattack inside each call)",
+            summary=f"at eps {format_eps(eps)} on {points} points: {msg}",
+            details={"message": msg, "eps": eps, "points": points, "rule": why},
+            advice="read AutoAttack's flags_doc.md for this message", created=_now(),
+        ))
+    return out
+
+
+def _adapt(s: Settings, findings: Sequence[Any]) -> tuple[Settings, str]:
+    """The attacks the findings call for (see bench.audit), and a note saying what changed."""
+    notes = []
+    attacks = s.attacks
+    if audit.flagged(findings, "randomized"):
+        attacks, note = audit.adapt_for_randomized(attacks)
+        notes.append(note)
+    if audit.graph_cut(findings):
+        attacks, note = audit.adapt_for_no_gradients(attacks)
+        notes.append(note)
+    return replace(s, attacks=attacks), "; ".join(notes)
+
+
+def _save_findings(store: Store | None, target: Target, findings: Sequence[Any]) -> None:
+    if store is not None and findings:
+        store.write_diagnostics(audit.rows(target.run_id, target.source.fingerprint, len(target.y), findings))
+
+
+def _audit_after(target: Target, s: Settings, ev: "Evaluation") -> list[Any]:
+    """The comparison checks, and the costly ones with ``diagnose``."""
+    found = audit.compare(ev.results)
+    if s.diagnose and ev.worst:
+        top = ev.worst[-1]
+        transfer = s.transfer_from.to(_device_of(target.model)).eval() if s.transfer_from is not None else None
+        found += audit.costly(target.model, target.x, target.y,
+                              audit.Costly(top.eps, text_flags(top.flags), transfer, s.seed))
+    return found
 
 
 def evaluate_target(
     target: Target, settings: Settings, device: torch.device | str = "cpu",
     store: Store | None = None, out: TextIO | None = None,
 ) -> Evaluation:
-    """Evaluate one model (see the module docstring); rows go to ``store`` as they finish.
-    Prints a table with 95% intervals on ``out`` (stdout unless None and ``out`` is False)."""
+    """Evaluate one model (see the module docstring); rows and findings go to ``store`` as they
+    finish. The cheap checks run first (a randomized model gets AutoAttack rand and EOT-PGD).
+    Prints a table with 95% intervals and flags on ``out`` when given."""
     s = settings
     check_settings(s.attacks, s.eps_grid, s.batch_size, s.seed)
     s.eps_grid = sorted(float(e) for e in s.eps_grid)
@@ -508,11 +555,19 @@ def evaluate_target(
     if store is not None:
         store.claim_run(run_row(target.source), _now())
     clean = predict(target.model, target.x) == target.y
+    findings = audit.cheap(target.model, target.x, target.y)
+    _save_findings(store, target, findings)
+    s, note = _adapt(s, findings)
+    if note:
+        tqdm.write(f"bench: {target.run_id}: {note}", file=sys.stderr)
     results, warned = _walk_all(target, s, clean, store, device)
     if store is not None and warned:
         store.write_diagnostics(aa_warning_rows(target, warned))
     rows = result_rows(target, results, s, device_label(device))
-    ev = Evaluation(target, s, clean, results, worst_case(rows, flag_text(clean)), aa_warnings=warned)
+    ev = Evaluation(target, s, clean, results, worst_case(rows, flag_text(clean)), findings, warned, note)
+    after = _audit_after(target, s, ev)
+    _save_findings(store, target, after)
+    ev.findings += after
     if out is not None:
         print(format_table(ev, device_label(device)), file=out)
     return ev
@@ -580,11 +635,16 @@ def format_table(ev: Evaluation, device: str) -> str:
         lines.append(f"{name:<{width}}{cells}")
     lines.append(f"{ANY} = per point, robust only if every attack above failed at that eps and at "
                  "every smaller one")
+    if ev.note:
+        lines.append(f"note: {ev.note}")
     for f in ev.findings:
-        if getattr(f, "flagged", False):
+        if f.flagged:
             lines.append(f"FLAG {f.check}: {f.summary} -> {f.advice}")
-    for msg in ev.aa_warnings:
-        lines.append(f"FLAG autoattack-checks: {msg}")
+    for msg, eps, points in ev.aa_warnings:
+        flag, why = audit.classify_aa_warning(msg, points)
+        lines.append(f"{'FLAG' if flag else 'note'} autoattack-checks at {format_eps(eps)}: {msg} ({why})")
+    lines.append("UNRELIABLE: a check flagged this evaluation; it is kept out of the ranking"
+                 if ev.unreliable else f"checks passed: {', '.join(f.check for f in ev.findings)}")
     return "\n".join(lines)
 
 

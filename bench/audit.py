@@ -1,0 +1,164 @@
+"""The diagnostics of an evaluation: which checks of :mod:`bench.diagnostics` run, when, on which
+points, and what the evaluation does about them.
+
+* Always (cheap, on at most 200 points, before any attack): randomized outputs, probability
+  outputs, input-gradient availability. A randomized model is then evaluated with AutoAttack's
+  ``rand`` version instead of ``standard``/``plus`` and with EOT-PGD added (as RobustBench
+  does), and the table says so.
+* Always (free, after the attacks, on the per-point flags): every comparison between attacks
+  that ran anyway: Square against the white-box attacks, each iterative attack against FGSM.
+* With ``--diagnose`` (costly, on at most 100 points): a very large budget, the PGD loss trace,
+  and transfer from another model (``--transfer-from``).
+
+A flagged finding marks the model's numbers unreliable: the report keeps them out of the
+ranking.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from bench import diagnostics as dg
+from bench.attacks import Attack, make_attack
+from bench.store import DiagnosticRow
+
+ITERATIVE = ("pgd", "apgd", "mifgsm", "eotpgd", "autoattack")
+WHITE_BOX = ("fgsm", "pgd", "apgd", "mifgsm", "eotpgd", "fab", "cw", "deepfool", "autoattack")
+EOT_ITER = 10  # gradient samples per EOT-PGD step for a randomized model
+TRACE_STEPS = 100  # PGD steps of the loss-trace check (at 50, slowly climbing honest points flag)
+
+
+def cheap(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[dg.Finding]:
+    """The always-on checks before the attacks (on at most 200 points)."""
+    return dg.run_cheap(model, x, y)
+
+
+def flagged(findings: Sequence[dg.Finding], check: str) -> bool:
+    return any(f.flagged and f.check == check for f in findings)
+
+
+def adapt_for_randomized(attacks: Sequence[Attack]) -> tuple[list[Attack], str]:
+    """AutoAttack's ``rand`` version in place of standard/plus, and EOT-PGD added: the attacks
+    RobustBench uses for randomized defenses. Returns the attacks and a note saying so."""
+    out, changed = [], []
+    for a in attacks:
+        if a.name == "autoattack" and a.params.get("version") in ("standard", "plus"):
+            out.append(make_attack("autoattack", {"version": "rand"}))
+            changed.append(f"autoattack {a.params['version']} -> rand")
+        else:
+            out.append(a)
+    if not any(a.name == "eotpgd" for a in out):
+        out.append(make_attack("eotpgd", {"eot_iter": str(EOT_ITER)}))
+        changed.append(f"eotpgd (eot_iter={EOT_ITER}) added")
+    return out, "randomized model: " + "; ".join(changed)
+
+
+def graph_cut(findings: Sequence[dg.Finding]) -> bool:
+    """The input is cut off from the graph: no gradient-based attack can run at all."""
+    return any(f.check == "gradients" and f.details.get("graph_interrupted") for f in findings)
+
+
+def adapt_for_no_gradients(attacks: Sequence[Attack]) -> tuple[list[Attack], str]:
+    """Only gradient-free attacks (Square) can run on a model whose input leaves the graph."""
+    out = [a for a in attacks if a.name == "square"] or [make_attack("square")]
+    dropped = [a.display for a in attacks if a.name != "square"]
+    return out, ("no input gradient at all (the graph is cut): ran Square only, dropped "
+                 + (", ".join(dropped) or "nothing"))
+
+
+def _pairs(results: Sequence[Any]) -> list[tuple[str, Any, Any]]:
+    """(check, weak walk, strong walk) for every comparison the attacks that ran allow."""
+    by = {r.attack.name: r for r in results}
+    out = []
+    if "fgsm" in by:
+        out += [("iterative-vs-single-step", by["fgsm"], r) for r in results if r.attack.name in ITERATIVE]
+    if "square" in by:
+        out += [("square-vs-whitebox", by["square"], r) for r in results if r.attack.name in WHITE_BOX]
+    return out
+
+
+def compare(results: Sequence[Any]) -> list[dg.Finding]:
+    """Each comparison between attacks that ran, at every eps > 0 both walked; per pair, the
+    finding at the eps where the weaker attack's lead is most significant."""
+    out = []
+    for check, weak, strong in _pairs(results):
+        found = []
+        for eps, fw in zip(weak.eps, weak.flags):
+            if eps > 0 and eps in strong.eps:
+                fs = strong.flags[strong.eps.index(eps)]
+                f = dg.compare_attacks(check, weak.attack.display, fw, strong.attack.display, fs)
+                f.details["eps"] = eps
+                found.append(f)
+        if found:
+            out.append(min(found, key=lambda f: (not f.flagged, f.details.get("p_value", 1.0))))
+    return out
+
+
+@dataclass
+class Costly:
+    """What the costly checks need: the grid's largest eps, the worst-case flags there, and
+    optionally a model to transfer adversarial examples from."""
+
+    eps: float
+    worst: torch.Tensor
+    transfer_from: nn.Module | None = None
+    seed: int = 0
+
+
+def costly(model: nn.Module, x: torch.Tensor, y: torch.Tensor, c: Costly) -> list[dg.Finding]:
+    """Large budget, loss trace, transfer: on at most 100 points."""
+    m = dg.COSTLY_MAX_POINTS
+    x, y, worst = x[:m], y[:m], c.worst[:m]
+    out = [dg.check_large_budget(model, x, y)]
+    g = torch.Generator().manual_seed(c.seed)
+    _, losses = dg.pgd_with_trace(model, x, y, c.eps, TRACE_STEPS, 2.5 * c.eps / TRACE_STEPS,
+                                  random_start=True, generator=g)
+    out.append(dg.check_loss_trace(losses, robust=worst))
+    if c.transfer_from is not None:
+        pgd = make_attack("pgd")
+        x_adv = pgd.run(c.transfer_from, x, y, c.eps, c.seed)
+        out.append(dg.check_transfer(model, x, y, x_adv.to(x.device), worst, eps=c.eps))
+    return out
+
+
+def classify_aa_warning(message: str, points: int) -> tuple[bool, str]:
+    """Whether one of AutoAttack's ``checks.py`` warnings flags the evaluation, and why.
+
+    * Square's gain (``check_square_sr``: Square ran last, on the points the white-box
+      components left, and broke some): the points it broke, b of the call's ``points``, against
+      c = 0 points the white-box ones broke that Square did not, in the same exact McNemar test
+      as the other comparisons (p < 0.01, i.e. b >= 8), instead of AutoAttack's 0.2-point rule.
+    * A dynamic defense (the forward pass calls autograd): flags.
+    * Randomness, probability outputs and zero gradients duplicate bench's own checks, which
+      decide; the class-count warning is about the attack's settings: noted, not flagged."""
+    low = message.lower()
+    if "square attack has decreased" in low:
+        m = re.search(r"of\s+([0-9.]+)%", message)
+        broken = round(float(m.group(1)) / 100 * points) if m else 0
+        p = dg.mcnemar(broken, 0)
+        return p < dg.ALPHA, f"Square broke {broken} of {points} points after the white-box attacks: McNemar p = {p:.3g}"
+    if "dynamic defense" in low:
+        return True, "the forward pass calls autograd: a dynamic defense"
+    return False, "noted; bench's own checks decide"
+
+
+def rows(run_id: str, fingerprint: str, n: int, findings: Sequence[dg.Finding]) -> list[DiagnosticRow]:
+    """Findings as store rows (a comparison's key names the two attacks)."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    out = []
+    for f in findings:
+        d = f.as_dict()
+        key = f"{d['details'].get('weak', '')}~{d['details'].get('strong', '')}" \
+            if f.check in ("iterative-vs-single-step", "square-vs-whitebox") else ""
+        out.append(DiagnosticRow(run_id, fingerprint, n, f.check, key, f.flagged, f.source,
+                                 f.summary, d["details"], f.advice, now))
+    return out
+
+
+__all__ = ["Costly", "adapt_for_randomized", "cheap", "compare", "costly", "flagged", "replace", "rows"]
