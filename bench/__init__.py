@@ -1,3 +1,14 @@
 """bench: train defended image classifiers and benchmark their adversarial robustness."""
 
 __version__ = "0.1.0"
+
+__all__ = ["evaluate_model"]
+
+
+def __getattr__(name: str) -> object:
+    """``bench.evaluate_model`` without importing torch at ``import bench``."""
+    if name == "evaluate_model":
+        from bench.api import evaluate_model
+
+        return evaluate_model
+    raise AttributeError(f"module 'bench' has no attribute {name!r}")

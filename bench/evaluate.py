@@ -420,6 +420,25 @@ class Evaluation:
     def clean_estimate(self) -> Estimate:
         return Estimate(int(self.clean.sum()), len(self.clean))
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data: clean and per-attack (and worst-case) accuracies with 95% intervals by
+        eps, the findings, and what the numbers depend on."""
+        s = self.settings
+        return {
+            "run_id": self.target.run_id, "fingerprint": self.target.source.fingerprint,
+            "n": len(self.target.y), "seed": s.seed, "batch_size": s.batch_size,
+            "eps_grid": list(s.eps_grid), "clean": self.clean_estimate.as_dict(),
+            "robust": {name: {format_eps(e): est.as_dict() for e, est in by.items()}
+                       for name, by in self.estimates().items()},
+            "unreliable": self.unreliable, "note": self.note,
+            "findings": [f.as_dict() for f in self.findings],
+            "autoattack_warnings": [m for m, _, _ in self.aa_warnings],
+        }
+
+    def table(self) -> str:
+        """The terminal table (accuracies with 95% intervals, flags)."""
+        return format_table(self, "")
+
     def estimates(self) -> dict[str, dict[float, Estimate]]:
         """Attack display name (and ``any``) -> eps -> estimate with its interval."""
         out = {r.attack.display: {e: Estimate(int(f.sum()), len(f)) for e, f in zip(r.eps, r.flags)}

@@ -1,0 +1,90 @@
+"""The Python API: evaluate any ``nn.Module`` in one call.
+
+    import bench
+    result = bench.evaluate_model(model, dataset="cifar10", n=1000,
+                                  attacks=["fgsm", "pgd", "autoattack"], eps="0:8/255:1/255")
+    print(result.table())          # accuracies with 95% intervals, flags
+    result.as_dict()               # attack -> eps -> {"acc", "ci95", "k", "n"}, plus findings
+
+The model takes NCHW images in [0, 1] and returns logits (normalization inside the model, as in
+RobustBench). Points are the first ``n`` of the data set's test split, or ``x``/``y`` given
+directly. Results go to a store (and so to ``bench report``) only when ``store`` is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from bench.errors import UsageError
+from bench.evaluate import Evaluation, Settings, Target, attach_points, evaluate_target
+from bench.params import parse_eps_grid
+
+
+def _attacks(attacks: Sequence[str] | str, params: dict[str, dict[str, Any]] | None) -> list[Any]:
+    from bench.commands.eval import parse_attacks
+
+    names = [attacks] if isinstance(attacks, str) else list(attacks)
+    sets = [f"{a}.{k}={v}" for a, kv in (params or {}).items() for k, v in kv.items()]
+    return parse_attacks([",".join(names)], sets)
+
+
+def _grid(eps: str | float | Sequence[float]) -> list[float]:
+    if isinstance(eps, str):
+        return parse_eps_grid(eps)
+    return [float(e) for e in ([eps] if isinstance(eps, (int, float)) else eps)]
+
+
+def _target(model: nn.Module, dataset: str, name: str, n: int, x: torch.Tensor | None,
+            y: torch.Tensor | None, data_dir: str | Path | None) -> Target:
+    from bench.sources import from_module
+
+    source = from_module(model, dataset, name)
+    if x is None and y is None:
+        return attach_points(source, n, data_dir, download=True)
+    if x is None or y is None or len(x) != len(y):
+        raise UsageError("give both x and y, of equal length (or neither, for the test split)")
+    if float(x.min()) < 0 or float(x.max()) > 1:
+        raise UsageError("x must be images in [0, 1] (normalization belongs inside the model)")
+    return Target(source, x.detach().cpu().float(), y.detach().cpu().long(), len(y))
+
+
+def evaluate_model(
+    model: nn.Module,
+    *,
+    dataset: str = "fashion-mnist",
+    n: int = 1000,
+    attacks: Sequence[str] | str = ("fgsm", "pgd", "autoattack"),
+    eps: str | float | Sequence[float] = "0:8/255:1/255",
+    params: dict[str, dict[str, Any]] | None = None,
+    x: torch.Tensor | None = None,
+    y: torch.Tensor | None = None,
+    name: str = "model",
+    store: str | Path | None = None,
+    batch_size: int = 500,
+    seed: int = 0,
+    device: str | None = None,
+    diagnose: bool = False,
+    transfer_from: nn.Module | None = None,
+    data_dir: str | Path | None = None,
+    progress: bool = False,
+) -> Evaluation:
+    """Evaluate ``model`` with ``attacks`` over the eps grid ``eps`` (``"0:8/255:1/255"``, a
+    number or a list) and return the :class:`~bench.evaluate.Evaluation`: per-attack, per-eps
+    flags and accuracies with 95% intervals, the worst case, the diagnostics' findings.
+    ``params``: attack parameters, e.g. ``{"pgd": {"steps": 20}}``. Bad input: UsageError."""
+    from bench.io import pick_device
+    from bench.store import Store
+
+    settings = Settings(_attacks(attacks, params), _grid(eps), batch_size, seed,
+                        progress=progress, diagnose=diagnose, transfer_from=transfer_from)
+    target = _target(model, dataset, name, n, x, y, data_dir)
+    dev = pick_device(device)
+    if store is None:
+        return evaluate_target(target, settings, dev)
+    with Store(store) as db:
+        db.check_writable()
+        return evaluate_target(target, settings, dev, db)
