@@ -209,20 +209,27 @@ def grid_walk(
     robust = clean.detach().cpu().clone().bool()
     w = Walk(sorted(float(e) for e in eps_grid), batch_size, seed, bar, recorder or Recorder(), on_batch)
     result = GridResult(attack, w.eps, [], [])
+    pending = None  # the eps-0 row, stored with the first attacked step (not before an error)
     for eps in w.eps:
         started = time.perf_counter()
         stored = w.recorder.done(eps) if eps > 0 else None
         if stored is not None:  # this step finished in an earlier, interrupted run
             robust &= stored
             result.reused += 1
+        elif eps == 0:
+            pending = robust.clone()
         else:
-            if eps > 0:
-                _walk_eps(model, attack, x, y_cpu, robust, eps, w)
+            _walk_eps(model, attack, x, y_cpu, robust, eps, w)
+            if pending is not None:
+                w.recorder.finish(0.0, pending, 0.0)
+                pending = None
             w.recorder.finish(eps, robust.clone(), time.perf_counter() - started)
         if eps > 0 and bar is not None:
             bar.update(1)
         result.flags.append(robust.clone())
         result.seconds.append(time.perf_counter() - started if eps > 0 and stored is None else 0.0)
+    if pending is not None:  # a grid of eps 0 alone
+        w.recorder.finish(0.0, pending, 0.0)
     return result
 
 

@@ -35,11 +35,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--checkpoint", action="extend", nargs="+", metavar="PATH",
                        help="checkpoint directories (or their weights.pt)")
+    which.add_argument("--model-factory", metavar="MODULE:FUNCTION",
+                       help="a model bench did not train: package.module:function returning an "
+                       "nn.Module (logits on images in [0, 1]); needs --dataset")
+    which.add_argument("--robustbench", metavar="NAME",
+                       help="a RobustBench model-zoo entry, loaded by robustbench's load_model "
+                       "(from --model-dir); needs --dataset")
     which.add_argument("--all", action="store_true",
                        help="every finished checkpoint under the checkpoints directory (the "
                        "default when no model is named)")
     p.add_argument("--checkpoints-dir", metavar="DIR",
                    help=f"where --all looks (default {paths.checkpoints_dir()})")
+    p.add_argument("--weights", metavar="FILE",
+                   help="weights for --model-factory: .safetensors, or a state dict read with a "
+                   "weights-only torch load (never runs code from the file)")
+    p.add_argument("--name", metavar="NAME", help="leaderboard name of a --model-factory model")
+    p.add_argument("--threat-model", default="Linf", help="RobustBench threat model (default Linf)")
+    p.add_argument("--model-dir", metavar="DIR", help="RobustBench model directory (default models/)")
+    p.add_argument("--model-info", metavar="DIR",
+                   help="RobustBench model_info directory, for the published numbers shown beside ours")
+    p.add_argument("--diagnose", action="store_true",
+                   help="also the costly checks: a very large budget, the PGD loss trace, and "
+                   "transfer (with --transfer-from)")
+    p.add_argument("--transfer-from", metavar="CHECKPOINT",
+                   help="with --diagnose: replay PGD examples crafted on this checkpoint")
     p.add_argument("--eps", default=DEFAULT_GRID, metavar="GRID",
                    help="start:stop:step (inclusive) or a comma list, e.g. 0,2/255,8/255 "
                    f"(default {DEFAULT_GRID})")
@@ -115,19 +134,46 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not 0 <= args.seed <= SEED_MAX:
         raise UsageError(f"--seed must be in 0..2**63-1, got {args.seed}")
-    paths_ = checkpoint_paths(args)
     device = pick_device(args.device)
+    # Every model is read and checked against its data before the store is opened.
+    targets = load_targets(args)
+    transfer = None
+    if args.transfer_from:
+        if not args.diagnose:
+            raise UsageError("--transfer-from goes with --diagnose")
+        from bench.sources import from_checkpoint
+
+        transfer = from_checkpoint(args.transfer_from).model
+    db = Path(args.db).expanduser().resolve() if args.db else paths.default_db()
+    settings = Settings(attacks, eps_grid, args.batch_size, args.seed, args.fresh,
+                        not args.no_progress, args.diagnose, transfer)
+    return evaluate_all(targets, settings, device, db)
+
+
+def load_targets(args: argparse.Namespace) -> list[Target]:
+    """The models to evaluate with their first n test points (UsageError on anything bad)."""
+    from bench import sources
+    from bench.evaluate import attach_points
+
     data_dir = paths.data_dir(args.data_dir)
     download = not args.no_download
-
-    # Every model is read and checked against its data before the store is opened.
+    for flag, value in (("--weights", args.weights), ("--name", args.name)):
+        if value and not args.model_factory:
+            raise UsageError(f"{flag} goes with --model-factory")
+    if args.model_factory or args.robustbench:
+        if not args.dataset:
+            raise UsageError("--model-factory and --robustbench need --dataset")
+        if args.model_factory:
+            src = sources.from_factory(args.model_factory, args.weights, args.dataset, args.name)
+        else:
+            src = sources.from_robustbench(args.robustbench, args.threat_model, args.dataset,
+                                           args.model_dir, args.model_info)
+        return [attach_points(src, args.n, data_dir, download)]
     targets: dict[str, Target] = {}
-    for path in paths_:
+    for path in checkpoint_paths(args):
         target = prepare_target(path, args.n, data_dir, args.dataset, download)
         targets.setdefault(str(target.source.path), target)
-    db = Path(args.db).expanduser().resolve() if args.db else paths.default_db()
-    settings = Settings(attacks, eps_grid, args.batch_size, args.seed, args.fresh, not args.no_progress)
-    return evaluate_all(list(targets.values()), settings, device, db)
+    return list(targets.values())
 
 
 def checkpoint_paths(args: argparse.Namespace) -> list[Path]:
