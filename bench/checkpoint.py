@@ -1,27 +1,53 @@
 """Checkpoints: ``checkpoints/<run-id>/`` with the weights and everything needed to trust them.
 
 Files, each written atomically:
-  ``weights.pt``  the model's ``state_dict`` (tensors only: loaded with ``weights_only=True``)
+  ``weights.safetensors`` the model's ``state_dict`` (safetensors: raw tensors, no pickle). Old
+                  checkpoints hold ``weights.pt`` instead, read with ``torch.load(weights_only=True)``;
+                  a pickle that would build anything but tensors is refused, nothing executed.
   ``config.json`` the fully resolved configuration: data set (with its shape), model, defense and
                   every hyperparameter, optimizer, schedule, seed, epochs, train limit
-  ``run.json``    library versions, device, training time, final clean accuracy
+  ``run.json``    ``"complete": false`` while training; at the end library versions, device,
+                  training time, final log entry, ``"complete": true``
   ``log.json``    the per-epoch log (loss, clean accuracy, training robust accuracy)
+  ``state.safetensors`` the training state after the last completed epoch, present only while
+                  the run is unfinished (see below)
+
+Training state (resumable training, ``bench train --resume RUN_DIR``): after every epoch one
+safetensors file holds the tensors -- model state (``model/<key>``), optimizer state tensors
+(``optim/<param index>/<key>``) and random generator states as uint8 tensors (``rng/cpu``,
+``rng/shuffle``, ``rng/cuda/<i>``) -- and, in its header's metadata under ``bench_state``, a JSON
+document with the rest (epochs done, schedule position, epoch log, optimizer settings, elapsed
+time, catastrophic-overfitting history). One file, so one atomic replace covers both parts.
+
+A run is *complete* when it has a weights file and no training state: the weights are written
+first, then run.json, and the training state is deleted last (it is not kept: it holds a second
+copy of the weights plus the optimizer's momentum). A run directory with a config.json that is
+not complete is *incomplete*: :func:`find_incomplete` lists those, :func:`find_checkpoints`
+skips them, and :func:`read_checkpoint` refuses them with the command that resumes them.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import safetensors
+import safetensors.torch
 import torch
 from torch import nn
 
 from bench.errors import UsageError
-from bench.io import atomic_torch_save, atomic_write_json
+from bench.io import atomic_write_bytes, atomic_write_json
+from bench.weights import fingerprint_state
 
-WEIGHTS, CONFIG, RUN, LOG = "weights.pt", "config.json", "run.json", "log.json"
+WEIGHTS, LEGACY_WEIGHTS = "weights.safetensors", "weights.pt"
+CONFIG, RUN, LOG, STATE = "config.json", "run.json", "log.json", "state.safetensors"
+STATE_KEY = "bench_state"  # the safetensors metadata entry that holds the JSON part
+STATE_FORMAT = 1
 
 
 @dataclass
@@ -32,6 +58,7 @@ class Checkpoint:
     config: dict[str, Any]
     run: dict[str, Any] = field(default_factory=dict)
     log: list[dict[str, Any]] = field(default_factory=list)
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def run_id(self) -> str:
@@ -48,6 +75,26 @@ class Checkpoint:
     @property
     def defense(self) -> str:
         return str(self.config["defense"])
+
+    @property
+    def weights_path(self) -> Path:
+        """``weights.safetensors``, else the legacy ``weights.pt``."""
+        return weights_file(self.path) or self.path / WEIGHTS
+
+    @property
+    def fingerprint(self) -> str:
+        """``sha256:...`` of the loaded weights (:func:`bench.weights.fingerprint_state`): the
+        same whichever file format holds them."""
+        if self._fingerprint is None:
+            self.load_state()
+        assert self._fingerprint is not None
+        return self._fingerprint
+
+    def load_state(self) -> dict[str, torch.Tensor]:
+        """The weights as CPU tensors; sets :attr:`fingerprint`. Unreadable is a UsageError."""
+        state = load_weights(self.weights_path)
+        self._fingerprint = fingerprint_state(state)
+        return state
 
     def build_model(self) -> nn.Module:
         """A fresh model of this checkpoint's architecture for its data set (untrained)."""
@@ -66,17 +113,42 @@ class Checkpoint:
     def load_model(self, device: torch.device | str = "cpu") -> nn.Module:
         """The trained model in eval mode on ``device``; weights that don't fit are a UsageError."""
         model = self.build_model()
-        weights = self.path / WEIGHTS
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise UsageError(f"checkpoint {self.path} has no {WEIGHTS} (training did not finish?)") from None
-        except Exception as exc:  # a truncated or foreign file: never fall back to full unpickling
-            raise UsageError(f"checkpoint {weights} can't be read as weights: {exc}".splitlines()[0]) from None
-        if not isinstance(state, dict):
-            raise UsageError(f"checkpoint {weights} does not hold a state_dict")
-        load_state(model, state, f"{self.model_name} ({self.path.name})")
+        load_state(model, self.load_state(), f"{self.model_name} ({self.path.name})")
         return model.to(device).eval()
+
+
+def weights_file(run_dir: Path) -> Path | None:
+    """The weights file of a run directory (safetensors first), or None."""
+    for name in (WEIGHTS, LEGACY_WEIGHTS):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    return None
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``weights.safetensors`` or a legacy ``weights.pt``, as CPU tensors.
+
+    Never unpickles freely: ``.pt`` goes through ``torch.load(weights_only=True)``, whose
+    unpickler builds only tensors and plain containers; anything else is a one-line UsageError."""
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path.parent} has no {WEIGHTS} (training did not finish?)")
+    try:
+        if path.suffix == ".safetensors":
+            state: Any = safetensors.torch.load_file(str(path), device="cpu")
+        else:
+            with warnings.catch_warnings():  # torch's notes on odd pickles: the error says enough
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UsageError(
+            f"checkpoint {path} is a pickle that asks to run code or build non-tensor objects; "
+            "refused (bench loads weights with weights_only=True)"
+        ) from None
+    except Exception as exc:  # a truncated or foreign file: never fall back to full unpickling
+        raise UsageError(f"checkpoint {path} can't be read as weights: {exc}".splitlines()[0]) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"checkpoint {path} does not hold a state_dict of tensors")
+    return state
 
 
 def load_state(model: nn.Module, state: dict[str, Any], what: str) -> None:
@@ -112,40 +184,78 @@ def _read_json(path: Path, required: bool) -> Any:
         raise UsageError(f"{path} is corrupt ({exc.__class__.__name__}: {exc})") from None
 
 
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """A run directory's config.json, checked for the keys every reader needs."""
+    config = _read_json(run_dir / CONFIG, required=True)
+    needed = {"run_id", "dataset", "model", "defense", "dataset_info"}
+    if not isinstance(config, dict) or not needed <= set(config):
+        have = set(config) if isinstance(config, dict) else set()
+        raise UsageError(f"{run_dir / CONFIG} lacks {sorted(needed - have)}: corrupt checkpoint")
+    return config
+
+
+def is_complete(run_dir: Path) -> bool:
+    """Finished training: a weights file and no training state."""
+    return weights_file(run_dir) is not None and not (run_dir / STATE).exists()
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues an incomplete run."""
+    return f"bench train --resume {run_dir}"
+
+
+def incomplete_message(run_dir: Path) -> str:
+    """One line: the run is incomplete, how far it got, and the exact command to resume it."""
+    meta = read_state_meta(run_dir) if (run_dir / STATE).is_file() else None
+    if meta is not None:
+        where = f"stopped after epoch {meta.get('epoch')} of {meta.get('epochs')}"
+    else:
+        where = "stopped before its first epoch ended"
+    return f"checkpoint {run_dir} is incomplete (training {where}); resume it with: {resume_command(run_dir)}"
+
+
 def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint directory (or its ``weights.pt``); missing or corrupt is a UsageError."""
+    """Read a finished checkpoint directory (or its weights file); missing, corrupt or
+    incomplete is a UsageError (incomplete: with the ``bench train --resume`` command)."""
     p = Path(path).expanduser().resolve()
-    if p.is_file() and p.name == WEIGHTS:
+    if p.is_file() and p.name in (WEIGHTS, LEGACY_WEIGHTS):
         p = p.parent
     if not p.exists():
         raise UsageError(f"checkpoint {path} does not exist")
     if not p.is_dir():
         raise UsageError(f"checkpoint {path} is not a checkpoint directory")
-    config = _read_json(p / CONFIG, required=True)
-    needed = {"run_id", "dataset", "model", "defense", "dataset_info"}
-    if not isinstance(config, dict) or not needed <= set(config):
-        raise UsageError(f"{p / CONFIG} lacks {sorted(needed - set(config or {}))}: corrupt checkpoint")
-    if not (p / WEIGHTS).is_file():
-        raise UsageError(f"checkpoint {p} has no {WEIGHTS} (training did not finish?)")
+    config = read_config(p)
+    if not is_complete(p):
+        raise UsageError(incomplete_message(p))
     run = _read_json(p / RUN, required=False) or {}
     log = _read_json(p / LOG, required=False) or []
     return Checkpoint(p, config, run, log)
 
 
+def _walk_runs(root: Path) -> list[Path]:
+    """Every directory with a config.json under ``root`` (any depth), sorted by path; a run
+    directory is not searched further, a linked one counts but a linked tree is not walked."""
+    if not root.is_dir():
+        return []
+    found: list[Path] = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (d / CONFIG).is_file():
+            found.append(d)
+        elif not d.is_symlink():  # a linked tree is not walked (loops)
+            found.extend(_walk_runs(d))
+    return found
+
+
 def find_checkpoints(root: str | Path) -> list[Path]:
     """Every finished checkpoint directory under ``root`` (at any depth, e.g. ``quick/``),
     sorted by path. A checkpoint directory is not searched further."""
-    r = Path(root)
-    if not r.is_dir():
-        return []
-    found: list[Path] = []
-    for d in sorted(p for p in r.iterdir() if p.is_dir()):
-        if (d / CONFIG).is_file():
-            if (d / WEIGHTS).is_file():
-                found.append(d)
-        elif not d.is_symlink():  # a linked checkpoint counts; a linked tree is not walked (loops)
-            found.extend(find_checkpoints(d))
-    return found
+    return [d for d in _walk_runs(Path(root)) if is_complete(d)]
+
+
+def find_incomplete(root: str | Path) -> list[Path]:
+    """Every run directory under ``root`` whose training did not finish (resumable with
+    ``bench train --resume PATH``), sorted by path; found as :func:`find_checkpoints` does."""
+    return [d for d in _walk_runs(Path(root)) if not is_complete(d)]
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:
@@ -153,14 +263,94 @@ def write_config(run_dir: Path, config: dict[str, Any]) -> None:
     atomic_write_json(run_dir / CONFIG, config)
 
 
+def write_run(run_dir: Path, run: dict[str, Any]) -> None:
+    """The run record (``complete`` false while training)."""
+    atomic_write_json(run_dir / RUN, run)
+
+
 def write_log(run_dir: Path, log: list[dict[str, Any]]) -> None:
     """The per-epoch log, rewritten whole after each epoch."""
     atomic_write_json(run_dir / LOG, log)
 
 
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict as contiguous CPU copies (safetensors wants contiguous, unshared)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
 def write_final(run_dir: Path, model: nn.Module, run: dict[str, Any]) -> Path:
-    """The weights (CPU tensors) and the run record; returns the checkpoint directory."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_torch_save(run_dir / WEIGHTS, state)
-    atomic_write_json(run_dir / RUN, run)
+    """The weights, the run record (``complete``: true), then the training state is deleted;
+    returns the checkpoint directory."""
+    atomic_write_bytes(run_dir / WEIGHTS, safetensors.torch.save(cpu_state(model)))
+    write_run(run_dir, {**run, "complete": True})
+    (run_dir / STATE).unlink(missing_ok=True)
     return run_dir
+
+
+# --- training state -------------------------------------------------------------------------
+
+
+def write_state(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """The training state: ``tensors`` and the JSON ``meta`` in one safetensors file, atomically."""
+    data = safetensors.torch.save(tensors, metadata={STATE_KEY: json.dumps({"format": STATE_FORMAT, **meta})})
+    atomic_write_bytes(run_dir / STATE, data)
+
+
+def read_state_meta(run_dir: Path) -> dict[str, Any]:
+    """The JSON part of the training state (reads the header only)."""
+    path = run_dir / STATE
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as fh:
+            text = (fh.metadata() or {}).get(STATE_KEY)
+        meta = json.loads(text) if text else None
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign: one line
+        raise UsageError(f"training state {path} can't be read: {exc}".splitlines()[0]) from None
+    if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
+        raise UsageError(f"training state {path} is not a bench training state (format {STATE_FORMAT})")
+    return meta
+
+
+def read_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The training state's tensors (CPU) and JSON part."""
+    meta = read_state_meta(run_dir)
+    try:
+        tensors = safetensors.torch.load_file(str(run_dir / STATE), device="cpu")
+    except Exception as exc:  # noqa: BLE001
+        raise UsageError(f"training state {run_dir / STATE} can't be read: {exc}".splitlines()[0]) from None
+    return tensors, meta
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state split into tensors (``optim/<index>/<key>``) and JSON-able rest."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    other: dict[str, dict[str, Any]] = {}
+    strides: dict[str, list[int]] = {}  # memory layouts, restored so that arithmetic repeats
+    for index, entry in sd["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                name = f"optim/{index}/{key}"
+                tensors[name] = value.detach().to("cpu", copy=True).contiguous()
+                strides[name] = list(value.stride())
+            else:
+                other.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "state": other, "strides": strides}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Inverse of :func:`optimizer_tensors`. Each buffer gets its saved memory layout back
+    (e.g. channels-last), so the resumed arithmetic runs exactly as it would have."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim/"):
+            _, index, key = name.split("/", 2)
+            state.setdefault(int(index), {})[key] = value
+    for index, rest in meta["state"].items():
+        state.setdefault(int(index), {}).update(rest)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for name, stride in meta.get("strides", {}).items():
+        _, index, key = name.split("/", 2)
+        entry = optimizer.state[params[int(index)]]
+        value = entry[key]  # already on the parameter's device and dtype
+        entry[key] = torch.empty_strided(value.shape, stride, dtype=value.dtype, device=value.device).copy_(value)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from fractions import Fraction
@@ -15,19 +16,56 @@ from typing import Any
 from bench.errors import UsageError
 
 
+MAX_GRID_POINTS = 1000  # an eps grid longer than this is refused (each point is a full attack)
+MAX_EXPONENT = 400  # |exponent| of a typed number: beyond float's range, and 10**huge would hang
+INT_MAX = 2**63 - 1  # whole numbers must fit a signed 64-bit integer (torch, SQLite)
+_EXPONENT = re.compile(r"[eE]\s*([+-]?\d+)")
+
+
+def shown(text: object, limit: int = 60) -> str:
+    """``repr`` of a typed value, cut to ``limit`` characters (error lines stay short)."""
+    r = repr(str(text))
+    return r if len(r) <= limit else r[: limit - 4] + "...'"
+
+
+def _fraction(part: str, text: str, what: str) -> Fraction:
+    """One side of ``a/b`` (or a plain number) exactly; an exponent beyond :data:`MAX_EXPONENT`
+    is refused before ``Fraction`` would compute ``10**exponent``."""
+    m = _EXPONENT.search(part)
+    if m and abs(int(m.group(1))) > MAX_EXPONENT:
+        raise UsageError(f"{what} {shown(text)} is out of range (exponents beyond +-{MAX_EXPONENT} are refused)")
+    return Fraction(part.strip())
+
+
 def parse_number(text: str, what: str = "number") -> float:
-    """A float written as ``0.03``, ``8/255`` or ``1e-3``; anything else is a UsageError."""
+    """A float written as ``0.03``, ``8/255`` or ``1e-3``; anything else is a UsageError
+    (so are ``a/0``, nan, inf and values beyond float's range)."""
     s = str(text).strip()
     try:
         if "/" in s:
-            num, den = s.split("/", 1)
-            value = float(Fraction(num.strip())) / float(Fraction(den.strip()))
+            parts = s.split("/")
+            if len(parts) != 2:
+                raise ValueError(s)
+            value = float(_fraction(parts[0], text, what) / _fraction(parts[1], text, what))
         else:
             value = float(s)
     except (ValueError, ZeroDivisionError):
-        raise UsageError(f"{what} {text!r} is not a number (write e.g. 0.03 or 8/255)") from None
+        raise UsageError(f"{what} {shown(text)} is not a number (write e.g. 0.03 or 8/255)") from None
+    except OverflowError:
+        raise UsageError(f"{what} {shown(text)} is not a finite number") from None
     if not math.isfinite(value):
-        raise UsageError(f"{what} {text!r} is not a finite number")
+        raise UsageError(f"{what} {shown(text)} is not a finite number")
+    return value
+
+
+def parse_int(text: str, what: str = "number") -> int:
+    """A whole number that fits a signed 64-bit integer; anything else is a UsageError."""
+    try:
+        value = int(str(text).strip())
+    except ValueError:  # also more digits than Python converts
+        raise UsageError(f"{what} {shown(text)} is not a whole number") from None
+    if not -INT_MAX - 1 <= value <= INT_MAX:
+        raise UsageError(f"{what} {shown(text)} is out of range (at most {INT_MAX} in magnitude)")
     return value
 
 
@@ -35,7 +73,7 @@ def parse_eps(text: str | float, what: str = "eps") -> float:
     """An L-infinity budget on the pixel scale: a number in [0, 1], e.g. ``8/255``."""
     value = parse_number(str(text), what) if isinstance(text, str) else float(text)
     if not 0.0 <= value <= 1.0:
-        raise UsageError(f"{what} {text!r} is outside [0, 1] (pixel scale; write e.g. 8/255)")
+        raise UsageError(f"{what} {shown(text)} is outside [0, 1] (pixel scale; write e.g. 8/255)")
     return value
 
 
@@ -48,13 +86,16 @@ def parse_eps_grid(text: str) -> list[float]:
     if ":" in text:
         parts = text.split(":")
         if len(parts) != 3:
-            raise UsageError(f"eps grid {text!r}: write start:stop:step, e.g. 0:8/255:1/255")
+            raise UsageError(f"eps grid {shown(text)}: write start:stop:step, e.g. 0:8/255:1/255")
         start, stop, step = (parse_eps(p, "eps grid value") for p in parts)
         if step <= 0:
-            raise UsageError(f"eps grid {text!r}: the step must be positive")
+            raise UsageError(f"eps grid {shown(text)}: the step must be positive")
         if stop < start:
-            raise UsageError(f"eps grid {text!r}: stop is below start")
-        count = int(math.floor((stop - start) / step + 1e-9)) + 1
+            raise UsageError(f"eps grid {shown(text)}: stop is below start")
+        ratio = (stop - start) / step  # counted before any list is built (1e-9 steps: 1e9 points)
+        count = int(math.floor(ratio + 1e-9)) + 1 if ratio < 2 * MAX_GRID_POINTS else MAX_GRID_POINTS + 1
+        if count > MAX_GRID_POINTS:
+            raise UsageError(f"eps grid {shown(text)} has more than {MAX_GRID_POINTS} points; use a larger step")
         values = [start + i * step for i in range(count)]
         # Land exactly on stop when the step divides the range (floating error otherwise).
         if abs(values[-1] - stop) < 1e-9:
@@ -63,6 +104,8 @@ def parse_eps_grid(text: str) -> list[float]:
         values = [parse_eps(p, "eps grid value") for p in text.split(",") if p.strip()]
         if not values:
             raise UsageError("eps grid is empty")
+        if len(values) > MAX_GRID_POINTS:
+            raise UsageError(f"eps grid has {len(values)} values; at most {MAX_GRID_POINTS}")
     unique: list[float] = []
     for v in sorted(values):  # drop duplicates that differ only by floating error
         if not unique or v - unique[-1] > 1e-12:
@@ -98,12 +141,9 @@ def _coerce(text: str, annotation: Any, what: str) -> Any:
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        raise UsageError(f"{what} {text!r} is not a boolean (true/false)")
+        raise UsageError(f"{what} {shown(text)} is not a boolean (true/false)")
     if annotation is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise UsageError(f"{what} {text!r} is not a whole number") from None
+        return parse_int(text, what)
     if annotation is float:
         return parse_number(text, what)
     if origin is tuple:

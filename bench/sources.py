@@ -149,10 +149,22 @@ def from_checkpoint(path: str | os.PathLike[str]) -> Source:
 
     Missing, corrupt or incomplete checkpoints and weights that don't fit are UsageErrors
     raised by :mod:`bench.checkpoint`."""
-    ckpt = read_checkpoint(path)
-    model = ckpt.load_model("cpu")
+    try:
+        ckpt = read_checkpoint(path)
+    except OSError as exc:  # e.g. config.json is a directory
+        raise UsageError(f"checkpoint {path} can't be read: {_one_line(exc)}") from None
+    if not isinstance(ckpt.run, dict):
+        raise UsageError(f"{ckpt.path / 'run.json'} holds a JSON {type(ckpt.run).__name__}, not an "
+                         "object: corrupt checkpoint")
+    try:
+        model = ckpt.load_model("cpu")
+        info = dataset_info(ckpt.dataset)
+    except UsageError:  # already one line (an unknown name is also a KeyError)
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # wrong-typed config keys
+        raise UsageError(f"{ckpt.path / 'config.json'} is corrupt ({_one_line(exc)})") from None
     return _finish(
-        model, dataset_info(ckpt.dataset), f"checkpoint {ckpt.path}",
+        model, info, f"checkpoint {ckpt.path}",
         run_id=ckpt.run_id, kind="checkpoint", path=str(ckpt.path),
         config=dict(ckpt.config), run=dict(ckpt.run),
     )

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from bench.errors import UsageError
+from bench.paths import check_creatable, resolve
 
 ANY = "any"  # the label of the worst case over attacks (derived, never stored)
 APPLICATION = "bench"
@@ -204,13 +205,15 @@ class Store:
     ``Store(path, readonly=True)``, which never creates or changes a file."""
 
     def __init__(self, path: str | Path, *, must_exist: bool = False, readonly: bool = False) -> None:
-        self.path = Path(path).expanduser().resolve()
+        self.path = resolve(path, "results store")
         self.readonly = readonly
         if (must_exist or readonly) and not self.path.is_file():
             what = "is not a file" if self.path.exists() else "does not exist"
             raise UsageError(f"results store {self.path} {what}; run `bench eval` first")
         if self.path.is_dir():
             raise UsageError(f"results store {self.path} is a directory, not a file")
+        if not readonly:  # before SQLite creates the file, its -wal and -shm
+            check_creatable(self.path, "results store", directory=False)
         self.db = self._connect()
         try:
             self._check_layout()
@@ -451,6 +454,19 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def check_store(path: str | Path) -> Path:
+    """What ``Store(path)`` would refuse, found without creating or changing anything: a path
+    that can't be resolved or written, or an existing file that is not an empty file or a bench
+    store of this layout. Returns the resolved path."""
+    resolved = resolve(path, "results store")
+    if resolved.is_dir():
+        raise UsageError(f"results store {resolved} is a directory, not a file")
+    check_creatable(resolved, "results store", directory=False)
+    if resolved.is_file() and resolved.stat().st_size > 0:
+        Store(resolved, readonly=True).close()  # reads the layout; never writes
+    return resolved
 
 
 def iter_flags(flags: str) -> Iterator[bool]:

@@ -3,10 +3,17 @@
 SGD with momentum and weight decay, a piecewise or cosine learning-rate schedule stepped every
 iteration, a seed, a progress bar and a per-epoch log. The defense only supplies the loss. On a
 GPU the whole training set lives on the device (as uint8) and augmentation runs there.
+
+Every epoch ends with the training state written atomically (:mod:`bench.checkpoint`), so an
+interrupted run continues with :func:`resume` (``bench train --resume RUN_DIR``) from its last
+completed epoch; on the CPU the final weights are bit-identical to an uninterrupted run's.
+Single-step defenses (FGSM-AT, FGSM-RS) are watched for catastrophic overfitting on a held-out
+batch of training images (:mod:`bench.defenses.overfitting`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -23,11 +30,19 @@ from tqdm import tqdm
 from bench import checkpoint, paths
 from bench.data import DatasetInfo, ImageSet, dataset_info, load_dataset
 from bench.defenses import Defense, build_defense, defense_params
+from bench.defenses.overfitting import Monitor, heldout_size
 from bench.errors import UsageError
 from bench.io import device_label, library_versions, pick_device
 from models import create_model
 
 SCHEDULES = ("piecewise", "cosine")
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer; negative seeds are refused
+
+Log = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 @dataclass
@@ -67,6 +82,17 @@ class Prepared:
     defense: Defense
     device: torch.device
     run_dir: Path
+    heldout: ImageSet | None = None  # single-step defenses: the catastrophic-overfitting batch
+
+
+@dataclass
+class Progress:
+    """What a run carries from epoch to epoch (saved in the training state)."""
+
+    epoch: int = 0  # epochs completed
+    log: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0  # training time so far, over every session of the run
+    resumes: list[dict[str, Any]] = field(default_factory=list)
 
 
 def lr_at(cfg: TrainConfig, it: int, total: int) -> float:
@@ -117,16 +143,45 @@ def default_run_id(cfg: TrainConfig) -> str:
     return f"{cfg.defense}-{cfg.model}-{cfg.dataset}-s{cfg.seed}-{stamp}"
 
 
-def prepare(cfg: TrainConfig) -> Prepared:
-    """Check every input and build data, model and defense; raises UsageError, writes nothing."""
-    if cfg.epochs < 1:
-        raise UsageError(f"--epochs must be at least 1, got {cfg.epochs}")
-    if cfg.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {cfg.batch_size}")
-    if cfg.lr <= 0:
-        raise UsageError(f"--lr must be positive, got {cfg.lr}")
+# --- validation (nothing loaded, nothing written) ---------------------------------------------
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_numbers(cfg: TrainConfig) -> None:
+    """Every number of the configuration is usable: finite, in range; else a UsageError."""
+    for flag, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size), ("--eval-n", cfg.eval_n)):
+        if not _whole(value) or value < 1:
+            raise UsageError(f"{flag} must be a whole number >= 1, got {value!r}")
+    if cfg.train_limit is not None and (not _whole(cfg.train_limit) or cfg.train_limit < 1):
+        raise UsageError(f"--train-limit must be a whole number >= 1, got {cfg.train_limit!r}")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise UsageError(f"--lr must be a finite number > 0, got {cfg.lr}")
+    if not (math.isfinite(cfg.momentum) and 0 <= cfg.momentum < 1):
+        raise UsageError(f"--momentum must be in [0, 1), got {cfg.momentum}")
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise UsageError(f"--weight-decay must be a finite number >= 0, got {cfg.weight_decay}")
+    if not _whole(cfg.seed) or not 0 <= cfg.seed <= SEED_MAX:
+        raise UsageError(f"--seed must be a whole number in 0..2**63-1, got {cfg.seed}")
     if cfg.schedule not in SCHEDULES:
         raise UsageError(f"unknown schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
+
+
+def run_dir_of(cfg: TrainConfig) -> Path:
+    """The checkpoint directory of ``cfg`` (a default run id is stamped with the time now)."""
+    if cfg.run_id is not None and (not cfg.run_id or "/" in cfg.run_id or cfg.run_id.startswith(".")):
+        raise UsageError(f"--run-id {cfg.run_id!r} must be a plain directory name")
+    root = Path(cfg.out_dir or paths.checkpoints_dir()).expanduser().resolve()
+    return root / (cfg.run_id or default_run_id(cfg))
+
+
+def check(cfg: TrainConfig, resuming: bool = False) -> tuple[DatasetInfo, Defense, nn.Module, Path, torch.device]:
+    """Every check that needs no data: numbers, names, parameters, model, run directory, device.
+
+    Seeds torch's global generators (the model's initialisation). Raises UsageError."""
+    check_numbers(cfg)
     info = dataset_info(cfg.dataset)  # unknown data set -> UsageError with the valid names
     defense = build_defense(cfg.defense, cfg.defense_params)  # unknown defense / key -> UsageError
     torch.manual_seed(cfg.seed)  # the weights' initialisation; seeds CUDA too
@@ -134,21 +189,39 @@ def prepare(cfg: TrainConfig) -> Prepared:
         cfg.model, channels=info.channels, num_classes=info.num_classes,
         image_size=info.image_size, mean=info.mean, std=info.std,
     )
-    run_dir = Path(cfg.out_dir or paths.checkpoints_dir()).expanduser().resolve() / (
-        cfg.run_id or default_run_id(cfg)
-    )
-    if cfg.run_id is not None and (not cfg.run_id or "/" in cfg.run_id or cfg.run_id.startswith(".")):
-        raise UsageError(f"--run-id {cfg.run_id!r} must be a plain directory name")
-    if run_dir.exists():
+    run_dir = run_dir_of(cfg)
+    if run_dir.exists() and not resuming:
         raise UsageError(f"checkpoint directory {run_dir} already exists; choose another --run-id")
-    device = pick_device(cfg.device)
-    train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, limit=cfg.train_limit, download=cfg.download)
+    return info, defense, model, run_dir, pick_device(cfg.device)
+
+
+def _train_split(cfg: TrainConfig, single_step: bool) -> tuple[ImageSet, ImageSet | None]:
+    """The training images and, for single-step defenses, the held-out batch: the last
+    ``heldout_size(S)`` images of the split, never trained on (a limit reaching them is cut)."""
+    if not single_step:
+        return load_dataset(cfg.dataset, "train", cfg.data_dir, limit=cfg.train_limit, download=cfg.download), None
+    full = load_dataset(cfg.dataset, "train", cfg.data_dir, download=cfg.download)
+    size = len(full)
+    if cfg.train_limit is not None and cfg.train_limit > size:
+        raise UsageError(f"--train-limit {cfg.train_limit} is larger than the train split of {cfg.dataset} ({size} points)")
+    held = heldout_size(size)
+    if held < 1:
+        raise UsageError(f"the train split of {cfg.dataset} ({size} points) is too small to hold out a batch")
+    n = min(cfg.train_limit or size, size - held)
+    x, y = full.x, full.y
+    return ImageSet(x[:n], y[:n], full.info), ImageSet(x[size - held :], y[size - held :], full.info)
+
+
+def prepare(cfg: TrainConfig, resuming: bool = False) -> Prepared:
+    """Check every input and build data, model and defense; raises UsageError, writes nothing."""
+    info, defense, model, run_dir, device = check(cfg, resuming)
+    train_set, heldout = _train_split(cfg, type(defense).single_step)
     test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, download=cfg.download)
     test_set = test_set.subset(min(cfg.eval_n, len(test_set)))
     # Hooks are checked against the model before anything is written (BatchOut's layer names).
     defense.attach(model)
     defense.detach()
-    return Prepared(cfg, info, train_set, test_set, model, defense, device, run_dir)
+    return Prepared(cfg, info, train_set, test_set, model, defense, device, run_dir, heldout)
 
 
 def resolved_config(p: Prepared) -> dict[str, Any]:
@@ -158,88 +231,296 @@ def resolved_config(p: Prepared) -> dict[str, Any]:
     cfg.pop("device")
     cfg["run_id"] = p.run_dir.name
     cfg["defense_params"] = defense_params(p.defense)
+    cfg["defense_resolved"] = p.defense.resolved()  # e.g. {"alpha": 0.00784, "alpha_rule": "eps/4"}
     cfg["dataset_info"] = asdict(p.info)
     cfg["train_size"] = len(p.train_set)
     cfg["augment_mode"] = p.info.augment if p.cfg.augment else "none"
+    if p.heldout is not None:
+        cfg["heldout"] = {
+            "n": len(p.heldout),
+            "rule": f"the last {len(p.heldout)} images of the training split, excluded from training",
+        }
     return cfg
 
 
-def train(
-    cfg: TrainConfig,
-    progress: bool = True,
-    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
-) -> Path:
-    """Train ``cfg`` and write its checkpoint; returns the checkpoint directory."""
-    p = prepare(cfg)  # seeds torch's global generators, which the defenses draw from
-    model, defense, device = p.model.to(p.device), p.defense, p.device
-    train_set, test_set = p.train_set.to(device), p.test_set.to(device)
-    augment = p.info.augment if cfg.augment else "none"
-    config = resolved_config(p)
-    p.run_dir.mkdir(parents=True)
-    checkpoint.write_config(p.run_dir, config)
+# --- the loop ---------------------------------------------------------------------------------
 
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+
+@dataclass
+class Loop:
+    """A run being trained: the prepared pieces plus optimizer, generators and progress."""
+
+    p: Prepared
+    optimizer: torch.optim.Optimizer
+    shuffle: torch.Generator  # the data order, on the CPU: the same order on every device
+    monitor: Monitor | None
+    progress: Progress
+    train_set: ImageSet
+    test_set: ImageSet
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train_set) / self.p.cfg.batch_size)
+
+
+def _make_loop(p: Prepared) -> Loop:
+    """Move the run to its device and build optimizer, shuffle generator and monitor."""
+    cfg, device = p.cfg, p.device
+    model = p.model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    monitor = None
+    if p.heldout is not None:
+        held = p.heldout.to(device)
+        monitor = Monitor(float(getattr(p.defense, "eps")), held.images(), held.y)
+    return Loop(p, optimizer, shuffle, monitor, Progress(), p.train_set.to(device), p.test_set.to(device))
+
+
+def _train_epoch(loop: Loop, epoch: int, bar: tqdm) -> tuple[float, int]:
+    """One pass over the shuffled training set; returns (summed loss, images seen)."""
+    cfg, model, defense = loop.p.cfg, loop.p.model, loop.p.defense
+    augment = loop.p.info.augment if cfg.augment else "none"
+    steps, n = loop.steps_per_epoch, len(loop.train_set)
+    total = cfg.epochs * steps
+    model.train()
+    defense.reset_stats()
+    loss_sum, seen = 0.0, 0
+    order = torch.randperm(n, generator=loop.shuffle).to(loop.p.device)
+    for step in range(steps):
+        for group in loop.optimizer.param_groups:
+            group["lr"] = lr_at(cfg, (epoch - 1) * steps + step, total)
+        idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        x = augment_batch(loop.train_set.images(idx), augment)
+        loss = defense.loss(model, x, loop.train_set.y[idx])
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loop.optimizer.step()
+        loss_sum += float(loss.detach()) * len(idx)
+        seen += len(idx)
+        bar.update(1)
+        bar.set_postfix(epoch=epoch, loss=f"{loss_sum / seen:.3f}")
+    return loss_sum, seen
+
+
+def _epoch_entry(loop: Loop, epoch: int, loss_sum: float, seen: int, seconds: float) -> dict[str, Any]:
+    """The log entry of an epoch: loss, clean accuracy, and the robust numbers that apply."""
+    entry: dict[str, Any] = {
+        "epoch": epoch,
+        "lr": loop.optimizer.param_groups[0]["lr"],
+        "loss": loss_sum / seen,
+        "clean_acc": accuracy(loop.p.model, loop.test_set),  # on the first eval_n test points
+        "seconds": seconds,
+        "images_per_s": seen / seconds,
+    }
+    robust = loop.p.defense.robust_accuracy()
+    if robust is not None:
+        entry["train_robust_acc"] = robust  # on this epoch's adversarial training inputs
+    return entry
+
+
+def _epoch_line(entry: dict[str, Any], epochs: int) -> str:
+    robust = entry.get("train_robust_acc")
+    held = (
+        f"  held-out FGSM {entry['heldout_fgsm_acc']:.2%} PGD-10 {entry['heldout_pgd_acc']:.2%}"
+        if "heldout_pgd_acc" in entry else ""
     )
-    n = len(train_set)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
-    shuffle = torch.Generator().manual_seed(cfg.seed)  # on the CPU: same order on every device
-    epoch_log: list[dict[str, Any]] = []
-    defense.attach(model)
+    return (
+        f"epoch {entry['epoch']}/{epochs}  loss {entry['loss']:.4f}  clean acc {entry['clean_acc']:.2%}"
+        + (f"  train robust acc {robust:.2%}" if robust is not None else "")
+        + held
+        + f"  {entry['seconds']:.1f} s ({entry['images_per_s']:.0f} images/s)"
+    )
+
+
+def _run_epoch(loop: Loop, epoch: int, bar: tqdm, log: Log) -> None:
+    """Train one epoch, measure it, save the training state and the log, then report it."""
     started = time.perf_counter()
-    bar = tqdm(total=total_steps, desc=f"train {cfg.defense}", unit="batch", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
+    loss_sum, seen = _train_epoch(loop, epoch, bar)
+    entry = _epoch_entry(loop, epoch, loss_sum, seen, time.perf_counter() - started)
+    warning = None
+    if loop.monitor is not None:
+        if loop.monitor.update(epoch, loop.p.model):
+            warning = loop.monitor.warning(epoch)
+        entry["heldout_fgsm_acc"], entry["heldout_pgd_acc"] = loop.monitor.fgsm[-1], loop.monitor.pgd[-1]
+    loop.progress.epoch = epoch
+    loop.progress.log.append(entry)
+    loop.progress.seconds += time.perf_counter() - started
+    save_state(loop)  # first: the epoch counts once its state is on disk
+    checkpoint.write_log(loop.p.run_dir, loop.progress.log)
+    log(_epoch_line(entry, loop.p.cfg.epochs))
+    if warning:
+        log(warning)
+
+
+def _fit(loop: Loop, show_progress: bool, log: Log) -> Path:
+    """Train the remaining epochs, then write the weights and the run record."""
+    cfg, p = loop.p.cfg, loop.p
+    steps = loop.steps_per_epoch
+    bar = tqdm(total=cfg.epochs * steps, initial=loop.progress.epoch * steps, desc=f"train {cfg.defense}",
+               unit="batch", disable=not show_progress, file=sys.stderr, dynamic_ncols=True)
+    p.defense.attach(p.model)
     try:
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            defense.reset_stats()
-            epoch_start = time.perf_counter()
-            loss_sum, seen = 0.0, 0
-            order = torch.randperm(n, generator=shuffle).to(device)
-            for step in range(steps_per_epoch):
-                it = (epoch - 1) * steps_per_epoch + step
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(cfg, it, total_steps)
-                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                x = augment_batch(train_set.images(idx), augment)
-                y = train_set.y[idx]
-                loss = defense.loss(model, x, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(idx)
-                seen += len(idx)
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{loss_sum / seen:.3f}")
-            seconds = time.perf_counter() - epoch_start
-            entry: dict[str, Any] = {
-                "epoch": epoch,
-                "lr": optimizer.param_groups[0]["lr"],
-                "loss": loss_sum / seen,
-                "clean_acc": accuracy(model, test_set),  # on the first eval_n test points
-                "seconds": seconds,
-                "images_per_s": seen / seconds,
-            }
-            robust = defense.robust_accuracy()
-            if robust is not None:
-                entry["train_robust_acc"] = robust  # on this epoch's adversarial training inputs
-            epoch_log.append(entry)
-            checkpoint.write_log(p.run_dir, epoch_log)
-            log(
-                f"epoch {epoch}/{cfg.epochs}  loss {entry['loss']:.4f}  clean acc {entry['clean_acc']:.2%}"
-                + (f"  train robust acc {robust:.2%}" if robust is not None else "")
-                + f"  {seconds:.1f} s ({entry['images_per_s']:.0f} images/s)"
-            )
+        for epoch in range(loop.progress.epoch + 1, cfg.epochs + 1):
+            _run_epoch(loop, epoch, bar, log)
     finally:
         bar.close()
-        defense.detach()
-    train_seconds = time.perf_counter() - started
-    run = {
+        p.defense.detach()
+    run: dict[str, Any] = {
         "versions": library_versions(),
-        "device": device_label(device),
-        "train_seconds": train_seconds,
+        "device": device_label(p.device),
+        "train_seconds": loop.progress.seconds,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "final": epoch_log[-1],
+        "final": loop.progress.log[-1],
     }
-    return checkpoint.write_final(p.run_dir, model, run)
+    if loop.progress.resumes:
+        run["resumed"] = loop.progress.resumes
+    if loop.monitor is not None:
+        run["catastrophic_overfitting"] = loop.monitor.record()
+    return checkpoint.write_final(p.run_dir, p.model, run)
+
+
+def train(cfg: TrainConfig, progress: bool = True, log: Log = _stderr) -> Path:
+    """Train ``cfg`` and write its checkpoint; returns the checkpoint directory."""
+    p = prepare(cfg)  # seeds torch's global generators, which the defenses draw from
+    loop = _make_loop(p)
+    p.run_dir.mkdir(parents=True)
+    # run.json first: whenever config.json is there (a run to list), it says "complete": false.
+    checkpoint.write_run(p.run_dir, {"complete": False, "started": _now()})
+    checkpoint.write_config(p.run_dir, resolved_config(p))
+    return _fit(loop, progress, log)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --- training state and resume ----------------------------------------------------------------
+
+
+def _rng_tensors(loop: Loop) -> dict[str, torch.Tensor]:
+    """Every random generator the run draws from, as uint8 tensors: torch's global CPU
+    generator (defenses, augmentation on the CPU), the shuffle generator, and each CUDA
+    device's generator when CUDA is in use (defenses and augmentation on the GPU)."""
+    out = {"rng/cpu": torch.get_rng_state(), "rng/shuffle": loop.shuffle.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"rng/cuda/{i}"] = state
+    return out
+
+
+def save_state(loop: Loop) -> None:
+    """The training state after ``loop.progress.epoch`` epochs (see :mod:`bench.checkpoint`)."""
+    tensors = {f"model/{k}": v for k, v in checkpoint.cpu_state(loop.p.model).items()}
+    optim_tensors, optim_meta = checkpoint.optimizer_tensors(loop.optimizer)
+    tensors.update(optim_tensors)
+    tensors.update(_rng_tensors(loop))
+    prog = loop.progress
+    meta = {
+        "epoch": prog.epoch,
+        "epochs": loop.p.cfg.epochs,
+        "iteration": prog.epoch * loop.steps_per_epoch,  # the schedule's position
+        "steps_per_epoch": loop.steps_per_epoch,
+        "log": prog.log,
+        "train_seconds": prog.seconds,
+        "resumes": prog.resumes,
+        "optimizer": optim_meta,
+        "device": device_label(loop.p.device),
+        "catastrophic_overfitting": loop.monitor.record() if loop.monitor is not None else None,
+    }
+    checkpoint.write_state(loop.p.run_dir, tensors, meta)
+
+
+def _restore_rng(loop: Loop, tensors: dict[str, torch.Tensor], log: Log) -> None:
+    torch.set_rng_state(tensors["rng/cpu"])
+    loop.shuffle.set_state(tensors["rng/shuffle"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda/")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    elif cuda or loop.p.device.type == "cuda":
+        log("note: the saved CUDA generator states don't match this machine; the resumed run "
+            "will not repeat the uninterrupted one exactly")
+
+
+def restore_state(loop: Loop, tensors: dict[str, torch.Tensor], meta: dict[str, Any], log: Log) -> None:
+    """Put a run back where its training state says: weights, optimizer, generators, progress."""
+    if meta["steps_per_epoch"] != loop.steps_per_epoch or meta["epochs"] != loop.p.cfg.epochs:
+        raise UsageError(f"training state of {loop.p.run_dir} does not match its config.json")
+    model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    checkpoint.load_state(loop.p.model, model_state, f"{loop.p.cfg.model} ({loop.p.run_dir.name})")
+    checkpoint.restore_optimizer(loop.optimizer, tensors, meta["optimizer"])
+    _restore_rng(loop, tensors, log)
+    loop.progress = Progress(meta["epoch"], list(meta["log"]), float(meta["train_seconds"]), list(meta["resumes"]))
+    if loop.monitor is not None and meta.get("catastrophic_overfitting"):
+        loop.monitor.restore(meta["catastrophic_overfitting"])
+
+
+def _as_text(value: Any) -> str:
+    """A saved defense parameter back as the string the command line would give."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+# The saved settings a resumed run must reproduce exactly (else its weights would differ).
+_SAME_ON_RESUME = (
+    "dataset", "model", "defense", "defense_params", "defense_resolved", "epochs", "batch_size", "lr",
+    "momentum", "weight_decay", "schedule", "seed", "train_limit", "eval_n", "augment", "dataset_info",
+    "train_size", "augment_mode", "heldout",
+)
+
+
+def config_from_saved(saved: dict[str, Any], run_dir: Path, **overrides: Any) -> TrainConfig:
+    """The TrainConfig that a run's config.json describes, placed at ``run_dir``."""
+    names = set(TrainConfig.__dataclass_fields__) - {"out_dir", "run_id", "device", "defense_params"}
+    kwargs = {k: saved[k] for k in names if k in saved}
+    kwargs["defense_params"] = {k: _as_text(v) for k, v in (saved.get("defense_params") or {}).items()}
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig(**kwargs, out_dir=str(run_dir.parent), run_id=run_dir.name)
+    except TypeError as exc:
+        raise UsageError(f"{run_dir / checkpoint.CONFIG} can't be resumed: {exc}") from None
+
+
+def _check_same(saved: dict[str, Any], now: dict[str, Any], run_dir: Path) -> None:
+    """The rebuilt run resolves to the saved configuration (same code, same data)."""
+    plain = json.loads(json.dumps(now))  # tuples -> lists, as saved
+    for key in _SAME_ON_RESUME:
+        if saved.get(key) != plain.get(key):
+            raise UsageError(
+                f"can't resume {run_dir}: {key} now resolves to {plain.get(key)!r}, "
+                f"not the saved {saved.get(key)!r} (changed code or data?)"
+            )
+
+
+def prepare_resume(run_dir: str | Path, device: str | None = None, data_dir: str | None = None,
+                   download: bool | None = None) -> tuple[Prepared, dict[str, Any]]:
+    """Validate an incomplete run for :func:`resume`: its config.json, data and training
+    state; returns the prepared run and its saved configuration. Writes nothing."""
+    d = Path(run_dir).expanduser().resolve()
+    if not d.is_dir():
+        raise UsageError(f"--resume {run_dir}: no such run directory")
+    saved = checkpoint.read_config(d)
+    if checkpoint.is_complete(d):
+        raise UsageError(f"--resume {d}: this run is complete (it has its final weights); nothing to resume")
+    cfg = config_from_saved(saved, d, device=device, data_dir=data_dir, download=download)
+    p = prepare(cfg, resuming=True)
+    _check_same(saved, resolved_config(p), d)
+    return p, saved
+
+
+def resume(run_dir: str | Path, device: str | None = None, data_dir: str | None = None,
+           download: bool | None = None, progress: bool = True, log: Log = _stderr) -> Path:
+    """Continue an interrupted run from its last completed epoch (from the start when it was
+    stopped before one ended), with the config.json stored in ``run_dir``; returns the
+    checkpoint directory. ``device``, ``data_dir`` and ``download`` may differ from the first
+    session; nothing else can."""
+    p, _saved = prepare_resume(run_dir, device, data_dir, download)
+    loop = _make_loop(p)
+    if (p.run_dir / checkpoint.STATE).is_file():
+        tensors, meta = checkpoint.read_state(p.run_dir)
+        restore_state(loop, tensors, meta, log)
+    loop.progress.resumes.append({"from_epoch": loop.progress.epoch, "at": _now()})
+    log(f"resuming {p.run_dir.name} after epoch {loop.progress.epoch} of {p.cfg.epochs}")
+    return _fit(loop, progress, log)

@@ -122,7 +122,7 @@ def test_minimum_norm_output_is_projected(problem: tuple[nn.Module, torch.Tensor
     eps = 1 / 255
     cw = make_attack("cw", CHEAP["cw"])
     torch.manual_seed(0)
-    raw = cw.perturb(model, x, y, cw.concrete(eps), 0)
+    raw = cw.perturb(model, x, y, cw.concrete(eps), 0, torch.arange(len(x)))
     assert float((raw - x).abs().max()) > eps  # unprojected, it would be a budget violation
     out = cw.run(model, x, y, eps, seed=0)
     check_budget(x, out, eps)
@@ -201,19 +201,20 @@ def test_custom_autoattack_components_are_checked() -> None:
     assert attack.display == f"autoattack[version=custom,attacks={'+'.join(AA_COMPONENTS)}]"
 
 
-def test_autoattack_warnings_are_shown_once(
+def test_autoattack_warnings_are_reported_every_call(
     problem: tuple[nn.Module, torch.Tensor, torch.Tensor],
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """pyautoattack's own flags (here: a model that outputs probabilities) reach stderr, once."""
-    from bench import attacks
+    """pyautoattack's own flags (here: a model that outputs probabilities) reach stderr and the
+    collector on every call, not once per process (the evaluator stores them per model)."""
+    from bench.attacks import collect_warnings
 
-    monkeypatch.setattr(attacks, "_AA_WARNED", set())
     model, x, y = problem
     probs = nn.Sequential(model, nn.Softmax(dim=1)).eval()
     aa = make_attack("autoattack", CHEAP["autoattack"])
-    for _ in range(2):
-        aa.run(probs, x[:4], y[:4], 1 / 255, seed=0)
+    with collect_warnings() as got:
+        for _ in range(2):
+            aa.run(probs, x[:4], y[:4], 1 / 255, seed=0)
     err = capsys.readouterr().err
-    assert err.count("probability distribution") == 1 and "autoattack warning" in err
+    assert err.count("probability distribution") == 2 and "autoattack warning" in err
+    assert [p for _, _, p in got] == [4, 4] and all("probability" in m for m, _, _ in got)

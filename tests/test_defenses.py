@@ -82,23 +82,66 @@ def test_a_few_steps_lower_the_loss(name, tiny_model, tiny_data):
 
 
 def test_defaults_follow_the_sources():
-    assert PGDAT() == PGDAT(eps=8 / 255, alpha=2 / 255, steps=10, random_start=True)
+    assert PGDAT() == PGDAT(eps=8 / 255, alpha=None, steps=10, random_start=True)
+    assert PGDAT().step == 2 / 255  # eps/4 at 8/255: exactly the sources' 2/255
     assert FGSMAT().a == 0.5
     assert FGSMRS().step == pytest.approx(1.25 * 8 / 255)
     assert FGSMRS(eps=4 / 255).step == pytest.approx(5 / 255)  # the step scales with eps
     t = TRADES()
-    assert (t.beta, t.steps, t.alpha, t.eps) == (6.0, 10, 2 / 255, 8 / 255)
+    assert (t.beta, t.steps, t.step, t.eps) == (6.0, 10, 2 / 255, 8 / 255)
     assert build_defense("mixup", {}).alpha == 1.0
 
 
 def test_trades_starts_near_x_and_restores_training_mode(tiny_model, tiny_data):
     x, _ = tiny_data
     tiny_model.train()
-    defense = TRADES(steps=1, alpha=1e-9)  # a negligible step: what is left is the start
+    torch.nn.init.zeros_(tiny_model.head[2].weight)  # constant logits: a zero gradient, no step
+    defense = TRADES(steps=1, alpha=8 / 255)  # so what is left is the start
     torch.manual_seed(0)
     x_adv = defense.perturb(tiny_model, x)
     assert tiny_model.training
     assert 0 < (x_adv - x).abs().max() < 0.01  # x + 0.001*N(0,1)
+
+
+@pytest.mark.parametrize("name", ["pgd-at", "trades"])
+@pytest.mark.parametrize("eps", [2 / 255, 8 / 255, 0.1, 0.3])
+def test_multi_step_alpha_is_eps_over_4_by_default(name, eps):
+    defense = build_defense(name, {"eps": repr(eps)})
+    assert defense.alpha is None and defense.step == eps / 4
+    assert defense.resolved() == {"alpha": eps / 4, "alpha_rule": "eps/4"}
+    explicit = build_defense(name, {"eps": repr(eps), "alpha": repr(eps)})
+    assert explicit.step == eps and explicit.resolved() == {"alpha": eps, "alpha_rule": "explicit"}
+
+
+def test_the_step_rule_reaches_the_attack(tiny_model, tiny_data):
+    """PGD-AT with eps 0.3 and one step moves pixels by eps/4 = 0.075 (not 2/255)."""
+    x, y = tiny_data
+    x = x.clamp(0.3, 0.7)  # room to move both ways
+    defense = build_defense("pgd-at", {"eps": "0.3", "steps": "1", "random_start": "false"})
+    moved = (defense.perturb(tiny_model, x, y) - x).abs()
+    assert moved.max() == pytest.approx(0.075, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["pgd-at", "trades"])
+@pytest.mark.parametrize(
+    "values",
+    [{"eps": "0.1", "alpha": "2/255"}, {"eps": "8/255", "alpha": "0.5/255"}, {"eps": "8/255", "alpha": "2/255", "steps": "3"}],
+)
+def test_an_alpha_that_cannot_reach_eps_is_refused(name, values):
+    with pytest.raises(UsageError) as info:
+        build_defense(name, values)
+    message = str(info.value)
+    assert "\n" not in message and "can't reach the edge of the ball" in message and "steps*alpha" in message
+
+
+def test_bench_list_shows_the_step_rules():
+    assert DEFENSES["pgd-at"].defaults["alpha"] == "eps/4" == DEFENSES["trades"].defaults["alpha"]
+    assert DEFENSES["fgsm-rs"].defaults["alpha"] == "1.25*eps"
+
+
+def test_alpha_exactly_reaching_eps_is_accepted():
+    assert build_defense("pgd-at", {"eps": "8/255", "alpha": "2/255", "steps": "4"}).step == 2 / 255
+    assert build_defense("trades", {"eps": "0.1", "alpha": "0.025"}).step == 0.025  # the README's example
 
 
 def test_mixup_mixes_labels_with_the_same_lambda(tiny_model, tiny_data, monkeypatch):

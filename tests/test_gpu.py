@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.store import Store
+
 from bench import checkpoint
 from bench.attacks import make_attack
 from bench.evaluate import evaluate_checkpoint
@@ -31,12 +33,13 @@ def test_train_and_evaluate_on_cuda(defense, params, tmp_path: Path, fmnist_dir:
     run_dir = train(cfg, progress=False, log=lambda s: None)
     ck = checkpoint.read_checkpoint(run_dir)
     assert ck.run["device"].startswith("cuda:")
-    weights = torch.load(run_dir / "weights.pt", weights_only=True)
+    weights = ck.load_state()
     assert all(t.device.type == "cpu" for t in weights.values())  # loadable without a GPU
-    rows = evaluate_checkpoint(
+    ev = evaluate_checkpoint(
         run_dir, [make_attack("pgd"), make_attack("autoattack", {"version": "custom", "attacks": "apgd-ce"})],
         [0.0, 8 / 255], n=32, batch_size=32, seed=0, device="cuda", data_dir=fmnist_dir,
         store=tmp_path / "r.sqlite", progress=False, download=False,
     )
-    assert {r.attack for r in rows} == {"pgd", "autoattack", "any"}
-    assert all(r.device.startswith("cuda:") for r in rows)
+    assert [r.attack.name for r in ev.results] == ["pgd", "autoattack"] and len(ev.worst) == 2
+    with Store(tmp_path / "r.sqlite") as store:
+        assert all(r.device.startswith("cuda:") for r in store.results())

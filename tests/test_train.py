@@ -61,9 +61,9 @@ def test_training_learns_and_is_reproducible(tmp_path, fmnist_dir):
     a, b = run("a"), run("b")
     assert a.log[-1]["clean_acc"] > 0.5  # the bands are easy: well above chance (0.1)
     assert a.log[-1]["loss"] < a.log[0]["loss"]
-    wa = torch.load(a.path / "weights.pt", weights_only=True)
-    wb = torch.load(b.path / "weights.pt", weights_only=True)
+    wa, wb = a.load_state(), b.load_state()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # same seed, same weights
+    assert a.fingerprint == b.fingerprint
 
 
 @pytest.mark.parametrize(
@@ -182,3 +182,143 @@ def test_weights_that_do_not_fit_are_a_clear_error(tmp_path, fmnist_dir, capsys)
     (run_dir / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UsageError, match="weights don't fit model cnn"):
         checkpoint.read_checkpoint(run_dir).load_model()
+
+
+# --- numbers, step-size rule: refused before any data is read --------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv_extra,needle",
+    [
+        (["--lr", "nan"], "--lr must be a finite number > 0"),
+        (["--lr", "inf"], "--lr must be a finite number > 0"),
+        (["--lr", "0"], "--lr must be a finite number > 0"),
+        (["--weight-decay", "nan"], "--weight-decay must be a finite number >= 0"),
+        (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
+        (["--momentum", "-1"], "--momentum must be in [0, 1)"),
+        (["--momentum", "nan"], "--momentum must be in [0, 1)"),
+        (["--epochs", "0"], "--epochs must be a whole number >= 1"),
+        (["--batch-size", "0"], "--batch-size must be a whole number >= 1"),
+        (["--train-limit", "0"], "--train-limit must be a whole number >= 1"),
+        (["--seed", "18446744073709551616"], "--seed must be a whole number in 0..2**63-1"),
+        (["--seed", "-1"], "--seed must be a whole number in 0..2**63-1"),
+        (["--defense", "pgd-at", "--eps", "0.1", "--alpha", "2/255"], "can't reach the edge of the ball"),
+        (["--defense", "trades", "--eps", "0.1", "--alpha", "2/255"], "can't reach the edge of the ball"),
+        (["--seeds", "0,x"], "'x' is not a whole number"),
+        (["--seeds", "1,1"], "seed 1 is listed twice"),
+        (["--seeds", "-1"], "outside 0..2**63-1"),
+        (["--seeds", "0,18446744073709551616"], "outside 0..2**63-1"),
+        (["--seeds", "0,1", "--seed", "2"], "not allowed with argument"),
+    ],
+)
+def test_bad_numbers_are_refused_before_the_data_is_read(argv_extra, needle, tmp_path, capsys, monkeypatch):
+    """The data directory is empty: had the data been read first, the error would be about it."""
+    import bench.data
+
+    monkeypatch.setattr(bench.data, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    argv = _train_argv(tmp_path, tmp_path / "empty", "standard") + argv_extra
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.count("\n") == 1 and err.startswith("bench: error: ")
+    assert needle in err and "not found" not in err
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_the_step_rule_is_visible_in_config(tmp_path, fmnist_dir, capsys):
+    argv = _train_argv(tmp_path, fmnist_dir, "pgd-at", "--eps", "0.1", "--steps", "2", "--run-id", "p")
+    assert main(argv) == 0
+    config = checkpoint.read_checkpoint(tmp_path / "ckpt" / "p").config
+    assert config["defense_params"]["alpha"] is None
+    assert config["defense_resolved"] == {"alpha": 0.1 / 4, "alpha_rule": "eps/4"}
+    argv = _train_argv(tmp_path, fmnist_dir, "trades", "--alpha", "4/255", "--steps", "2", "--run-id", "t")
+    assert main(argv) == 0
+    config = checkpoint.read_checkpoint(tmp_path / "ckpt" / "t").config
+    assert config["defense_params"]["alpha"] == 4 / 255
+    assert config["defense_resolved"] == {"alpha": 4 / 255, "alpha_rule": "explicit"}
+
+
+# --- several seeds --------------------------------------------------------------------------
+
+
+def test_seeds_train_one_checkpoint_each(tmp_path, fmnist_dir, capsys):
+    assert main(_train_argv(tmp_path, fmnist_dir, "standard", "--seeds", "3,1", "--run-id", "m")) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2:] == [str(tmp_path / "ckpt" / "m-s3"), str(tmp_path / "ckpt" / "m-s1")]
+    a, b = (checkpoint.read_checkpoint(p) for p in lines[-2:])
+    assert (a.config["seed"], b.config["seed"]) == (3, 1) and a.fingerprint != b.fingerprint
+    assert main(_train_argv(tmp_path, fmnist_dir, "standard", "--seeds", "0,2")) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [Path(p).name.startswith(f"standard-cnn-fashion-mnist-s{s}-") for p, s in zip(lines[-2:], (0, 2))] == [True, True]
+
+
+def test_seeds_are_all_validated_before_the_first_trains(tmp_path, fmnist_dir, capsys):
+    assert main(_train_argv(tmp_path, fmnist_dir, "standard", "--run-id", "m-s1")) == 0
+    capsys.readouterr()
+    status = main(_train_argv(tmp_path, fmnist_dir, "standard", "--seeds", "0,1", "--run-id", "m"))
+    err = capsys.readouterr().err
+    assert status == 2 and "m-s1 already exists" in err and err.count("\n") == 1
+    assert not (tmp_path / "ckpt" / "m-s0").exists()
+
+
+# --- weights files: safetensors, legacy .pt, hostile pickles --------------------------------
+
+
+def _finished(tmp_path: Path, fmnist_dir: Path, run_id: str = "w") -> checkpoint.Checkpoint:
+    assert main(_train_argv(tmp_path, fmnist_dir, "standard", "--run-id", run_id)) == 0
+    return checkpoint.read_checkpoint(tmp_path / "ckpt" / run_id)
+
+
+def test_weights_are_safetensors_and_legacy_pt_still_reads(tmp_path, fmnist_dir, capsys):
+    from bench.weights import fingerprint_model
+
+    ck = _finished(tmp_path, fmnist_dir)
+    names = {p.name for p in ck.path.iterdir()}
+    assert "weights.safetensors" in names and "weights.pt" not in names and "state.safetensors" not in names
+    assert ck.run["complete"] is True
+    fp, model = ck.fingerprint, ck.load_model()
+    assert fp == fingerprint_model(model)  # the same tensors, however they are held
+    state = ck.load_state()
+    (ck.path / "weights.safetensors").unlink()
+    torch.save(state, ck.path / "weights.pt")
+    legacy = checkpoint.read_checkpoint(ck.path / "weights.pt")
+    assert legacy.weights_path.name == "weights.pt" and legacy.fingerprint == fp
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(legacy.load_model()(x), model(x))
+
+
+class _Payload:
+    """Unpickling this creates a file: what a hostile weights file could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle"])
+def test_a_pickle_that_would_run_code_is_refused(how, tmp_path, fmnist_dir, capsys):
+    import pickle
+
+    ck = _finished(tmp_path, fmnist_dir)
+    capsys.readouterr()
+    (ck.path / "weights.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    payload = {"classifier.3.weight": _Payload(marker)}
+    if how == "torch.save":
+        torch.save(payload, ck.path / "weights.pt")
+    else:
+        (ck.path / "weights.pt").write_bytes(pickle.dumps(payload))
+    control = tmp_path / "control"
+    pickle.loads(pickle.dumps(_Payload(control)))  # the payload is live: plain unpickling runs it
+    assert control.exists()
+    for use in (lambda c: c.load_model(), lambda c: c.fingerprint):
+        with pytest.raises(UsageError) as info:
+            use(checkpoint.read_checkpoint(ck.path))
+        assert "\n" not in str(info.value) and "weights.pt" in str(info.value)
+    assert not marker.exists()
+    status = main(["eval", "--attack", "fgsm", "--checkpoint", str(ck.path), "--n", "8",
+                   "--data-dir", str(fmnist_dir), "--no-download", "--db", str(tmp_path / "r.sqlite")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and not marker.exists()

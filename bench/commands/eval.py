@@ -16,8 +16,8 @@ from bench.attacks import ATTACKS, Attack, make_attack
 from bench.errors import BudgetViolation, UsageError
 from bench.evaluate import SEED_MAX, Settings, Target, evaluate_target, prepare_target
 from bench.io import pick_device
-from bench.params import parse_eps_grid
-from bench.store import Store
+from bench.params import INT_MAX, parse_eps_grid
+from bench.store import Store, check_store
 
 DEFAULT_GRID = "0:8/255:1/255"
 
@@ -130,11 +130,13 @@ def run(args: argparse.Namespace) -> int:
     eps_grid = parse_eps_grid(args.eps)
     if args.n < 1:
         raise UsageError(f"--n must be >= 1, got {args.n}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 1 <= args.batch_size <= INT_MAX:
+        raise UsageError(f"--batch-size must be in 1..2**63-1, got {args.batch_size}")
     if not 0 <= args.seed <= SEED_MAX:
         raise UsageError(f"--seed must be in 0..2**63-1, got {args.seed}")
     device = pick_device(args.device)
+    # The store is checked (not opened for writing) before any model is read.
+    db = check_store(args.db if args.db else paths.default_db())
     # Every model is read and checked against its data before the store is opened.
     targets = load_targets(args)
     transfer = None
@@ -143,8 +145,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--transfer-from goes with --diagnose")
         from bench.sources import from_checkpoint
 
-        transfer = from_checkpoint(args.transfer_from).model
-    db = Path(args.db).expanduser().resolve() if args.db else paths.default_db()
+        transfer = from_checkpoint(paths.resolve(args.transfer_from, "--transfer-from")).model
     settings = Settings(attacks, eps_grid, args.batch_size, args.seed, args.fresh,
                         not args.no_progress, args.diagnose, transfer)
     return evaluate_all(targets, settings, device, db)
@@ -182,8 +183,10 @@ def checkpoint_paths(args: argparse.Namespace) -> list[Path]:
     if args.checkpoint:
         if args.checkpoints_dir:
             raise UsageError("--checkpoints-dir goes with --all, not with --checkpoint")
-        return [Path(c).expanduser().resolve() for c in args.checkpoint]
-    root = Path(args.checkpoints_dir).expanduser().resolve() if args.checkpoints_dir else paths.checkpoints_dir()
+        return [paths.resolve(c, "checkpoint") for c in args.checkpoint]
+    root = paths.resolve(args.checkpoints_dir, "--checkpoints-dir") if args.checkpoints_dir else paths.checkpoints_dir()
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--checkpoints-dir {root} is not a directory")
     for run_dir in getattr(checkpoint, "find_incomplete", lambda r: [])(root):
         print(f"bench: skipping {run_dir}: training did not finish; resume it with "
               f"`bench train --resume {run_dir}`", file=sys.stderr)

@@ -15,12 +15,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench import paths
 from bench.defenses import DEFENSES, build_defense
 from bench.errors import UsageError
 from bench.evaluate import Settings, check_settings, prepare_target
 from bench.params import parse_eps, parse_eps_grid
+from bench.store import check_store
+
+if TYPE_CHECKING:
+    from bench.train import TrainConfig
 
 QUICK_PREFIX = "quick-"
 ADVERSARIAL = ("fgsm-at", "fgsm-rs", "pgd-at", "trades")  # trained at --train-eps
@@ -42,16 +47,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-eps", default="0.1",
                    help="eps of the adversarial defenses' training attacks (default 0.1, "
                    "Fashion-MNIST's conventional budget)")
-    p.add_argument("--attacks", default="fgsm,pgd,autoattack")
+    p.add_argument("--attacks", default="fgsm,pgd",
+                   help="attacks over the grid (default fgsm,pgd; autoattack here runs the custom "
+                   "version with --aa-attacks)")
     p.add_argument("--eps", default="0,2/255,4/255,6/255,8/255,0.1",
-                   help="grid of FGSM, PGD and AutoAttack custom (default: the card's 0..8/255 "
+                   help="grid of --attacks (default: the card's 0..8/255 "
                    "every other step, and 0.1)")
     p.add_argument("--rank-eps", default="0.1",
                    help="where standard AutoAttack also runs and the leaderboard ranks (default 0.1)")
     p.add_argument("--n", type=int, default=200, help="test points evaluated (the first n)")
     # Standard AutoAttack on every eps would cost about 45 s per eps per checkpoint here (square
-    # and fab-t on the robust points); the grid gets AutoAttack's APGD-CE, the ranking eps the
-    # standard version.
+    # and fab-t on the robust points): it runs at the ranking eps; the grid gets FGSM and PGD.
     p.add_argument("--aa-attacks", default="apgd-ce",
                    help="AutoAttack custom components over the grid (default apgd-ce)")
     p.add_argument("--seed", type=int, default=0)
@@ -79,6 +85,7 @@ class Plan:
 def plan(args: argparse.Namespace) -> Plan:
     """Check every argument (UsageError) before anything is deleted, trained or written."""
     from bench.commands.eval import parse_attacks
+    from bench.report import check_out  # here: bench.report imports matplotlib
 
     names = [d.strip() for d in args.defenses.split(",") if d.strip()]
     if not names:
@@ -100,29 +107,54 @@ def plan(args: argparse.Namespace) -> Plan:
     standard = parse_attacks(["autoattack"], [], "standard", None)
     for s in (attacks, standard):
         check_settings(s, grid, 500, args.seed)
-    out = Path(args.out).expanduser().resolve() if args.out else paths.reports_dir()
-    root = Path(args.checkpoints).expanduser().resolve() if args.checkpoints else paths.checkpoints_dir() / "quick"
-    db = Path(args.db).expanduser().resolve() if args.db else out / "results.sqlite"
-    return Plan(names, train_eps, Settings(attacks, grid, 500, args.seed, progress=False),
-                Settings(standard, [rank_eps], 500, args.seed, progress=False), root, db, out)
+    out = paths.resolve(args.out, "--out") if args.out else paths.reports_dir()
+    root = paths.resolve(args.checkpoints, "--checkpoints") if args.checkpoints else paths.checkpoints_dir() / "quick"
+    check_out(out)
+    paths.check_creatable(root, "--checkpoints", directory=True)
+    db = check_store(args.db if args.db else out / "results.sqlite")
+    p = Plan(names, train_eps, Settings(attacks, grid, 500, args.seed, progress=False),
+             Settings(standard, [rank_eps], 500, args.seed, progress=False), root, db, out)
+    check_training(p, args)
+    return p
+
+
+def train_config(p: Plan, args: argparse.Namespace, name: str) -> TrainConfig:
+    """The training run of one defense: ``<checkpoints>/quick-<defense>``."""
+    from bench.train import TrainConfig
+
+    params = {"eps": args.train_eps} if name in ADVERSARIAL else {}
+    return TrainConfig(dataset=args.dataset, model=args.model, defense=name, defense_params=params,
+                       epochs=args.epochs, train_limit=args.train_limit, seed=args.seed,
+                       data_dir=args.data_dir, device=args.device, out_dir=str(p.ckpt_root),
+                       run_id=f"{QUICK_PREFIX}{name}")
+
+
+def check_training(p: Plan, args: argparse.Namespace) -> None:
+    """Every training run and the data it needs, checked before the first quick checkpoint is
+    replaced: names, numbers, model, device, and the train and test splits' sizes."""
+    from bench.data import load_dataset
+    from bench.train import check
+
+    for name in p.names:  # resuming=True: the last quick run's directory is replaced, not an error
+        check(train_config(p, args, name), resuming=True)
+    data_dir = paths.data_dir(args.data_dir)
+    for split, wanted, flag in (("train", args.train_limit, "--train-limit"), ("test", args.n, "--n")):
+        size = len(load_dataset(args.dataset, split, data_dir))
+        if wanted > size:
+            raise UsageError(f"{flag} {wanted} is larger than the {split} split of {args.dataset} ({size} points)")
 
 
 def train_all(p: Plan, args: argparse.Namespace) -> list[Path]:
     """Train each defense into ``<checkpoints>/quick-<defense>``, replacing the last quick run."""
     import shutil
 
-    from bench.train import TrainConfig, train
+    from bench.train import train
 
     out = []
     for name in p.names:
         t0 = time.perf_counter()
-        run_dir = p.ckpt_root / f"{QUICK_PREFIX}{name}"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        params = {"eps": args.train_eps} if name in ADVERSARIAL else {}
-        cfg = TrainConfig(dataset=args.dataset, model=args.model, defense=name, defense_params=params,
-                          epochs=args.epochs, train_limit=args.train_limit, seed=args.seed,
-                          data_dir=args.data_dir, device=args.device, out_dir=str(p.ckpt_root),
-                          run_id=run_dir.name)
+        cfg = train_config(p, args, name)
+        shutil.rmtree(p.ckpt_root / str(cfg.run_id), ignore_errors=True)
         out.append(train(cfg, progress=False))
         print(f"quick: trained {name} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return out

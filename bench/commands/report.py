@@ -32,12 +32,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def check_rank_by(rank_by: str) -> None:
+    """``--rank-by`` must be a basis the report knows: worst-case, autoattack, clean or an attack."""
+    from bench.attacks import ATTACKS
+    from bench.errors import UnknownNameError
+    from bench.report.model import RANK_BY
+
+    valid = list(RANK_BY) + [a for a in ATTACKS.names() if a not in RANK_BY]
+    if rank_by not in valid:
+        raise UnknownNameError("--rank-by basis", rank_by, valid)
+
+
 def run(args: argparse.Namespace) -> int:
     """Write the report; print the leaderboard's path last."""
+    from bench.params import parse_eps
     from bench.report import write_report
 
-    from bench.params import parse_eps
-
+    check_rank_by(args.rank_by)
     rank_eps = parse_eps(args.rank_eps, "--rank-eps") if args.rank_eps is not None else None
     files = write_report(args.db or default_db(), args.out or reports_dir(), args.rank_by, rank_eps)
     print(f"{len(files.plots)} plots, {len(files.json)} JSON files, results.csv and results.json in {files.out}")

@@ -1,17 +1,24 @@
-"""``bench train``: train one model with one defense and write its checkpoint."""
+"""``bench train``: train one model with one defense and write its checkpoint.
+
+``--seeds 0,1,2`` trains one checkpoint per seed; ``--resume RUN_DIR`` continues an interrupted
+run. Every run is validated before the first one starts training.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from bench.data import DATASETS
 from bench.defenses import DEFENSES, all_param_names
 from bench.errors import UsageError
 from bench.params import parse_assignments
-from bench.train import SCHEDULES, TrainConfig, train
+from bench.train import SCHEDULES, SEED_MAX, TrainConfig, check, default_run_id, resume, run_dir_of, train
 from models import MODELS
 
 PARAM_DEST = "defense_param_"
+#: Flags that may go with --resume: where and how to run, not what to train.
+RESUME_OK = {"resume", "device", "data_dir", "no_download", "no_progress", "func", "command", "train_defaults"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +41,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"(default {d.weight_decay})")
     p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES,
                    help="piecewise: lr x0.1 at 50%% and 75%% of training; cosine (default piecewise)")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"(default {d.seed})")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=None, help=f"(default {d.seed})")
+    seeds.add_argument("--seeds", default=None, metavar="S,S,...",
+                       help="train one checkpoint per seed (run ids get -s<seed>); prints each path")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run from its last completed epoch, with its own "
+                   "config.json (only --device, --data-dir, --no-download, --no-progress may go with it)")
     p.add_argument("--train-limit", type=int, default=None, metavar="N",
                    help="train on the first N training images only (quick runs)")
     p.add_argument("--eval-n", type=int, default=d.eval_n,
@@ -51,11 +64,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group = p.add_argument_group("defense parameters (each applies only to defenses that have it)")
     for name in all_param_names():
         group.add_argument(f"--{name.replace('_', '-')}", dest=PARAM_DEST + name, default=None, metavar="V")
-    p.set_defaults(func=run)
+    defaults = {a.dest: a.default for a in p._actions if a.dest != "help"}
+    p.set_defaults(func=run, train_defaults=defaults)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Train and print the checkpoint directory on the last line of stdout."""
+def _defense_values(args: argparse.Namespace) -> dict[str, str]:
+    """The defense parameters from --set and the named flags (which must agree)."""
     values = parse_assignments(args.set)
     for key, value in vars(args).items():
         if key.startswith(PARAM_DEST) and value is not None:
@@ -63,14 +77,72 @@ def run(args: argparse.Namespace) -> int:
             if name in values and values[name] != value:
                 raise UsageError(f"--{name.replace('_', '-')} and --set {name}= disagree")
             values[name] = value
-    cfg = TrainConfig(
-        dataset=args.dataset, model=args.model, defense=args.defense, defense_params=values,
+    return values
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0,1,2`` -> [0, 1, 2]: whole numbers in 0..2**63-1, each once."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        try:
+            seed = int(part.strip())
+        except ValueError:
+            raise UsageError(f"--seeds {text!r}: {part.strip()!r} is not a whole number") from None
+        if not 0 <= seed <= SEED_MAX:
+            raise UsageError(f"--seeds {text!r}: seed {seed} is outside 0..2**63-1")
+        if seed in seeds:
+            raise UsageError(f"--seeds {text!r}: seed {seed} is listed twice")
+        seeds.append(seed)
+    return seeds
+
+
+def _config(args: argparse.Namespace, seed: int, run_id: str | None) -> TrainConfig:
+    return TrainConfig(
+        dataset=args.dataset, model=args.model, defense=args.defense, defense_params=_defense_values(args),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
+        weight_decay=args.weight_decay, schedule=args.schedule, seed=seed,
         train_limit=args.train_limit, eval_n=args.eval_n, augment=not args.no_augment,
         data_dir=args.data_dir, download=not args.no_download, device=args.device,
-        out_dir=args.out, run_id=args.run_id,
+        out_dir=args.out, run_id=run_id,
     )
-    path = train(cfg, progress=not args.no_progress)
-    print(path)
+
+
+def seed_configs(args: argparse.Namespace) -> list[TrainConfig]:
+    """One configuration per seed (not yet checked); with ``--seeds`` every run id ends in
+    ``-s<seed>`` (``--run-id NAME`` gives ``NAME-s<seed>``, else the default id, which has it)."""
+    if args.seeds is None:
+        return [_config(args, TrainConfig.seed if args.seed is None else args.seed, args.run_id)]
+    cfgs = []
+    for seed in parse_seeds(args.seeds):
+        cfg = _config(args, seed, None)
+        cfg.run_id = f"{args.run_id}-s{seed}" if args.run_id else default_run_id(cfg)
+        cfgs.append(cfg)
+    return cfgs
+
+
+def _refuse_with_resume(args: argparse.Namespace) -> None:
+    """--resume trains what config.json says: any training flag given with it is an error."""
+    defaults: dict[str, Any] = args.train_defaults
+    given = [k for k, v in vars(args).items() if k not in RESUME_OK and v != defaults.get(k)]
+    if given:
+        flag = given[0].removeprefix(PARAM_DEST).replace("_", "-")
+        raise UsageError(f"--resume continues the run with its own config.json; drop --{flag}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train (or resume) and print each checkpoint directory on the last lines of stdout."""
+    if args.resume is not None:
+        _refuse_with_resume(args)
+        path = resume(args.resume, device=args.device, data_dir=args.data_dir,
+                      download=False if args.no_download else None, progress=not args.no_progress)
+        print(path, flush=True)
+        return 0
+    cfgs = seed_configs(args)
+    if len(cfgs) > 1:  # every run validated before the first starts (one run: train checks it)
+        for cfg in cfgs:
+            check(cfg)
+        if len({run_dir_of(cfg) for cfg in cfgs}) != len(cfgs):
+            raise UsageError("--seeds gives two runs the same directory")
+    for cfg in cfgs:
+        print(train(cfg, progress=not args.no_progress), flush=True)
     return 0

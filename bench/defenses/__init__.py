@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from bench.defenses.adversarial import FGSMAT, FGSMRS, PGDAT, TRADES
+from bench.defenses.adversarial import ALPHA_RULE, FGSMAT, FGSMRS, PGDAT, TRADES
 from bench.defenses.base import Defense
 from bench.defenses.batchout import BatchOut
 from bench.defenses.standard import Mixup, Standard
@@ -13,6 +13,7 @@ from bench.params import build_dataclass, dataclass_defaults
 from bench.registry import Registry
 
 DEFENSES: Registry[Defense] = Registry("defense")
+_RULES = {(PGDAT, "alpha"): ALPHA_RULE, (TRADES, "alpha"): ALPHA_RULE, (FGSMRS, "alpha"): "1.25*eps"}
 
 for _name, _cls, _summary in [
     ("standard", Standard, "cross-entropy on clean images (the undefended baseline)"),
@@ -23,7 +24,9 @@ for _name, _cls, _summary in [
     ("pgd-at", PGDAT, "PGD adversarial training, random start (Madry et al. 2018)"),
     ("trades", TRADES, "CE + beta*KL on a KL-maximising example (Zhang et al. 2019)"),
 ]:
-    DEFENSES.add(_name, _cls, _summary, dataclass_defaults(_cls), adversarial=_cls.adversarial)
+    # A default of None that stands for a rule of eps is listed as its rule (bench list).
+    _defaults = {k: _RULES.get((_cls, k), v) for k, v in dataclass_defaults(_cls).items()}
+    DEFENSES.add(_name, _cls, _summary, _defaults, adversarial=_cls.adversarial)
 
 
 def build_defense(name: str, values: dict[str, str] | None = None) -> Defense:

@@ -7,7 +7,7 @@ their defaults and ``--set key=value`` is checked against them.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,14 @@ class Defense:
 
     #: True when the loss trains on adversarial inputs; the loop then logs training robust accuracy.
     adversarial: ClassVar[bool] = False
+    #: True for single-step adversarial training (FGSM-AT, FGSM-RS): the loop then watches for
+    #: catastrophic overfitting (:mod:`bench.defenses.overfitting`).
+    single_step: ClassVar[bool] = False
+
+    def resolved(self) -> dict[str, Any]:
+        """Values derived from the parameters by a rule (a step size of eps/4): what the run
+        actually uses, with the rule's name; recorded in config.json as ``defense_resolved``."""
+        return {}
 
     def attach(self, model: nn.Module) -> None:
         """Called once before training (feature-space defenses register their hooks here)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import UsageError
+from bench.paths import resolve, writable
 from bench.report import jsonout, markdown, model, plots
 from bench.report.text import safe_name, variant_labels
 from bench.store import Store
@@ -36,15 +37,20 @@ class ReportFiles:
 
 
 def check_out(out: Path) -> None:
-    """``out`` must be a directory or not exist (nor any file in the way of creating it)."""
+    """``out`` must be a writable directory or creatable (no file in the way, no read-only
+    folder above it), and so must its ``json/``."""
     for p in (out, *out.parents):
         if p.exists():
             if not p.is_dir():
-                what = "--out" if p == out else f"--out's parent {p}"
+                what = "--out" if p == out else f"--out {out}: its parent"
                 raise UsageError(f"{what} {p} exists and is not a directory")
-            return
-    if (out / "json").exists() and not (out / "json").is_dir():
-        raise UsageError(f"{out / 'json'} exists and is not a directory")
+            if not writable(p):
+                what = "--out" if p == out else f"--out {out}: its parent"
+                raise UsageError(f"{what} {p} is read-only")
+            break
+    json_dir = out / "json"
+    if json_dir.exists() and (not json_dir.is_dir() or not writable(json_dir)):
+        raise UsageError(f"{json_dir} exists and is not a writable directory")
 
 
 def render(store: Store, rank_by: str = "worst-case", rank_eps: float | None = None) -> dict[str, bytes]:
@@ -86,7 +92,7 @@ def _previous(out: Path) -> list[str]:
 def write_report(db: str | Path, out: str | Path, rank_by: str = "worst-case",
                  rank_eps: float | None = None) -> ReportFiles:
     """Render the report of store ``db`` into directory ``out``; UsageError before writing."""
-    out = Path(out).expanduser().resolve()
+    out = resolve(out, "--out")
     check_out(out)
     with Store(db, readonly=True) as store:
         files = render(store, rank_by, rank_eps)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.params import eps_in_255, format_eps
+from bench.report import robustbench
 from bench.report.model import AUTOATTACK, WORST, Model, Variant
 from bench.results import Estimate
 from bench.store import ANY
@@ -62,5 +63,31 @@ def model_info(m: Model, key: int, labels: dict[Variant, str]) -> dict[str, Any]
         "findings": [{"check": f.check, "flagged": f.flagged, "summary": f.summary,
                       "details": f.details, "source": f.source} for f in m.findings],
         "curves": _curves(m, labels),
+        "robustbench_submission": robustbench.submission(m, key),
     })
+    if m.run.kind == "robustbench":
+        info.update(_published(m, key))
     return info
+
+
+def _pct_number(e: Estimate | None) -> float | None:
+    return None if e is None else round(100 * e.acc, 2)
+
+
+def _published(m: Model, key: int) -> dict[str, Any]:
+    """A zoo model's published clean and AutoAttack accuracy beside ours at their eps (else at
+    the ranking eps ``key``)."""
+    pub = robustbench.published(m)
+    key = robustbench.published_key(m, key)
+    basis = m.basis_variant(key)
+    ours = m.at(basis, key) if basis is not None else None
+    return {
+        "published": pub, "published_note": robustbench.published_note(m),
+        "ours_vs_published": {
+            "eps": format_eps(key / 1e9),
+            "clean_acc": {"ours": _pct_number(m.clean),
+                          "published": None if pub is None else pub.get("clean_acc")},
+            "autoattack_acc": {"ours": _pct_number(ours),
+                               "published": None if pub is None else pub.get("autoattack_acc")},
+        },
+    }

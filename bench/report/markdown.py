@@ -7,6 +7,7 @@ import json
 from typing import Iterable
 
 from bench.params import format_eps
+from bench.report import robustbench
 from bench.report.model import (AUTOATTACK, WORST, Entry, Model, Ranked, Variant, entries, rank)
 from bench.report.text import (DASH, aa_attack_list, ci, ci_many, format_seconds, joined, table,
                                variant_labels)
@@ -141,8 +142,42 @@ def dataset_section(name: str, key: int, models: list[Model], rank_by: str) -> l
     lines += ["", "Rows whose intervals overlap are not separated: their order may be chance. "
               "The attack gap is FGSM accuracy minus worst-case accuracy, in points."]
     lines += _legend({f for r in ranked for f in r.entry.flags})
+    lines += published_section(models, key)
     lines += [""] + worst_by_eps(models)
     return lines + [""]
+
+
+def published_section(models: list[Model], key: int) -> list[str]:
+    """RobustBench zoo models: their published clean and AutoAttack accuracy beside ours (at
+    the published eps), and a note for those evaluated without ``--model-info``."""
+    zoo = [m for m in models if m.run.kind == "robustbench"]
+    if not zoo:
+        return []
+    head = ["run id", "eps", "clean (ours)", "clean (published)", "AutoAttack (ours)",
+            "AutoAttack (published)", "n (ours)"]
+    body, notes = [], []
+    for m in zoo:
+        pub = robustbench.published(m)
+        if pub is None:
+            notes.append(f"- `{m.run_id}`: no published numbers ({robustbench.published_note(m) or 'none recorded'}).")
+            continue
+        k = robustbench.published_key(m, key)
+        basis = m.basis_variant(k)
+        body.append([f"`{m.run_id}`", format_eps(k / 1e9), ci(m.clean), _num(pub.get("clean_acc")),
+                     ci(m.at(basis, k)) if basis is not None else DASH,
+                     _num(pub.get("autoattack_acc")), str(m.n)])
+    lines = ["", "RobustBench models, published clean / AutoAttack accuracy (%) beside ours (their "
+             "model-info files; published numbers are on the full test set):", ""]
+    if body:
+        lines += table(head, body, right_from=1)
+    return lines + ([""] + notes if body and notes else notes)
+
+
+def _num(value: object) -> str:
+    """A published accuracy (a number, or RobustBench's string) with two decimals."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.2f}"
+    return DASH if value is None else str(value)
 
 
 def _legend(flags: Iterable[str]) -> list[str]:

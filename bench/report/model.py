@@ -149,8 +149,16 @@ def build_model(run: RunRow, rows: list[ResultRow], findings: list[DiagnosticRow
     clean = _clean_flags(chosen)
     worst = {eps_key(w.eps): w for w in worst_case(chosen, clean)}
     mine = [f for f in findings if f.n == n]
-    return Model(run, n, curves, worst, estimate(clean), mine,
+    return Model(run, n, curves, worst, _clean_estimate(chosen, clean), mine,
                  sorted({g[0].n for g in groups} - {n}))
+
+
+def _clean_estimate(rows: list[ResultRow], clean: str) -> Estimate:
+    """Clean accuracy: from the eps-0 flags, else from the clean accuracy every row records
+    (a grid without eps 0 has no clean flags; all ones would read as 100%)."""
+    if any(eps_key(r.eps) == 0 for r in rows):
+        return estimate(clean)
+    return Estimate(int(round(rows[0].clean_acc * rows[0].n)), rows[0].n)
 
 
 def _stub(run_id: str, dataset: str = "unknown") -> RunRow:
