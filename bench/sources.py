@@ -38,6 +38,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import math
 import os
 import pickle
 import re
@@ -54,6 +55,7 @@ from torch import nn
 from bench.checkpoint import load_state, read_checkpoint
 from bench.data import DatasetInfo, dataset_info
 from bench.errors import UsageError
+from bench.params import INT_MAX
 from bench.weights import fingerprint_model
 
 KINDS = ("checkpoint", "factory", "robustbench", "module")
@@ -156,6 +158,7 @@ def from_checkpoint(path: str | os.PathLike[str]) -> Source:
     if not isinstance(ckpt.run, dict):
         raise UsageError(f"{ckpt.path / 'run.json'} holds a JSON {type(ckpt.run).__name__}, not an "
                          "object: corrupt checkpoint")
+    _check_recorded_numbers(ckpt.path, ckpt.config, ckpt.run)
     try:
         model = ckpt.load_model("cpu")
         info = dataset_info(ckpt.dataset)
@@ -168,6 +171,27 @@ def from_checkpoint(path: str | os.PathLike[str]) -> Source:
         run_id=ckpt.run_id, kind="checkpoint", path=str(ckpt.path),
         config=dict(ckpt.config), run=dict(ckpt.run),
     )
+
+
+def _check_recorded_numbers(path: Path, config: Mapping[str, Any], run: Mapping[str, Any]) -> None:
+    """The numbers the store records from a checkpoint (epochs, train limit, training time)
+    must be absent or usable: whole numbers that fit SQLite's INTEGER, a finite time."""
+    for key in ("epochs", "train_limit"):
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not 0 <= value <= INT_MAX):
+            raise UsageError(f"{path / 'config.json'}: {key} {_short_repr(value)} is not a whole "
+                             f"number in 0..{INT_MAX}: corrupt checkpoint")
+    seconds = run.get("train_seconds")
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                or not math.isfinite(seconds)):
+        raise UsageError(f"{path / 'run.json'}: train_seconds {_short_repr(seconds)} is not a "
+                         "finite number: corrupt checkpoint")
+
+
+def _short_repr(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def from_module(model: nn.Module, dataset: str, name: str) -> Source:

@@ -20,7 +20,9 @@ Tables (schema version :data:`SCHEMA_VERSION`, recorded in ``meta``):
 
 The worst case over attacks is not stored: it is derived from the flags
 (:func:`bench.results.worst_case`). Every write is one short transaction (``BEGIN IMMEDIATE``);
-the journal is WAL with a busy timeout, so several ``bench eval`` processes can share a store.
+the journal is WAL with a busy timeout while writers have the store open, so several ``bench eval``
+processes can share a store (the last writer to close returns the file to a rollback journal, so
+that readers, which open it read-only, create no ``-wal``/``-shm`` files).
 A store is only created by a writer; readers open it read-only and refuse anything that is not
 a bench store of this layout.
 """
@@ -30,7 +32,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 import sqlite3
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -217,6 +221,8 @@ class Store:
         self.db = self._connect()
         try:
             self._check_layout()
+            if not readonly:
+                self._set_journal("WAL")
         except BaseException:
             self.db.close()
             raise
@@ -264,20 +270,52 @@ class Store:
             raise UsageError(f"results store {self.path} lacks tables {sorted(set(TABLES) - tables)}")
 
     def _create(self) -> None:
+        """The tables, in one transaction. Another writer may have created them since they were
+        looked for (two ``bench eval`` starting on a new store): then its store is checked."""
         try:
-            self.db.execute("PRAGMA journal_mode=WAL")
             with self.transaction():
-                for statement in SCHEMA.split(";"):  # executescript would commit first
-                    if statement.strip():
-                        self.db.execute(statement)
-                self.db.executemany(
-                    "INSERT INTO meta VALUES (?, ?)",
-                    [("application", APPLICATION), ("schema_version", str(SCHEMA_VERSION))],
-                )
+                created = not self._tables()
+                if created:
+                    for statement in SCHEMA.split(";"):  # executescript would commit first
+                        if statement.strip():
+                            self.db.execute(statement)
+                    self.db.executemany(
+                        "INSERT INTO meta VALUES (?, ?)",
+                        [("application", APPLICATION), ("schema_version", str(SCHEMA_VERSION))],
+                    )
         except sqlite3.Error as exc:
             raise UsageError(f"results store {self.path} can't be written: {exc}") from None
+        if not created:
+            self._check_layout()
+
+    def _set_journal(self, mode: str) -> None:
+        """WAL while writers work (several at once); see :meth:`close` for the way back.
+
+        The switch needs the file to itself for a moment; SQLite answers "locked" at once,
+        without waiting, when another connection is switching too, so it is retried here for
+        up to :data:`BUSY_TIMEOUT_S`."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self.db.execute(f"PRAGMA journal_mode={mode}")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise UsageError(f"results store {self.path} can't be written: {exc}") from None
+            except sqlite3.Error as exc:
+                raise UsageError(f"results store {self.path} can't be written: {exc}") from None
+            time.sleep(random.uniform(0.01, 0.05))
 
     def close(self) -> None:
+        """Close; the last writer to close returns the file to a rollback journal, so that no
+        ``-wal``/``-shm`` files are left and a reader (``bench report``, mode=ro) creates none.
+        While another connection is open the switch fails at once and is left to that one."""
+        if not self.readonly:
+            try:
+                self.db.execute("PRAGMA busy_timeout=0")
+                self.db.execute("PRAGMA journal_mode=DELETE")
+            except sqlite3.Error:
+                pass
         self.db.close()
 
     def __enter__(self) -> "Store":

@@ -21,7 +21,7 @@ from bench import paths
 from bench.defenses import DEFENSES, build_defense
 from bench.errors import UsageError
 from bench.evaluate import Settings, check_settings, prepare_target
-from bench.params import parse_eps, parse_eps_grid
+from bench.params import INT_MAX, parse_eps, parse_eps_grid
 from bench.store import check_store
 
 if TYPE_CHECKING:
@@ -93,8 +93,8 @@ def plan(args: argparse.Namespace) -> Plan:
     for name in names:
         DEFENSES[name]  # unknown -> UsageError before anything runs
     for flag in ("epochs", "train_limit", "n"):
-        if getattr(args, flag) < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+        if not 1 <= getattr(args, flag) <= INT_MAX:
+            raise UsageError(f"--{flag.replace('_', '-')} must be in 1..2**63-1, got {getattr(args, flag)}")
     train_eps = parse_eps(args.train_eps, "--train-eps")
     for name in names:  # the training eps must suit each defense (e.g. PGD-AT's step rule)
         if name in ADVERSARIAL:
