@@ -349,14 +349,12 @@ class StoreRecorder(Recorder):
     def done(self, eps: float) -> torch.Tensor | None:
         if self.settings.fresh:
             return None
-        for r in self.store.results(self.target.run_id):
-            if (r.attack == self.attack.label and r.params == self.attack.params
-                    and eps_key(r.eps) == eps_key(eps) and r.n == len(self.target.y)
-                    and r.fingerprint == self.target.source.fingerprint
-                    and r.seed == self.settings.seed and r.batch_size == self.settings.batch_size
-                    and [eps_key(e) for e in r.grid] == [eps_key(e) for e in self.settings.eps_grid]):
-                return text_flags(r.flags)
-        return None
+        r = self.store.result(self.target.run_id, self.attack.label, self.attack.params, eps,
+                              len(self.target.y))
+        same = (r is not None and r.fingerprint == self.target.source.fingerprint
+                and r.seed == self.settings.seed and r.batch_size == self.settings.batch_size
+                and [eps_key(e) for e in r.grid] == [eps_key(e) for e in self.settings.eps_grid])
+        return text_flags(r.flags) if same else None  # type: ignore[union-attr]
 
     def batches(self, eps: float) -> dict[int, torch.Tensor]:
         kept = self.store.batches(self.target.run_id, self._step(eps))

@@ -409,6 +409,14 @@ class Store:
         sql += " ORDER BY run_id, attack, params, n, eps"
         return [_result(r) for r in self.db.execute(sql, args).fetchall()]
 
+    def result(self, run_id: str, attack: str, params: dict[str, Any], eps: float, n: int) -> ResultRow | None:
+        """The one row with this identity (the table's primary key), if stored."""
+        row = self.db.execute(
+            f"SELECT {_RESULT_COLUMNS} FROM results WHERE run_id=? AND attack=? AND params=?"
+            " AND eps_key=? AND n=?", (run_id, attack, canonical(params), eps_key(eps), n),
+        ).fetchone()
+        return _result(row) if row else None
+
     def count(self) -> int:
         """Number of result rows."""
         return int(self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0])

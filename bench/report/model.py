@@ -26,8 +26,6 @@ AUTOATTACK = "autoattack"
 RANK_BY = ("worst-case", "autoattack", "clean")  # or any attack name
 #: Config keys that do not change what a checkpoint is (seeds are grouped over the rest).
 NOT_IDENTITY = ("seed", "run_id", "data_dir", "download", "device", "out_dir", "resume")
-#: Findings that do not make the numbers unreliable by themselves.
-INFORMATIONAL = frozenset()
 
 
 @dataclass(frozen=True, order=True)
@@ -112,7 +110,7 @@ class Model:
     @property
     def unreliable(self) -> bool:
         """A flagged finding of the evaluation (not of training) marks the numbers unreliable."""
-        return any(f.flagged and f.check not in INFORMATIONAL for f in self.findings)
+        return any(f.flagged for f in self.findings)
 
     @property
     def seed(self) -> Any:
