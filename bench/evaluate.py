@@ -135,12 +135,13 @@ class Recorder:
 
 def _attack_batch(
     model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
-    eps: float, seed: int,
+    eps: float, seed: int, offset: int = 0,
 ) -> torch.Tensor:
-    """Still-robust flags (CPU) of the points ``idx`` after ``attack`` at ``eps``."""
+    """Still-robust flags (CPU) of the points ``idx`` after ``attack`` at ``eps``; ``offset``: the
+    whole set's index of x[0] (a shard), so that per-point seeds match an unsharded run."""
     device = _device_of(model)
     xb, yb = x[idx].to(device), y[idx].to(device)
-    x_adv = attack.run(model, xb, yb, eps, seed, index=idx)
+    x_adv = attack.run(model, xb, yb, eps, seed, index=idx + offset)
     check_budget(xb, x_adv, eps, attack=attack.display)
     model.eval()  # whatever the attack did to the mode
     with torch.no_grad():
@@ -157,6 +158,7 @@ class Walk:
     bar: Any = None
     recorder: Recorder = field(default_factory=Recorder)
     on_batch: Callable[[Attack, float, int, float], None] | None = None  # (attack, eps, k, s)
+    first_batch: int = 0  # a shard: x[0] is point first_batch * batch_size of the whole set
 
 
 def _walk_eps(
@@ -164,13 +166,13 @@ def _walk_eps(
     eps: float, w: Walk,
 ) -> None:
     """Attack the still-robust points of each fixed batch at ``eps``; updates ``robust``."""
-    n, B = len(robust), w.batch_size
+    n, B, k0 = len(robust), w.batch_size, w.first_batch
     kept = w.recorder.batches(eps)
     n_batches = math.ceil(n / B)
     for k in range(n_batches):
         lo, hi = k * B, min((k + 1) * B, n)
-        if k in kept:  # finished before an interruption: same seed, same result
-            robust[lo:hi] &= kept[k]
+        if k + k0 in kept:  # finished before an interruption: same seed, same result
+            robust[lo:hi] &= kept[k + k0]
             continue
         started = time.perf_counter()
         idx = robust[lo:hi].nonzero().flatten() + lo  # only the points still robust
@@ -178,11 +180,12 @@ def _walk_eps(
             w.bar.set_postfix_str(f"{attack.display} eps={format_eps(eps)} batch {k + 1}/{n_batches} "
                                   f"robust {int(robust.sum())}/{n}", refresh=True)
         if len(idx):
-            robust[idx] &= _attack_batch(model, attack, x, y, idx, eps, batch_seed(w.seed, eps, k))
+            robust[idx] &= _attack_batch(model, attack, x, y, idx, eps, batch_seed(w.seed, eps, k + k0),
+                                         offset=k0 * B)
         seconds = time.perf_counter() - started
-        w.recorder.batch(eps, k, robust[lo:hi].clone(), seconds)
+        w.recorder.batch(eps, k + k0, robust[lo:hi].clone(), seconds)
         if w.on_batch is not None and len(idx):
-            w.on_batch(attack, eps, k, seconds)
+            w.on_batch(attack, eps, k + k0, seconds)
 
 
 def grid_walk(
@@ -198,16 +201,21 @@ def grid_walk(
     bar: Any = None,
     recorder: Recorder | None = None,
     on_batch: Callable[[Attack, float, int, float], None] | None = None,
+    first_batch: int = 0,
 ) -> GridResult:
     """Walk ``eps_grid`` (sorted here) with ``attack`` on images ``x`` in [0, 1] (any device;
     batches go to the model's device). ``clean``: the clean-correct flags if already known.
-    ``bar``: a tqdm bar ticked once per eps > 0; ``recorder``: where progress is kept."""
+    ``bar``: a tqdm bar ticked once per eps > 0; ``recorder``: where progress is kept.
+    ``first_batch``: x is a shard that starts at batch ``first_batch`` of the whole set (its
+    first point is point first_batch * batch_size); the shards' flags, concatenated in order,
+    equal the unsharded walk's, since batch seeds and per-point seeds use whole-set indices."""
     model.eval()
     y_cpu = y.detach().cpu()
     if clean is None:
         clean = predict(model, x) == y_cpu
     robust = clean.detach().cpu().clone().bool()
-    w = Walk(sorted(float(e) for e in eps_grid), batch_size, seed, bar, recorder or Recorder(), on_batch)
+    w = Walk(sorted(float(e) for e in eps_grid), batch_size, seed, bar, recorder or Recorder(), on_batch,
+             first_batch)
     result = GridResult(attack, w.eps, [], [])
     pending = None  # the eps-0 row, stored with the first attacked step (not before an error)
     for eps in w.eps:
