@@ -139,7 +139,9 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
             with warnings.catch_warnings():  # torch's notes on odd pickles: the error says enough
                 warnings.simplefilter("ignore")
                 state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():  # truncated or garbled, not a forbidden object
+            raise UsageError(f"checkpoint {path} is corrupt: {exc}".splitlines()[0]) from None
         raise UsageError(
             f"checkpoint {path} is a pickle that asks to run code or build non-tensor objects; "
             "refused (bench loads weights with weights_only=True)"
@@ -182,6 +184,10 @@ def _read_json(path: Path, required: bool) -> Any:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path} is corrupt ({exc.__class__.__name__}: {exc})") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a directory, not a file: corrupt checkpoint") from None
+    except OSError as exc:
+        raise UsageError(f"{path} can't be read: {exc.strerror or exc}") from None
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:

@@ -36,12 +36,14 @@ from bench import audit
 from bench.attacks import Attack, collect_warnings, derive_seed
 from bench.errors import BudgetViolation, UsageError
 from bench.io import device_label, library_versions
-from bench.params import eps_in_255, format_eps
+from bench.params import MAX_GRID_POINTS, eps_in_255, format_eps
 from bench.results import Estimate, WorstPoint, estimate, worst_case
 from bench.store import ANY, DiagnosticRow, ResultRow, RunRow, Store, canonical, eps_key
 
 PREDICT_BATCH = 1000  # points per forward pass for clean predictions
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
+MAX_BATCH = 1_000_000  # points per attacked batch: far above any memory, below overflow
+MAX_N = 100_000_000  # evaluated points
 
 
 def check_budget(
@@ -265,8 +267,8 @@ class Target:
 
 def check_n(n: int) -> None:
     """``n`` must be a whole number >= 1."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise UsageError(f"--n must be a whole number >= 1, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
+        raise UsageError(f"--n must be a whole number in 1..{MAX_N}, got {n!r}")
 
 
 def attach_points(source: Any, n: int, data_dir: str | Path | None = None, download: bool = True) -> Target:
@@ -312,11 +314,13 @@ def check_settings(attacks: Sequence[Attack], eps_grid: Sequence[float], batch_s
         seen.add(key)
     if not eps_grid:
         raise UsageError("the eps grid is empty")
+    if len(eps_grid) > MAX_GRID_POINTS:  # the API takes lists that never went through the parser
+        raise UsageError(f"the eps grid has {len(eps_grid)} values; at most {MAX_GRID_POINTS}")
     for e in eps_grid:
         if not (isinstance(e, (int, float)) and math.isfinite(e) and 0.0 <= e <= 1.0):
             raise UsageError(f"eps {e!r} is outside [0, 1] (pixel scale; write e.g. 8/255)")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"--batch-size must be a whole number >= 1, got {batch_size!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
+        raise UsageError(f"--batch-size must be a whole number in 1..{MAX_BATCH}, got {batch_size!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
         raise UsageError(f"--seed must be a whole number in 0..2**63-1, got {seed!r}")
 

@@ -150,11 +150,19 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# Upper bounds: far above any real use, low enough that a typo fails at once instead of
+# training for ever or asking for an impossible allocation.
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1_000_000  # images per step
+MAX_EVAL_N = 100_000_000  # test points
+
+
 def check_numbers(cfg: TrainConfig) -> None:
     """Every number of the configuration is usable: finite, in range; else a UsageError."""
-    for flag, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size), ("--eval-n", cfg.eval_n)):
-        if not _whole(value) or value < 1:
-            raise UsageError(f"{flag} must be a whole number >= 1, got {value!r}")
+    for flag, value, top in (("--epochs", cfg.epochs, MAX_EPOCHS), ("--batch-size", cfg.batch_size, MAX_BATCH),
+                             ("--eval-n", cfg.eval_n, MAX_EVAL_N)):
+        if not _whole(value) or not 1 <= value <= top:
+            raise UsageError(f"{flag} must be a whole number in 1..{top}, got {value!r}")
     if cfg.train_limit is not None and (not _whole(cfg.train_limit) or cfg.train_limit < 1):
         raise UsageError(f"--train-limit must be a whole number >= 1, got {cfg.train_limit!r}")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
@@ -173,8 +181,9 @@ def run_dir_of(cfg: TrainConfig) -> Path:
     """The checkpoint directory of ``cfg`` (a default run id is stamped with the time now)."""
     if cfg.run_id is not None and (not cfg.run_id or "/" in cfg.run_id or cfg.run_id.startswith(".")):
         raise UsageError(f"--run-id {cfg.run_id!r} must be a plain directory name")
-    root = Path(cfg.out_dir or paths.checkpoints_dir()).expanduser().resolve()
-    return root / (cfg.run_id or default_run_id(cfg))
+    root = paths.resolve(cfg.out_dir, "--out") if cfg.out_dir else paths.checkpoints_dir()
+    run_dir = paths.resolve(root / (cfg.run_id or default_run_id(cfg)), "--run-id")
+    return run_dir
 
 
 def check(cfg: TrainConfig, resuming: bool = False) -> tuple[DatasetInfo, Defense, nn.Module, Path, torch.device]:
@@ -192,6 +201,7 @@ def check(cfg: TrainConfig, resuming: bool = False) -> tuple[DatasetInfo, Defens
     run_dir = run_dir_of(cfg)
     if run_dir.exists() and not resuming:
         raise UsageError(f"checkpoint directory {run_dir} already exists; choose another --run-id")
+    paths.check_creatable(run_dir, "--out", directory=True)  # a file, read-only: refused now
     return info, defense, model, run_dir, pick_device(cfg.device)
 
 
@@ -498,7 +508,7 @@ def prepare_resume(run_dir: str | Path, device: str | None = None, data_dir: str
                    download: bool | None = None) -> tuple[Prepared, dict[str, Any]]:
     """Validate an incomplete run for :func:`resume`: its config.json, data and training
     state; returns the prepared run and its saved configuration. Writes nothing."""
-    d = Path(run_dir).expanduser().resolve()
+    d = paths.resolve(run_dir, "--resume")
     if not d.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run directory")
     saved = checkpoint.read_config(d)

@@ -51,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "weights-only torch load (never runs code from the file)")
     p.add_argument("--name", metavar="NAME", help="leaderboard name of a --model-factory model")
     p.add_argument("--threat-model", default="Linf", help="RobustBench threat model (default Linf)")
-    p.add_argument("--model-dir", metavar="DIR", help="RobustBench model directory (default models/)")
+    p.add_argument("--model-dir", metavar="DIR", help="RobustBench model directory (default <data dir>/robustbench-models)")
     p.add_argument("--model-info", metavar="DIR",
                    help="RobustBench model_info directory, for the published numbers shown beside ours")
     p.add_argument("--diagnose", action="store_true",
