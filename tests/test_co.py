@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import torch
 
 from bench import checkpoint
 from bench.cli import main
+from conftest import write_idx
 from bench.data import load_dataset
 from bench.defenses import DEFENSES
 from bench.defenses.overfitting import COLLAPSE_RULE, Monitor, collapsed, heldout_size
@@ -59,12 +58,6 @@ def test_monitor_measures_with_a_fixed_start_and_leaves_global_rng_alone(tiny_mo
 # --- real runs ------------------------------------------------------------------------------
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    header = struct.pack(">I", 0x0800 + array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
-    with gzip.open(path, "wb") as fh:
-        fh.write(header + array.astype(np.uint8).tobytes())
-
-
 def _band_data(root: Path, n: int = 512) -> Path:
     """Images of noise (0..59 of 255) with a bright band (220) at rows 2c..2c+2 for class c, in
     Fashion-MNIST's file format; ``n`` training and 128 test images, labels shuffled."""
@@ -76,8 +69,8 @@ def _band_data(root: Path, n: int = 512) -> Path:
         images = rng.integers(0, 60, size=(m, 28, 28), dtype=np.uint8)
         for i, c in enumerate(labels):
             images[i, 2 * c : 2 * c + 3, :] = 220
-        _write_idx(d / f"{split}-images-idx3-ubyte.gz", images)
-        _write_idx(d / f"{split}-labels-idx1-ubyte.gz", labels)
+        write_idx(d / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(d / f"{split}-labels-idx1-ubyte.gz", labels)
     return root
 
 
