@@ -1,17 +1,39 @@
 """Evaluation: each attack walks an L-infinity eps grid over fixed, seeded batches of points.
 
-The grid walk for one attack on the first n test points:
+The grid walk for one attack on the first n test points. A point misclassified when clean is
+broken at every eps (eps 0 needs no attack). The L-infinity balls are nested, so an adversarial
+example found at eps e is proof that the point is broken at every larger eps: every walk carries
+"broken" upwards as a fact. Each walk attacks each eps of the grid at most once, in a fixed order,
+and only the points whose outcome there is not yet known; each point's flags are monotone
+(robust up to its breaking eps, broken from there).
 
-* eps ascending; a point starts robust if the model classifies it correctly (eps 0 needs no
-  attack); at each eps > 0 only the points still robust are attacked, and a point broken at a
-  smaller eps stays broken at every larger one (the balls are nested: an adversarial example is
-  proof at every larger budget). The stored flag at an eps is the attack's raw outcome there AND
-  this carry.
+* ``up`` (the walk of layout-2 stores): eps ascending; at each eps the points still robust are
+  attacked. Every robust flag is a measurement at that eps; the flag at an eps is the attack's
+  raw outcome there AND the carry from smaller eps, so the number at the largest eps can be
+  lower than a single run there (a point broken at 2/255 may survive a run at 8/255). Cost: a
+  robust point is attacked at every eps (about as many single runs as the grid has eps > 0 on
+  a robust model).
+* ``down``: the largest eps first, on every clean-correct point (exactly a single run there);
+  a point robust there is counted robust at every smaller eps (an INFERENCE, not a
+  measurement); a broken point is attacked at the next smaller eps, and so on until it
+  survives one. Each point is measured robust at most once: cheap when most points are robust,
+  costly when most break early.
+* ``bisect`` (default): the largest eps first, as ``down``; then each broken point's breaking
+  eps is found by bisection over the smaller eps, on a fixed binary-search tree of grid indices
+  (at most 1 + ceil(log2(#eps > 0)) attacks per point: 4 on a 9-point grid). Robust flags below
+  a measured robust eps are inferences; broken flags are proofs.
+
+For ``down`` and ``bisect`` the number at the largest eps is a single run of the attack there,
+bit for bit; at smaller eps it counts as robust the points measured robust at a larger eps
+(``bench perf`` reports how far that is from a direct run at two smaller eps). Whatever the
+walk, every eps is tested in exactly one step, so:
+
 * Batches are fixed by point index: batch k holds points k*B .. (k+1)*B-1 of the evaluated set
-  (B = ``--batch-size``, recorded). Within batch k only its still-robust points are attacked,
-  with torch seeded from (seed, eps, k) (:func:`batch_seed`); bench's own PGD seeds each point's
-  random start from (seed, eps, point index). So a batch's outcome depends only on the weights,
-  its points, the grid, B and the seed: a sharded or resumed run gives the same flags.
+  (B = ``--batch-size``, recorded). Within batch k only the points the walk tests at that eps are
+  attacked, with torch seeded from (seed, eps, k) (:func:`batch_seed`); bench's own PGD seeds each
+  point's random start from (seed, eps, point index). So a batch's outcome depends only on the
+  weights, its points, the grid, the walk, B and the seed: a sharded or resumed run gives the
+  same flags.
 * Every output is checked against the eps-ball and [0, 1] (:func:`check_budget`); a violation is
   an error, never a result.
 * Each finished batch is kept in the store and each finished (attack, eps) step becomes a result
@@ -38,10 +60,11 @@ from bench.errors import BudgetViolation, UsageError
 from bench.io import device_label, library_versions
 from bench.params import MAX_GRID_POINTS, eps_in_255, format_eps
 from bench.results import Estimate, WorstPoint, estimate, worst_case
-from bench.store import ANY, DiagnosticRow, ResultRow, RunRow, Store, canonical, eps_key
+from bench.store import ANY, WALKS, DiagnosticRow, ResultRow, RunRow, Store, canonical, eps_key
 
 PREDICT_BATCH = 1000  # points per forward pass for clean predictions
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
+DEFAULT_WALK = "bisect"  # see the module docstring; up is the walk of layout-2 stores
 MAX_BATCH = 1_000_000  # points per attacked batch: far above any memory, below overflow
 MAX_N = 100_000_000  # evaluated points
 
@@ -94,6 +117,8 @@ class GridResult:
     flags: list[torch.Tensor]
     seconds: list[float]
     reused: int = 0  # steps taken from the store instead of being run (resumed)
+    walk: str = DEFAULT_WALK  # how the grid was walked: up, down or bisect
+    attacked: list[int] = field(default_factory=list)  # points attacked at each eps (0: none)
 
     def robust_acc(self) -> list[float]:
         """Robust accuracy (fraction) at each eps."""
@@ -161,33 +186,149 @@ class Walk:
     recorder: Recorder = field(default_factory=Recorder)
     on_batch: Callable[[Attack, float, int, float], None] | None = None  # (attack, eps, k, s)
     first_batch: int = 0  # a shard: x[0] is point first_batch * batch_size of the whole set
+    walk: str = DEFAULT_WALK  # up | down | bisect (see the module docstring)
+
+
+def check_walk(walk: str) -> None:
+    """``walk`` must be one of :data:`WALKS` (UsageError)."""
+    if walk not in WALKS:
+        raise UsageError(f"--walk must be one of {', '.join(WALKS)}, got {walk!r}")
+
+
+def first_attacked(grid: Sequence[float]) -> int:
+    """The index of the first eps > 0 of the sorted ``grid`` (len(grid) when there is none)."""
+    return next((j for j, e in enumerate(grid) if e > 0), len(grid))
+
+
+def _tree_levels(lo: int, hi: int, depth: int, out: dict[int, int]) -> None:
+    """The binary-search tree over a point's breaking index in lo..hi (broken at hi): the node
+    (lo, hi) tests (lo + hi) // 2; its children are (lo, mid) and (mid + 1, hi)."""
+    if lo >= hi:
+        return
+    mid = (lo + hi) // 2
+    out[mid] = depth
+    _tree_levels(lo, mid, depth + 1, out)
+    _tree_levels(mid + 1, hi, depth + 1, out)
+
+
+def walk_order(walk: str, grid: Sequence[float]) -> list[int]:
+    """The grid indices of the attacked eps (> 0) in the order ``walk`` tests them; each once.
+
+    up: ascending. down: descending. bisect: the largest eps first (a single run there), then
+    the fixed binary-search tree over the smaller ones, level by level."""
+    check_walk(walk)
+    m, a0 = len(grid), first_attacked(grid)
+    indices = list(range(a0, m))
+    if walk == "up" or not indices:
+        return indices
+    if walk == "down":
+        return indices[::-1]
+    levels = {m - 1: 0}
+    _tree_levels(a0, m - 1, 1, levels)
+    return sorted(levels, key=lambda j: (levels[j], j))
+
+
+def max_tests(walk: str, grid: Sequence[float]) -> int:
+    """The most eps at which one point can be attacked by ``walk`` on ``grid``."""
+    attacked = len(grid) - first_attacked(grid)
+    if walk != "bisect" or attacked == 0:
+        return attacked
+    return 1 + math.ceil(math.log2(attacked))
+
+
+@dataclass
+class _State:
+    """Each point's breaking index b over the sorted grid (robust at index j exactly when j < b),
+    as far as it is known: lo <= b <= hi. A point is robust at every index below lo (measured,
+    or inferred from a measurement at a larger eps) and broken at every index from hi (proved by
+    an adversarial example at index hi; hi = len(grid): none found). Settled when lo == hi."""
+
+    lo: torch.Tensor  # int64 [n]
+    hi: torch.Tensor  # int64 [n]
+    m: int  # grid size
+
+    @classmethod
+    def start(cls, clean: torch.Tensor, grid: Sequence[float]) -> "_State":
+        """Clean-correct points: b anywhere in first_attacked..m; the others: broken at eps 0."""
+        m, a0 = len(grid), first_attacked(grid)
+        lo = torch.where(clean, a0, 0).long()
+        return cls(lo, torch.where(clean, m, 0).long(), m)
+
+    def flags_at(self, j: int) -> torch.Tensor:
+        """Robust at grid index j (final once j is decided for every point)."""
+        return self.lo > j
+
+    def due(self, walk: str, j: int) -> torch.Tensor:
+        """The points that ``walk`` attacks at grid index j now."""
+        if walk == "up":
+            nxt = self.lo
+        elif walk == "down":
+            nxt = self.hi - 1
+        else:  # bisect: the largest eps first, then the middle of what is left
+            nxt = torch.where(self.hi == self.m, self.m - 1, (self.lo + self.hi) // 2)
+        return (self.lo < self.hi) & (nxt == j)
+
+    def settle(self, idx: torch.Tensor, j: int, robust: torch.Tensor) -> None:
+        """Points ``idx`` found robust (``robust``) or broken at index j; points already decided
+        at j keep what they have."""
+        lo, hi = self.lo[idx], self.hi[idx]
+        open_ = (lo <= j) & (j < hi)
+        self.lo[idx] = torch.where(open_ & robust, j + 1, lo)
+        self.hi[idx] = torch.where(open_ & ~robust, j, hi)
 
 
 def _walk_eps(
-    model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, robust: torch.Tensor,
-    eps: float, w: Walk,
-) -> None:
-    """Attack the still-robust points of each fixed batch at ``eps``; updates ``robust``."""
-    n, B, k0 = len(robust), w.batch_size, w.first_batch
+    model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, state: _State, j: int, w: Walk,
+) -> int:
+    """Attack, batch by fixed batch, the points the walk tests at grid index j; updates
+    ``state`` and returns how many points were attacked."""
+    eps, n, B, k0 = w.eps[j], len(state.lo), w.batch_size, w.first_batch
     kept = w.recorder.batches(eps)
-    n_batches = math.ceil(n / B)
+    due = state.due(w.walk, j)
+    n_batches, attacked = math.ceil(n / B), 0
     for k in range(n_batches):
         lo, hi = k * B, min((k + 1) * B, n)
         if k + k0 in kept:  # finished before an interruption: same seed, same result
-            robust[lo:hi] &= kept[k + k0]
+            state.settle(torch.arange(lo, hi), j, kept[k + k0])
             continue
         started = time.perf_counter()
-        idx = robust[lo:hi].nonzero().flatten() + lo  # only the points still robust
+        idx = due[lo:hi].nonzero().flatten() + lo  # only the points this eps decides
         if w.bar is not None:
             w.bar.set_postfix_str(f"{attack.display} eps={format_eps(eps)} batch {k + 1}/{n_batches} "
-                                  f"robust {int(robust.sum())}/{n}", refresh=True)
+                                  f"attacking {len(idx)}", refresh=True)
         if len(idx):
-            robust[idx] &= _attack_batch(model, attack, x, y, idx, eps, batch_seed(w.seed, eps, k + k0),
-                                         offset=k0 * B)
+            state.settle(idx, j, _attack_batch(model, attack, x, y, idx, eps, batch_seed(w.seed, eps, k + k0),
+                                               offset=k0 * B))
         seconds = time.perf_counter() - started
-        w.recorder.batch(eps, k + k0, robust[lo:hi].clone(), seconds)
+        w.recorder.batch(eps, k + k0, state.flags_at(j)[lo:hi].clone(), seconds)
         if w.on_batch is not None and len(idx):
             w.on_batch(attack, eps, k + k0, seconds)
+        attacked += len(idx)
+    return attacked
+
+
+def _run_steps(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, state: _State, w: Walk,
+               result: GridResult) -> None:
+    """Every attacked eps in the walk's order: taken from the recorder when finished before,
+    else attacked; each finished step is recorded at once (eps 0 with the first of them)."""
+    zeros = [j for j, e in enumerate(w.eps) if e == 0]
+    for j in walk_order(w.walk, w.eps):
+        started = time.perf_counter()
+        stored = w.recorder.done(w.eps[j])
+        if stored is not None:  # this step finished in an earlier, interrupted run
+            state.settle(torch.arange(len(stored)), j, stored)
+            result.reused += 1
+        else:
+            result.attacked[j] = _walk_eps(model, attack, x, y, state, j, w)
+            result.seconds[j] = time.perf_counter() - started
+            for z in zeros:  # the eps-0 rows, stored with the first attacked step (not before an error)
+                w.recorder.finish(w.eps[z], state.flags_at(z), 0.0)
+            zeros = []
+            w.recorder.finish(w.eps[j], state.flags_at(j), result.seconds[j])
+        if w.bar is not None:
+            w.bar.update(1)
+    for z in zeros:  # a grid of eps 0 alone, or every step taken from the store
+        w.recorder.finish(w.eps[z], state.flags_at(z), 0.0)
 
 
 def grid_walk(
@@ -204,42 +345,28 @@ def grid_walk(
     recorder: Recorder | None = None,
     on_batch: Callable[[Attack, float, int, float], None] | None = None,
     first_batch: int = 0,
+    walk: str = DEFAULT_WALK,
 ) -> GridResult:
     """Walk ``eps_grid`` (sorted here) with ``attack`` on images ``x`` in [0, 1] (any device;
     batches go to the model's device). ``clean``: the clean-correct flags if already known.
     ``bar``: a tqdm bar ticked once per eps > 0; ``recorder``: where progress is kept.
     ``first_batch``: x is a shard that starts at batch ``first_batch`` of the whole set (its
     first point is point first_batch * batch_size); the shards' flags, concatenated in order,
-    equal the unsharded walk's, since batch seeds and per-point seeds use whole-set indices."""
+    equal the unsharded walk's, since batch seeds and per-point seeds use whole-set indices and
+    every walk decides a point from its own batch's outcomes only.
+    ``walk``: up, down or bisect (the default; see the module docstring)."""
+    check_walk(walk)
     model.eval()
     y_cpu = y.detach().cpu()
     if clean is None:
         clean = predict(model, x) == y_cpu
-    robust = clean.detach().cpu().clone().bool()
     w = Walk(sorted(float(e) for e in eps_grid), batch_size, seed, bar, recorder or Recorder(), on_batch,
-             first_batch)
-    result = GridResult(attack, w.eps, [], [])
-    pending = None  # the eps-0 row, stored with the first attacked step (not before an error)
-    for eps in w.eps:
-        started = time.perf_counter()
-        stored = w.recorder.done(eps) if eps > 0 else None
-        if stored is not None:  # this step finished in an earlier, interrupted run
-            robust &= stored
-            result.reused += 1
-        elif eps == 0:
-            pending = robust.clone()
-        else:
-            _walk_eps(model, attack, x, y_cpu, robust, eps, w)
-            if pending is not None:
-                w.recorder.finish(0.0, pending, 0.0)
-                pending = None
-            w.recorder.finish(eps, robust.clone(), time.perf_counter() - started)
-        if eps > 0 and bar is not None:
-            bar.update(1)
-        result.flags.append(robust.clone())
-        result.seconds.append(time.perf_counter() - started if eps > 0 and stored is None else 0.0)
-    if pending is not None:  # a grid of eps 0 alone
-        w.recorder.finish(0.0, pending, 0.0)
+             first_batch, walk)
+    m = len(w.eps)
+    state = _State.start(clean.detach().cpu().bool(), w.eps)
+    result = GridResult(attack, w.eps, [], [0.0] * m, walk=walk, attacked=[0] * m)
+    _run_steps(model, attack, x, y_cpu, state, w, result)
+    result.flags = [state.flags_at(j).clone() for j in range(m)]
     return result
 
 
@@ -353,10 +480,13 @@ class StoreRecorder(Recorder):
     versions: dict[str, str]
 
     def _step(self, eps: float) -> str:
+        """The step's identity in the batches table. The walk is part of it; the ascending walk
+        keeps the layout-2 identity (no walk), so that a v2 store's step in progress resumes."""
         s = self.settings
-        return canonical([self.target.source.fingerprint, self.attack.label, self.attack.params,
-                          eps_key(eps), len(self.target.y), s.seed, s.batch_size,
-                          [eps_key(e) for e in s.eps_grid]])
+        ident: list[Any] = [self.target.source.fingerprint, self.attack.label, self.attack.params,
+                            eps_key(eps), len(self.target.y), s.seed, s.batch_size,
+                            [eps_key(e) for e in s.eps_grid]]
+        return canonical(ident if s.walk == "up" else ident + [s.walk])
 
     def done(self, eps: float) -> torch.Tensor | None:
         if self.settings.fresh:
@@ -365,6 +495,7 @@ class StoreRecorder(Recorder):
                               len(self.target.y))
         same = (r is not None and r.fingerprint == self.target.source.fingerprint
                 and r.seed == self.settings.seed and r.batch_size == self.settings.batch_size
+                and r.walk == self.settings.walk
                 and [eps_key(e) for e in r.grid] == [eps_key(e) for e in self.settings.eps_grid])
         return text_flags(r.flags) if same else None  # type: ignore[union-attr]
 
@@ -384,7 +515,7 @@ class StoreRecorder(Recorder):
             robust_acc=int(flags.sum()) / len(flags), seconds=sum(t for _, t in kept.values()) or seconds,
             device=self.device, versions=self.versions, flags=flag_text(flags), seed=s.seed,
             batch_size=s.batch_size, grid=list(s.eps_grid),
-            fingerprint=self.target.source.fingerprint, created=_now(),
+            fingerprint=self.target.source.fingerprint, created=_now(), walk=s.walk,
         )
         self.store.write_result(row, self._step(eps))
 
@@ -398,7 +529,8 @@ def _now() -> str:
 
 @dataclass
 class Settings:
-    """What an evaluation runs: attacks, grid, batch size, seed; ``fresh`` recomputes stored steps."""
+    """What an evaluation runs: attacks, grid, batch size, seed, walk; ``fresh`` recomputes
+    stored steps."""
 
     attacks: list[Attack]
     eps_grid: list[float]
@@ -408,6 +540,7 @@ class Settings:
     progress: bool = True
     diagnose: bool = False  # the costly checks too (large budget, loss trace, transfer)
     transfer_from: Any = None  # an nn.Module whose PGD examples the transfer check replays
+    walk: str = DEFAULT_WALK  # how each attack walks the grid: up, down or bisect
 
 
 @dataclass
@@ -444,7 +577,7 @@ class Evaluation:
         return {
             "run_id": self.target.run_id, "fingerprint": self.target.source.fingerprint,
             "n": len(self.target.y), "seed": s.seed, "batch_size": s.batch_size,
-            "eps_grid": list(s.eps_grid), "clean": self.clean_estimate.as_dict(),
+            "eps_grid": list(s.eps_grid), "walk": s.walk, "clean": self.clean_estimate.as_dict(),
             "robust": {name: {format_eps(e): est.as_dict() for e, est in by.items()}
                        for name, by in self.estimates().items()},
             "unreliable": self.unreliable, "note": self.note,
@@ -476,11 +609,12 @@ class _Eta:
         self.seen.add(attack.display)
         s = self.settings
         batches = math.ceil(len(self.target.y) / s.batch_size)
-        steps = sum(1 for e in s.eps_grid if e >= eps)
+        steps = max_tests(s.walk, s.eps_grid)  # the most eps at which one point is attacked
         left = seconds * (steps * batches - 1)
         tqdm.write(
             f"bench: {self.target.run_id}: {attack.display}: first batch {seconds:.1f} s; at most "
-            f"about {_duration(left)} left for this attack (if no point breaks; less as they do)",
+            f"about {_duration(left)} left for this attack (walk {s.walk}: each point attacked at "
+            f"most {steps} times)",
             file=sys.stderr,
         )
 
@@ -510,7 +644,7 @@ def _walk_all(target: Target, s: Settings, clean: torch.Tensor, store: Store | N
                        if store is not None else None)
                 results.append(grid_walk(model, a, target.x, target.y, s.eps_grid,
                                          batch_size=s.batch_size, seed=s.seed, clean=clean, bar=bar,
-                                         recorder=rec, on_batch=eta))
+                                         recorder=rec, on_batch=eta, walk=s.walk))
     finally:
         bar.close()
     return results, list(dict.fromkeys(warned))
@@ -525,7 +659,8 @@ def result_rows(target: Target, results: Sequence[GridResult], s: Settings, devi
         ResultRow(run_id=target.run_id, attack=r.attack.label, params=r.attack.params, eps=e, n=n,
                   clean_acc=clean_acc, robust_acc=int(f.sum()) / n, seconds=t, device=device,
                   versions=versions, flags=flag_text(f), seed=s.seed, batch_size=s.batch_size,
-                  grid=list(s.eps_grid), fingerprint=target.source.fingerprint, created=now)
+                  grid=list(s.eps_grid), fingerprint=target.source.fingerprint, created=now,
+                  walk=r.walk)
         for r in results for e, f, t in zip(r.eps, r.flags, r.seconds)
     ]
 
@@ -585,6 +720,7 @@ def evaluate_target(
     Prints a table with 95% intervals and flags on ``out`` when given."""
     s = settings
     check_settings(s.attacks, s.eps_grid, s.batch_size, s.seed)
+    check_walk(s.walk)
     s.eps_grid = sorted(float(e) for e in s.eps_grid)
     device = torch.device(device)
     target.source.model = target.model.to(device).eval()
@@ -625,11 +761,13 @@ def evaluate_checkpoint(
     download: bool = True,
     out: TextIO | None = None,
     fresh: bool = False,
+    walk: str = DEFAULT_WALK,
 ) -> Evaluation:
     """Evaluate one checkpoint into ``store`` (a Store or a path). All input is validated before
     the store is opened; a BudgetViolation leaves that step's row unwritten."""
-    settings = Settings(list(attacks), list(eps_grid), batch_size, seed, fresh, progress)
+    settings = Settings(list(attacks), list(eps_grid), batch_size, seed, fresh, progress, walk=walk)
     check_settings(settings.attacks, settings.eps_grid, batch_size, seed)
+    check_walk(walk)
     target = prepare_target(ckpt_path, n, data_dir, dataset, download)
     own = not isinstance(store, Store)
     db = Store(store) if own else store  # type: ignore[arg-type]
@@ -660,7 +798,7 @@ def format_table(ev: Evaluation, device: str) -> str:
     lines = [
         f"{t.run_id} ({src.dataset}, {src.config.get('model', '?')}, {src.config.get('defense', '?')}, "
         f"weights {str(src.fingerprint)[7:19]}): n={len(t.y)} (first n test points), seed={s.seed}, "
-        f"batch={s.batch_size}, {device}",
+        f"batch={s.batch_size}, walk={s.walk}, {device}",
         f"clean accuracy {ci_cell(ev.clean_estimate)}%; robust accuracy % (95% Wilson interval) "
         "by Linf eps (x/255)",
         head,
@@ -671,6 +809,9 @@ def format_table(ev: Evaluation, device: str) -> str:
         lines.append(f"{name:<{width}}{cells}")
     lines.append(f"{ANY} = per point, robust only if every attack above failed at that eps and at "
                  "every smaller one")
+    if s.walk != "up":
+        lines.append(f"walk {s.walk}: the largest eps is a single run; a point robust there (or at a larger "
+                     "eps) is counted robust below it (inferred); broken is always proved")
     if ev.note:
         lines.append(f"note: {ev.note}")
     for f in ev.findings:
@@ -684,6 +825,6 @@ def format_table(ev: Evaluation, device: str) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Evaluation", "GridResult", "Settings", "Target", "attach_points", "check_budget",
-           "estimate", "evaluate_checkpoint", "evaluate_target", "grid_walk", "predict",
-           "prepare_target"]
+__all__ = ["DEFAULT_WALK", "WALKS", "Evaluation", "GridResult", "Settings", "Target", "attach_points",
+           "check_budget", "check_walk", "estimate", "evaluate_checkpoint", "evaluate_target",
+           "grid_walk", "predict", "prepare_target", "walk_order"]

@@ -10,7 +10,8 @@ Tables (schema version :data:`SCHEMA_VERSION`, recorded in ``meta``):
     one row per (model, attack with its parameters, eps, n): clean and robust accuracy, the
     per-point robust flags ('1' robust, '0' broken, one character per point), and everything the
     flags depend on: weights fingerprint, points (the first n of the test split), the eps grid
-    walked, batch size, seed, library versions.
+    walked and how it was walked (``walk``: up, down or bisect, see :mod:`bench.evaluate`),
+    batch size, seed, library versions.
 ``batches``
     per-batch flags of an (attack, eps) step still in progress, so that a killed evaluation
     resumes where it stopped; deleted when the step's result row is written.
@@ -24,7 +25,12 @@ the journal is WAL with a busy timeout while writers have the store open, so sev
 processes can share a store (the last writer to close returns the file to a rollback journal, so
 that readers, which open it read-only, create no ``-wal``/``-shm`` files).
 A store is only created by a writer; readers open it read-only and refuse anything that is not
-a bench store of this layout.
+a bench store of this layout or of the one before it (:data:`READABLE_VERSIONS`).
+
+Layout 3 added ``results.walk``. A writer opening a layout-2 store migrates it in one transaction
+(``ALTER TABLE results ADD COLUMN walk TEXT NOT NULL DEFAULT 'up'``: every older row was made by
+the ascending walk, the only one there was); a reader reads a layout-2 store as it is, every row
+with walk ``up``.
 """
 
 from __future__ import annotations
@@ -44,7 +50,9 @@ from bench.paths import check_creatable, resolve
 
 ANY = "any"  # the label of the worst case over attacks (derived, never stored)
 APPLICATION = "bench"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = ("2", "3")  # layouts this bench reads; writers migrate 2 to 3
+WALKS = ("up", "down", "bisect")  # how an eps grid is walked (bench.evaluate)
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another writer's transaction
 
 SCHEMA = """
@@ -75,7 +83,7 @@ CREATE TABLE results (
     n INTEGER NOT NULL,
     seed INTEGER NOT NULL,
     batch_size INTEGER NOT NULL,
-    grid TEXT NOT NULL,             -- JSON list of the eps values walked (flags carry upwards)
+    grid TEXT NOT NULL,             -- JSON list of the eps values walked
     clean_acc REAL NOT NULL,
     robust_acc REAL NOT NULL,
     seconds REAL NOT NULL,
@@ -83,11 +91,12 @@ CREATE TABLE results (
     versions TEXT NOT NULL,         -- JSON
     flags TEXT NOT NULL,            -- per-point robust flags, '0'/'1' per point
     created TEXT NOT NULL,
+    walk TEXT NOT NULL DEFAULT 'up', -- how the grid was walked: up | down | bisect (layout 3)
     PRIMARY KEY (run_id, attack, params, eps_key, n)
 );
 CREATE TABLE batches (
     run_id TEXT NOT NULL,
-    step TEXT NOT NULL,             -- the step's identity (fingerprint, attack, eps, n, seed, B, grid)
+    step TEXT NOT NULL,             -- the step's identity (fingerprint, attack, eps, n, seed, B, grid, walk)
     batch INTEGER NOT NULL,
     flags TEXT NOT NULL,
     seconds REAL NOT NULL,
@@ -141,6 +150,7 @@ class ResultRow:
     grid: list[float]
     fingerprint: str
     created: str = ""
+    walk: str = "up"  # how the grid was walked (bench.evaluate): up, down or bisect
 
     @property
     def robust_count(self) -> int:
@@ -196,8 +206,10 @@ class DiagnosticRow:
 
 _RESULT_COLUMNS = (
     "run_id, fingerprint, attack, params, eps, eps_key, n, seed, batch_size, grid, clean_acc,"
-    " robust_acc, seconds, device, versions, flags, created"
+    " robust_acc, seconds, device, versions, flags, created, walk"
 )
+#: What a layout-2 store (no walk column) is read with: every row made by the ascending walk.
+_RESULT_COLUMNS_V2 = _RESULT_COLUMNS.replace(", walk", ", 'up' AS walk")
 _RUN_COLUMNS = (
     "run_id, fingerprint, kind, path, dataset, model, defense, defense_params, epochs,"
     " train_limit, train_seconds, config, run, updated"
@@ -211,6 +223,7 @@ class Store:
     def __init__(self, path: str | Path, *, must_exist: bool = False, readonly: bool = False) -> None:
         self.path = resolve(path, "results store")
         self.readonly = readonly
+        self.version = str(SCHEMA_VERSION)  # the layout read; a reader may find layout 2
         if (must_exist or readonly) and not self.path.is_file():
             what = "is not a file" if self.path.exists() else "does not exist"
             raise UsageError(f"results store {self.path} {what}; run `bench eval` first")
@@ -261,13 +274,29 @@ class Store:
         if meta.get("application") != APPLICATION:
             raise UsageError(f"{self.path} is not a bench results store")
         version = meta.get("schema_version")
-        if version != str(SCHEMA_VERSION):
+        if version not in READABLE_VERSIONS:
             raise UsageError(
                 f"results store {self.path} has layout version {version}; this bench reads "
-                f"version {SCHEMA_VERSION}: evaluate into a new --db"
+                f"versions {', '.join(READABLE_VERSIONS)}: evaluate into a new --db"
             )
         if not set(TABLES) <= tables:
             raise UsageError(f"results store {self.path} lacks tables {sorted(set(TABLES) - tables)}")
+        self.version = str(version)
+        if self.version != str(SCHEMA_VERSION) and not self.readonly:
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Layout 2 -> 3 in one transaction: the ``walk`` column, every older row ``up``. Another
+        writer may have migrated since the layout was read: then nothing is done."""
+        try:
+            with self.transaction():
+                row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                if row[0] == "2":
+                    self.db.execute("ALTER TABLE results ADD COLUMN walk TEXT NOT NULL DEFAULT 'up'")
+                    self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+        except sqlite3.Error as exc:
+            raise UsageError(f"results store {self.path} can't be migrated to layout {SCHEMA_VERSION}: {exc}") from None
+        self.version = str(SCHEMA_VERSION)
 
     def _create(self) -> None:
         """The tables, in one transaction. Another writer may have created them since they were
@@ -385,11 +414,11 @@ class Store:
         """Insert (or replace) one result row; in the same transaction drop the step's batches."""
         with self.transaction():
             self.db.execute(
-                f"INSERT OR REPLACE INTO results ({_RESULT_COLUMNS}) VALUES ({','.join('?' * 17)})",
+                f"INSERT OR REPLACE INTO results ({_RESULT_COLUMNS}) VALUES ({','.join('?' * 18)})",
                 (row.run_id, row.fingerprint, row.attack, canonical(row.params), row.eps,
                  eps_key(row.eps), row.n, row.seed, row.batch_size, canonical(row.grid),
                  row.clean_acc, row.robust_acc, row.seconds, row.device, canonical(row.versions),
-                 row.flags, row.created),
+                 row.flags, row.created, row.walk),
             )
             if step is not None:
                 self.db.execute("DELETE FROM batches WHERE run_id=? AND step=?", (row.run_id, step))
@@ -401,7 +430,7 @@ class Store:
 
     def results(self, run_id: str | None = None) -> list[ResultRow]:
         """Result rows (of one model if ``run_id``), ordered by run, attack, params, n, eps."""
-        sql = f"SELECT {_RESULT_COLUMNS} FROM results"
+        sql = f"SELECT {self._result_columns} FROM results"
         args: tuple[Any, ...] = ()
         if run_id is not None:
             sql += " WHERE run_id=?"
@@ -412,10 +441,15 @@ class Store:
     def result(self, run_id: str, attack: str, params: dict[str, Any], eps: float, n: int) -> ResultRow | None:
         """The one row with this identity (the table's primary key), if stored."""
         row = self.db.execute(
-            f"SELECT {_RESULT_COLUMNS} FROM results WHERE run_id=? AND attack=? AND params=?"
+            f"SELECT {self._result_columns} FROM results WHERE run_id=? AND attack=? AND params=?"
             " AND eps_key=? AND n=?", (run_id, attack, canonical(params), eps_key(eps), n),
         ).fetchone()
         return _result(row) if row else None
+
+    @property
+    def _result_columns(self) -> str:
+        """The result columns as this store's layout holds them (layout 2: walk read as 'up')."""
+        return _RESULT_COLUMNS if self.version == str(SCHEMA_VERSION) else _RESULT_COLUMNS_V2
 
     def count(self) -> int:
         """Number of result rows."""
@@ -486,6 +520,7 @@ def _result(r: tuple[Any, ...]) -> ResultRow:
         run_id=r[0], fingerprint=r[1], attack=r[2], params=json.loads(r[3]), eps=r[4], n=r[6],
         seed=r[7], batch_size=r[8], grid=json.loads(r[9]), clean_acc=r[10], robust_acc=r[11],
         seconds=r[12], device=r[13], versions=json.loads(r[14]), flags=r[15], created=r[16],
+        walk=r[17],
     )
 
 

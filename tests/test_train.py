@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -322,3 +323,57 @@ def test_a_pickle_that_would_run_code_is_refused(how, tmp_path, fmnist_dir, caps
                    "--data-dir", str(fmnist_dir), "--no-download", "--db", str(tmp_path / "r.sqlite")])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and not marker.exists()
+
+
+# --- speed options: bf16 autocast, channels-last, torch.compile (all off by default) -----------
+
+
+def _speed_run(tmp_path: Path, data_dir: Path, run_id: str, defense: str = "pgd-at", **options: object) -> checkpoint.Checkpoint:
+    cfg = TrainConfig(defense=defense, defense_params={"steps": "2"} if defense == "pgd-at" else {}, epochs=1,
+                      train_limit=128, eval_n=64, batch_size=32, data_dir=str(data_dir), download=False,
+                      out_dir=str(tmp_path), run_id=run_id, **options)  # type: ignore[arg-type]
+    return checkpoint.read_checkpoint(train(cfg, progress=False, log=lambda s: None))
+
+
+def test_bf16_and_channels_last_train_and_are_recorded(tmp_path, fmnist_dir, one_thread):
+    """Off by default and recorded in config.json; bf16 autocast changes the arithmetic (other
+    weights, a finite loss); channels-last gives an ordinary, loadable checkpoint."""
+    plain = _speed_run(tmp_path, fmnist_dir, "plain")
+    assert (plain.config["amp"], plain.config["channels_last"], plain.config["compile"]) == ("off", False, False)
+    bf16 = _speed_run(tmp_path, fmnist_dir, "bf16", amp="bf16")
+    assert bf16.config["amp"] == "bf16" and bf16.fingerprint != plain.fingerprint
+    assert math.isfinite(bf16.log[0]["loss"]) and abs(bf16.log[0]["loss"] - plain.log[0]["loss"]) < 0.1
+    last = _speed_run(tmp_path, fmnist_dir, "cl", channels_last=True)
+    assert last.config["channels_last"] is True
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.allclose(last.load_model()(x), plain.load_model()(x), atol=1e-3)  # same training, other layout
+
+
+def test_bad_amp_is_one_line_exit_2(tmp_path, fmnist_dir, capsys):
+    assert main(_train_argv(tmp_path, fmnist_dir, "standard") + ["--amp", "fp8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--amp" in err and not (tmp_path / "ckpt").exists()
+    with pytest.raises(UsageError, match="--amp must be one of off, bf16"):
+        prepare(TrainConfig(amp="fp16", data_dir=str(fmnist_dir), download=False, out_dir=str(tmp_path)))
+
+
+def test_resume_keeps_the_saved_speed_options(tmp_path):
+    from bench.train import config_from_saved
+
+    saved = {"dataset": "fashion-mnist", "amp": "bf16", "channels_last": True, "compile": False}
+    cfg = config_from_saved(saved, tmp_path / "run")
+    assert (cfg.amp, cfg.channels_last, cfg.compile) == ("bf16", True, False)
+    assert config_from_saved({"dataset": "fashion-mnist"}, tmp_path / "old").amp == "off"  # older runs
+
+
+@pytest.mark.slow
+def test_compile_trains_the_same_model(tmp_path, fmnist_dir, one_thread):
+    """torch.compile (inductor: about a minute of warm-up on 2 CPU cores): the checkpoint holds
+    the model's own weights (no ``_orig_mod.`` prefix) and matches eager training closely."""
+    plain = _speed_run(tmp_path, fmnist_dir, "eager", defense="standard")
+    compiled = _speed_run(tmp_path, fmnist_dir, "compiled", defense="standard", compile=True)
+    assert compiled.config["compile"] is True
+    state = compiled.load_state()
+    assert set(state) == set(plain.load_state())
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.allclose(compiled.load_model()(x), plain.load_model()(x), atol=1e-3)

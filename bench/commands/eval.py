@@ -14,7 +14,7 @@ from pathlib import Path
 from bench import checkpoint, paths
 from bench.attacks import ATTACKS, Attack, make_attack
 from bench.errors import BudgetViolation, UsageError
-from bench.evaluate import SEED_MAX, Settings, Target, evaluate_target, prepare_target
+from bench.evaluate import DEFAULT_WALK, SEED_MAX, WALKS, Settings, Target, evaluate_target, prepare_target
 from bench.io import pick_device
 from bench.params import INT_MAX, parse_eps_grid
 from bench.store import Store, check_store
@@ -59,6 +59,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "transfer (with --transfer-from)")
     p.add_argument("--transfer-from", metavar="CHECKPOINT",
                    help="with --diagnose: replay PGD examples crafted on this checkpoint")
+    p.add_argument("--transfer-matrix", action="store_true",
+                   help="after the evaluation, PGD examples crafted on each model evaluated on every "
+                   "model of its data set, on the first min(n, 500) points (bench.transfer)")
+    p.add_argument("--transfer-eps", metavar="EPS",
+                   help="eps of --transfer-matrix (default: the largest eps of --eps)")
     p.add_argument("--eps", default=DEFAULT_GRID, metavar="GRID",
                    help="start:stop:step (inclusive) or a comma list, e.g. 0,2/255,8/255 "
                    f"(default {DEFAULT_GRID})")
@@ -66,6 +71,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=500, help="points per attack call (default 500)")
     p.add_argument("--seed", type=int, default=0,
                    help="attack seed; batch k at eps e is seeded from (seed, e, k) (default 0)")
+    p.add_argument("--walk", choices=WALKS, default=DEFAULT_WALK,
+                   help="how each attack walks the grid: bisect (default: a single run at the largest "
+                   "eps, then each broken point's breaking eps by bisection; robust below a measured "
+                   "robust eps is inferred), down (largest eps first, then downwards), up (ascending: "
+                   "every robust flag measured, a robust point attacked at every eps)")
     p.add_argument("--fresh", action="store_true",
                    help="recompute steps already in the store (default: a step stored with the same "
                    "weights, points, grid, batch size and seed is reused, so a killed run resumes)")
@@ -147,8 +157,29 @@ def run(args: argparse.Namespace) -> int:
 
         transfer = from_checkpoint(paths.resolve(args.transfer_from, "--transfer-from")).model
     settings = Settings(attacks, eps_grid, args.batch_size, args.seed, args.fresh,
-                        not args.no_progress, args.diagnose, transfer)
-    return evaluate_all(targets, settings, device, db)
+                        not args.no_progress, args.diagnose, transfer, walk=args.walk)
+    matrix_eps = transfer_request(args, eps_grid, targets)
+    status = evaluate_all(targets, settings, device, db)
+    if status or matrix_eps is None:
+        return status
+    from bench.transfer import write_matrix
+
+    write_matrix(db, targets, matrix_eps, args.seed, args.batch_size)
+    return 0
+
+
+def transfer_request(args: argparse.Namespace, eps_grid: list[float], targets: list[Target]) -> float | None:
+    """The eps of ``--transfer-matrix`` (checked before anything runs), or None without it."""
+    from bench.params import parse_eps
+    from bench.transfer import check_request
+
+    if not args.transfer_matrix:
+        if args.transfer_eps is not None:
+            raise UsageError("--transfer-eps goes with --transfer-matrix")
+        return None
+    eps = parse_eps(args.transfer_eps, "--transfer-eps") if args.transfer_eps is not None else max(eps_grid)
+    check_request(targets, eps)
+    return eps
 
 
 def load_targets(args: argparse.Namespace) -> list[Target]:

@@ -13,7 +13,7 @@ from bench.data import DATASETS
 from bench.defenses import DEFENSES, all_param_names
 from bench.errors import UsageError
 from bench.params import parse_assignments
-from bench.train import SCHEDULES, SEED_MAX, TrainConfig, check, default_run_id, resume, run_dir_of, train
+from bench.train import AMP_MODES, SCHEDULES, SEED_MAX, TrainConfig, check, default_run_id, resume, run_dir_of, train
 from models import MODELS
 
 PARAM_DEST = "defense_param_"
@@ -59,6 +59,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="checkpoints directory (default <home>/checkpoints)")
     p.add_argument("--run-id", default=None, help="checkpoint directory name (default <defense>-<model>-<dataset>-s<seed>-<time>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--amp", choices=AMP_MODES, default=d.amp,
+                   help="bf16: bfloat16 autocast for the training passes (default off; evaluation is float32)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format (CUDA convolutions)")
+    p.add_argument("--compile", action="store_true", help="train through torch.compile(model)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a defense parameter, e.g. --set eps=8/255 --set layers=alternate:2")
     group = p.add_argument_group("defense parameters (each applies only to defenses that have it)")
@@ -103,7 +107,8 @@ def _config(args: argparse.Namespace, seed: int, run_id: str | None) -> TrainCon
         weight_decay=args.weight_decay, schedule=args.schedule, seed=seed,
         train_limit=args.train_limit, eval_n=args.eval_n, augment=not args.no_augment,
         data_dir=args.data_dir, download=not args.no_download, device=args.device,
-        out_dir=args.out, run_id=run_id,
+        out_dir=args.out, run_id=run_id, amp=args.amp, channels_last=args.channels_last,
+        compile=args.compile,
     )
 
 
