@@ -38,6 +38,66 @@ def test_passes_count_the_forward_backward_passes() -> None:
     assert bp.passes(build_defense("pgd-at", {"steps": "7"})) == 8
 
 
+def _forwards(model: torch.nn.Module, step: Any) -> int:
+    """How many forward passes of ``model`` with autograd on (each followed by a backward) one
+    call of ``step`` makes; forward-only passes (TRADES' clean target) are not counted."""
+    calls: list[int] = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1) if torch.is_grad_enabled() else None)
+    try:
+        step()
+    finally:
+        handle.remove()
+    return len(calls)
+
+
+def _cnn_batch() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The registry's cnn (Fashion-MNIST's shape) and a random batch of 16."""
+    from models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("cnn", channels=1, num_classes=10, image_size=28, mean=(0.5,), std=(0.5,))
+    return model, torch.rand(16, 1, 28, 28), torch.arange(16) % 10
+
+
+@pytest.mark.parametrize("name", DEFENSES.names())
+def test_training_step_passes_stay_within_the_limit(name: str) -> None:
+    """The guard of the CPU targets that does not depend on the machine's load: each defense's
+    step runs at most its limit of forward passes (PGD-AT: K + 1), so its cost over the clean
+    step can only exceed the limit through slower passes, not more of them."""
+    model, x, y = _cnn_batch()
+    defense = build_defense(name)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    defense.attach(model)
+    try:
+        n = _forwards(model, lambda: bp.sgd_step(defense, model.train(), opt, x, y))
+    finally:
+        defense.detach()
+    assert n <= bp.passes(defense), (name, n)
+
+
+def test_bench_pgd_at_makes_no_more_passes_than_the_torchattacks_loop() -> None:
+    """bench's PGD-AT step and the loop written with torchattacks.PGD make the same K + 1 forward
+    passes on the same batch (the perf table measures the seconds)."""
+    import torch.nn.functional as F
+    import torchattacks
+
+    model, x, y = _cnn_batch()
+    defense, opt = build_defense("pgd-at"), torch.optim.SGD(model.parameters(), lr=0.01)
+    atk = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True)
+
+    def torchattacks_step() -> None:
+        loss = F.cross_entropy(model(atk(x, y)), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    defense.attach(model)
+    try:
+        ours = _forwards(model, lambda: bp.sgd_step(defense, model.train(), opt, x, y))
+    finally:
+        defense.detach()
+    assert ours == 11 <= _forwards(model, torchattacks_step)
+
+
 def test_interleave_runs_sides_in_turn() -> None:
     order: list[str] = []
     sides = {k: (lambda k=k: order.append(k) or len(order)) for k in ("a", "b")}
@@ -63,11 +123,14 @@ def test_grid_against_single_on_a_tiny_model() -> None:
 
 
 def test_targets_say_what_holds() -> None:
-    def result(step: float, ta: float, grid: float) -> dict[str, Any]:
+    def result(step: float, ta: float, grid: float, inside: bool) -> dict[str, Any]:
+        check = {"difference_points": 1, "walk_inside_direct_ci95": inside}
         return {"training": {"defenses": {"pgd-at": {"over_clean": step}}, "torchattacks": {"torchattacks_over_bench": ta}},
-                "grid": {"robust": {"autoattack": {"walks": {DEFAULT_WALK: {"over_single": grid}}}}}}
-    assert all(v["holds"] for v in bp.targets(result(8.8, 1.03, 1.3)).values())
-    assert not any(v["holds"] for v in bp.targets(result(10.5, 0.8, 3.2)).values())
+                "grid": {"robust": {"autoattack": {"walks": {DEFAULT_WALK: {"over_single": grid}},
+                                                   "inferred_against_direct": {"4/255": check, "6/255": check}}}}}
+    good = bp.targets(result(8.8, 1.03, 1.3, True))
+    assert len(good) == 5 and all(v["holds"] for v in good.values())
+    assert not any(v["holds"] for v in bp.targets(result(10.5, 0.8, 3.2, False)).values())
 
 
 # -------------------------------------------------------------- the whole quick run
@@ -94,7 +157,8 @@ def perf_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], 
     out = root / "perf.json"
     buffer = io.StringIO()  # capsys is per test; the run is once per module
     with contextlib.redirect_stdout(buffer):
-        assert main(["perf", "--quick", "--data-dir", str(root / "data"), "--device", "cpu", "--out", str(out)]) == 0
+        assert main(["perf", "--quick", "--data-dir", str(root / "data"), "--device", "cpu", "--out", str(out),
+                     "--epoch-images", "64"]) == 0
     return json.loads(out.read_text()), buffer.getvalue()
 
 
@@ -116,6 +180,17 @@ def test_training_ratios(perf_run: tuple[dict[str, Any], str]) -> None:
     ta = t["torchattacks"]
     assert ta["torchattacks_over_bench"] == pytest.approx(ta["torchattacks_ms"] / ta["bench_ms"])
     assert ta["bench_ms"] == t["defenses"]["pgd-at"]["step_ms"]  # the same interleaved measurement
+    assert t["bf16"]["fp32_over_bf16"] == pytest.approx(ta["bench_ms"] / t["bf16"]["pgd_at_bf16_ms"])
+
+
+@pytest.mark.slow
+def test_whole_epochs_fp32_and_bf16(perf_run: tuple[dict[str, Any], str]) -> None:
+    r, table = perf_run
+    got = [(e["defense"], e["bf16"], e["channels_last"]) for e in r["epochs"]]
+    assert got == [("pgd-at", False, False), ("pgd-at", True, True), ("fgsm-rs", False, False), ("fgsm-rs", True, True)]
+    for e in r["epochs"]:
+        assert e["images"] == 64 and e["images_per_s"] == pytest.approx(64 / e["seconds"])
+    assert "epoch of pgd-at, 64 images" in table
 
 
 @pytest.mark.slow
@@ -153,12 +228,13 @@ def test_memory_targets_and_machine(perf_run: tuple[dict[str, Any], str]) -> Non
     assert m["n"] == 32 and m["peak_rss_mb"] >= m["rss_before_mb"] > 0 and m["python_peak_mb"] > 0
     assert m["added_mb"] == pytest.approx(m["peak_rss_mb"] - m["rss_before_mb"])
     assert set(r["targets"]) == {"pgd_at_step_over_clean_at_most_10", "torchattacks_over_bench_at_least_1",
-                                 "autoattack_grid_over_single_at_most_3_robust"}
+                                 "autoattack_grid_over_single_at_most_3_robust",
+                                 "autoattack_walk_inside_direct_ci95_at_4/255", "autoattack_walk_inside_direct_ci95_at_6/255"}
     t = r["targets"]
     assert t["pgd_at_step_over_clean_at_most_10"]["holds"] == (t["pgd_at_step_over_clean_at_most_10"]["value"] <= 10)
     assert r["device"].startswith("cpu") and r["data"] == "fashion-mnist (real)" and r["model"] == "cnn"
     assert r["machine_before"]["cpus"] >= 1 and r["config"]["quick"] is True
-    for needle in ("training step", "torchattacks/bench", "single runs", "walk bisect", "inside the direct 95%",
+    for needle in ("training step", "torchattacks/bench", "fp32/bf16", "single runs", "walk bisect", "inside the direct 95%",
                    "memory, evaluation of 32 points", "target autoattack_grid_over_single_at_most_3_robust"):
         assert needle in table, needle
 
@@ -168,6 +244,8 @@ def test_memory_targets_and_machine(perf_run: tuple[dict[str, Any], str]) -> Non
     (["--aa-walks", "sideways"], "--walk must be one of"),
     (["--aa-attacks", "apgd-xx"], "apgd-xx"),
     (["--threads", "0"], "--threads"),
+    (["--epoch-defenses", "pgd-at,nope"], "nope"),
+    (["--epoch-images", "-1"], "--epoch-images"),
     (["--robust", "/nonexistent/ckpt", "--memory-n", "0"], "/nonexistent/ckpt"),
 ])
 def test_bad_input_is_one_line_exit_2(extra: list[str], needle: str, tmp_path: Path,

@@ -36,6 +36,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs of the models trained here (default {d.epochs})")
     p.add_argument("--memory-n", type=int, default=d.memory_n,
                    help=f"points of the memory measurement, 0 to skip it (default {d.memory_n})")
+    p.add_argument("--epoch-images", type=int, default=d.epoch_images,
+                   help="time whole training epochs of this many images (fp32, and bf16 with channels-last), "
+                   "0 to skip (default 0; 50000 for the GPU targets)")
+    p.add_argument("--epoch-defenses", default=",".join(d.epoch_defenses), metavar="LIST",
+                   help=f"defenses of --epoch-images (default {','.join(d.epoch_defenses)})")
+    p.add_argument("--epoch-batch", type=int, default=d.epoch_batch,
+                   help=f"batch of --epoch-images (default {d.epoch_batch})")
     p.add_argument("--aa-attacks", metavar="LIST",
                    help="AutoAttack components to time instead of the standard version, e.g. apgd-ce,apgd-dlr")
     p.add_argument("--aa-walks", default=DEFAULT_WALK, metavar="LIST",
@@ -53,7 +60,9 @@ def config_of(args: argparse.Namespace) -> PerfConfig:
     """The PerfConfig the flags describe (checked)."""
     cfg = PerfConfig(device=args.device, data_dir=args.data_dir, n=args.n, repeats=args.repeats,
                      grid_repeats=args.grid_repeats, batch_size=args.batch_size, train_limit=args.train_limit,
-                     epochs=args.epochs, memory_n=args.memory_n, aa_attacks=args.aa_attacks,
+                     epochs=args.epochs, memory_n=args.memory_n, epoch_images=args.epoch_images,
+                     epoch_defenses=tuple(d.strip() for d in args.epoch_defenses.split(",") if d.strip()),
+                     epoch_batch=args.epoch_batch, aa_attacks=args.aa_attacks,
                      walks=tuple(w.strip() for w in args.aa_walks.split(",") if w.strip()),
                      robust=args.robust, standard=args.standard, quick=args.quick, threads=args.threads)
     check_config(quick_config(cfg) if cfg.quick else cfg)
