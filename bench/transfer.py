@@ -8,12 +8,16 @@ on the first ``min(n, MAX_POINTS)`` test points; each target model is robust on 
 classifies both the clean point and the source's example correctly. The diagonal is the
 white-box PGD of each model on itself.
 
-Stored in the diagnostics table (its layout unchanged): one row per (target, source), check
-:data:`CHECK`, ``run_id`` the target, ``key`` the source's weights fingerprint, ``details`` the
-source run id and fingerprint, eps, the attack and its parameters, the points used, the robust
-count, its 95% interval and the per-point flags. Where the store holds the target's white-box
-evaluation at that eps, each off-diagonal cell also feeds the ``transfer`` diagnostic
-(:func:`bench.diagnostics.check_transfer`, keyed by the source's fingerprint).
+Stored in the diagnostics table (its layout unchanged): one row per (target, source, eps),
+check :data:`CHECK`, ``run_id`` the target, ``key`` the source's weights fingerprint and the eps
+(:func:`cell_key`: recomputing replaces the same rows, matrices at other eps are kept),
+``details`` the source run id and fingerprint, eps, the attack and its parameters, the points
+used, the robust count, its 95% interval and the per-point flags. Where the store holds the
+target's white-box evaluation at that eps, each off-diagonal cell also feeds the ``transfer``
+diagnostic (:func:`bench.diagnostics.check_transfer`, same key). The diagonal repeats the grid
+walk's PGD at that eps: where the store holds that PGD row (same parameters, seed, batch size,
+and eps the grid's largest, where the walk runs it on every point), :func:`diagonal_check`
+says whether they agree.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from bench.evaluate import Target, batch_seed, check_budget, flag_text, predict,
 from bench.params import format_eps
 from bench.report.model import TRANSFER_MATRIX as CHECK
 from bench.results import estimate, worst_case
-from bench.store import DiagnosticRow, Store, eps_key
+from bench.store import DiagnosticRow, ResultRow, Store, canonical, eps_key
 
 MAX_POINTS = 500  # points of each matrix, at most (the first of the evaluated n)
 ATTACK = "pgd"
@@ -84,6 +88,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def cell_key(source_fingerprint: str, eps: float) -> str:
+    """The diagnostics key of a cell (and of the transfer finding it feeds)."""
+    return f"{source_fingerprint}@{eps_key(eps)}"
+
+
 def cell_row(source: Target, target: Target, eps: float, flags: torch.Tensor, seed: int,
              batch_size: int) -> DiagnosticRow:
     """One cell of the matrix as a diagnostics row (never flagged: it is a measurement)."""
@@ -99,7 +108,7 @@ def cell_row(source: Target, target: Target, eps: float, flags: torch.Tensor, se
     summary = (f"PGD at eps {format_eps(eps)} crafted on {source.run_id}: {est.k}/{est.n} robust "
                f"({100 * est.acc:.1f}%, 95% interval {100 * lo:.1f}-{100 * hi:.1f})")
     return DiagnosticRow(target.run_id, target.source.fingerprint, len(target.y), CHECK,
-                         source.source.fingerprint, False, SOURCE, summary, details, "", _now())
+                         cell_key(source.source.fingerprint, eps), False, SOURCE, summary, details, "", _now())
 
 
 def whitebox_flags(store: Store, target: Target, eps: float) -> torch.Tensor | None:
@@ -114,16 +123,20 @@ def whitebox_flags(store: Store, target: Target, eps: float) -> torch.Tensor | N
 
 
 def transfer_row(target: Target, source: Target, x_adv: torch.Tensor, whitebox: torch.Tensor,
-                 eps: float) -> DiagnosticRow:
-    """The ``transfer`` diagnostic of ``target`` fed by the source's examples."""
+                 eps: float, sources: int = 1) -> DiagnosticRow:
+    """The ``transfer`` diagnostic of ``target`` fed by the source's examples. ``sources``: how
+    many other models' examples test this target; each test runs at ``dg.ALPHA / sources``
+    (Bonferroni), so that a checkpoint is flagged by chance with probability at most
+    ``dg.ALPHA`` however many models the matrix has."""
     m = len(x_adv)
-    f = dg.check_transfer(target.model, target.x[:m], target.y[:m], x_adv, whitebox[:m], eps=eps)
+    f = dg.check_transfer(target.model, target.x[:m], target.y[:m], x_adv, whitebox[:m],
+                          alpha=dg.ALPHA / max(1, sources), eps=eps)
     details = dict(f.as_dict()["details"])
     details.update({"source_run_id": source.run_id, "source_fingerprint": source.source.fingerprint,
                     "eps": eps, "points": m, "from": CHECK})
     summary = f"from {source.run_id} (transfer matrix, eps {format_eps(eps)}, {m} points): {f.summary}"
     return DiagnosticRow(target.run_id, target.source.fingerprint, len(target.y), "transfer",
-                         source.source.fingerprint, f.flagged, f.source, summary, details,
+                         cell_key(source.source.fingerprint, eps), f.flagged, f.source, summary, details,
                          f.advice, _now())
 
 
@@ -142,8 +155,35 @@ def matrix(group: Sequence[Target], eps: float, seed: int, batch_size: int,
         for target in group:
             rows.append(cell_row(source, target, eps, robust_flags(target.model, x, y, x_adv), seed, batch_size))
             if target is not source and wb.get(target.run_id) is not None:
-                rows.append(transfer_row(target, source, x_adv, wb[target.run_id], eps))
+                rows.append(transfer_row(target, source, x_adv, wb[target.run_id], eps, len(group) - 1))
     return rows
+
+
+def _repeats(r: ResultRow, cell: DiagnosticRow) -> bool:
+    """Whether stored row ``r`` is the white-box PGD run the diagonal ``cell`` repeats: same
+    weights, parameters, seed and batch size, at the grid's largest eps, walked bisect or down
+    (which attack every clean-correct point there in one run)."""
+    det = cell.details
+    return (r.attack == ATTACK and r.fingerprint == cell.fingerprint and r.walk in ("bisect", "down")
+            and canonical(r.params) == canonical(make_attack(ATTACK).params)
+            and eps_key(r.eps) == eps_key(det["eps"]) == eps_key(max(r.grid))
+            and r.seed == det["seed"] and r.batch_size == det["batch_size"] and r.n >= det["n"])
+
+
+def diagonal_check(store: Store, rows: Sequence[DiagnosticRow]) -> list[str]:
+    """Diagonal cells whose flags differ from the stored white-box PGD row they repeat, one line
+    each; cells without such a row are not compared."""
+    out = []
+    for d in rows:
+        det = d.details
+        if d.check != CHECK or det["source_run_id"] != d.run_id:
+            continue
+        for r in store.results(d.run_id):
+            if _repeats(r, d) and r.flags[: det["n"]] != det["flags"]:
+                out.append(f"{d.run_id}: the matrix's diagonal ({det['robust']}/{det['n']}) differs from "
+                           f"its stored PGD row at eps {format_eps(det['eps'])} "
+                           f"({r.flags[: det['n']].count('1')}/{det['n']})")
+    return out
 
 
 def table(rows: Sequence[DiagnosticRow]) -> str:
@@ -152,9 +192,11 @@ def table(rows: Sequence[DiagnosticRow]) -> str:
     names = list(dict.fromkeys(r.run_id for r in cells))
     acc = {(r.details["source_run_id"], r.run_id): 100 * r.details["robust"] / r.details["n"] for r in cells}
     width = max(len(s) for s in names + [CORNER])
-    lines = [f"{CORNER:<{width}}" + "".join(f"{s[-12:]:>14}" for s in names)]
+    cols = [max(len(s), 6) + 2 for s in names]
+    lines = [f"{CORNER:<{width}}" + "".join(f"{s:>{w}}" for s, w in zip(names, cols))]
     for src in names:
-        lines.append(f"{src:<{width}}" + "".join(f"{acc.get((src, t), float('nan')):>14.1f}" for t in names))
+        lines.append(f"{src:<{width}}" + "".join(f"{acc.get((src, t), float('nan')):>{w}.1f}"
+                                                 for t, w in zip(names, cols)))
     return "\n".join(lines)
 
 
@@ -171,6 +213,8 @@ def write_matrix(db: Any, targets: Sequence[Target], eps: float, seed: int, batc
             started = time.perf_counter()
             rows = matrix(group, eps, seed, batch_size, store)
             store.write_diagnostics(rows)
+            for line in diagonal_check(store, rows):
+                print(f"bench: warning: transfer matrix: {line}", file=sys.stderr)
             every += rows
             if out is not None:
                 print(f"transfer matrix, {name}: PGD at eps {format_eps(eps)}, first "
@@ -179,4 +223,5 @@ def write_matrix(db: Any, targets: Sequence[Target], eps: float, seed: int, batc
     return every
 
 
-__all__ = ["CHECK", "MAX_POINTS", "check_request", "craft", "matrix", "points", "write_matrix"]
+__all__ = ["CHECK", "MAX_POINTS", "cell_key", "check_request", "craft", "diagonal_check", "matrix", "points",
+           "write_matrix"]

@@ -1,5 +1,7 @@
 """``bench quick``: the quick benchmark. Trains every defense briefly on Fashion-MNIST, evaluates
-each checkpoint with FGSM, PGD and the official AutoAttack, writes reports/.
+each checkpoint with FGSM, PGD and the official AutoAttack, computes the transfer matrix at the
+ranking eps (PGD crafted on each checkpoint, evaluated on every other, on the first min(n, 500)
+points), writes reports/ with index.html and its pictures.
 
 Sized for 2 CPU cores and to say something: adversarial defenses train at Fashion-MNIST's
 conventional budget (eps 0.1), every checkpoint is evaluated over the card's grid 0..8/255 and at
@@ -20,11 +22,12 @@ from typing import TYPE_CHECKING
 from bench import paths
 from bench.defenses import DEFENSES, build_defense
 from bench.errors import UsageError
-from bench.evaluate import Settings, check_settings, prepare_target
+from bench.evaluate import Settings, Target, check_settings, prepare_target
 from bench.params import INT_MAX, parse_eps, parse_eps_grid
 from bench.store import check_store
 
 if TYPE_CHECKING:
+    from bench.report import ReportFiles
     from bench.train import TrainConfig
 
 QUICK_PREFIX = "quick-"
@@ -164,7 +167,6 @@ def run(args: argparse.Namespace) -> int:
     """Validate, train, evaluate, report; prints the leaderboard's path last."""
     from bench.commands.eval import evaluate_all
     from bench.io import pick_device
-    from bench.report import write_report
 
     p = plan(args)
     device = pick_device(args.device)
@@ -181,8 +183,30 @@ def run(args: argparse.Namespace) -> int:
         status = evaluate_all(targets, settings, device, p.db)
         if status:
             return status
-    print(f"quick: evaluated in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    files = write_report(p.db, p.out)
+    evaluated = time.perf_counter() - t0
+    print(f"quick: evaluated in {evaluated:.1f} s", file=sys.stderr)
+    files = visual_report(p, targets, args, evaluated, started)
     print(f"quick: total {time.perf_counter() - started:.1f} s", file=sys.stderr)
     print(files.leaderboard)
     return 0
+
+
+def visual_report(p: Plan, targets: list[Target], args: argparse.Namespace, evaluated: float,
+                  started: float) -> "ReportFiles":
+    """The transfer matrix at the ranking eps (stored), then the report with its pictures;
+    prints what each cost: the matrix beside the evaluation, the pictures beside the rest of
+    the quick run (training, evaluation, matrix and report without them)."""
+    from bench.report import write_report
+    from bench.transfer import MAX_POINTS, write_matrix
+
+    t0 = time.perf_counter()
+    if len(targets) >= 2:
+        write_matrix(p.db, targets, p.ranking.eps_grid[0], p.grid.seed, p.grid.batch_size)
+    matrix = time.perf_counter() - t0
+    files = write_report(p.db, p.out, data_dir=paths.data_dir(args.data_dir))
+    pictures = files.image_seconds
+    rest = time.perf_counter() - started - pictures
+    print(f"quick: transfer matrix ({min(args.n, MAX_POINTS)} points, at most {MAX_POINTS}) {matrix:.1f} s "
+          f"= {100 * matrix / max(evaluated, 1e-9):.1f}% of the evaluation; pictures {pictures:.1f} s "
+          f"= {100 * pictures / max(rest, 1e-9):.1f}% of the rest of quick ({rest:.1f} s)", file=sys.stderr)
+    return files

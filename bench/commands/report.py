@@ -1,4 +1,5 @@
-"""``bench report [--db PATH] [--out DIR]``: leaderboard, curves, plots and JSON from the store."""
+"""``bench report [--db PATH] [--out DIR]``: leaderboard, curves, plots, JSON and index.html from
+the store (and pictures from the checkpoints it records)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,21 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bench.paths import default_db, reports_dir
+from bench.paths import default_db, reports_dir, resolve
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``bench report``."""
     p = subparsers.add_parser(
         "report",
-        help="write leaderboard.md, plots and RobustBench-style JSON from the results store",
-        description="Render the results store (and nothing else) into --out: leaderboard.md, "
-        "plot-<dataset>-<attack>.png, json/<run_id>.json, results.csv and results.json. "
-        "The same store always gives the same leaderboard and JSON.",
+        help="write leaderboard.md, index.html, plots and RobustBench-style JSON from the results store",
+        description="Render the results store into --out: leaderboard.md, index.html (one "
+        "self-contained page), plot-<dataset>-<attack>.png, tradeoff-<dataset>.png, "
+        "transfer-<dataset>-<eps>.png, json/<run_id>.json, results.csv and results.json; every "
+        "number comes from the store, and the same store always gives the same leaderboard and "
+        "JSON. Also gradients-<dataset>.png and adversarial-<dataset>-<run_id>.png, pictures "
+        "computed from the checkpoints the store records (cached by weights fingerprint under "
+        "--out/cache/), unless --no-images.",
     )
     p.add_argument("--db", type=Path, default=None,
                    help=f"results store (default: {default_db()})")
@@ -28,6 +33,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--rank-eps", default=None, metavar="EPS",
                    help="the eps of the ranked table (default: the largest eps with standard "
                    "AutoAttack, per data set), e.g. 8/255")
+    p.add_argument("--no-images", action="store_true",
+                   help="no pictures from the checkpoints (input gradients, adversarial examples)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="where the pictures' test images are (default: each checkpoint's own data "
+                   "directory, else $BENCH_DATA_DIR or <home>/data)")
     p.set_defaults(func=run)
     return p
 
@@ -50,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
 
     check_rank_by(args.rank_by)
     rank_eps = parse_eps(args.rank_eps, "--rank-eps") if args.rank_eps is not None else None
-    files = write_report(args.db or default_db(), args.out or reports_dir(), args.rank_by, rank_eps)
-    print(f"{len(files.plots)} plots, {len(files.json)} JSON files, results.csv and results.json in {files.out}")
+    data_dir = resolve(args.data_dir, "--data-dir") if args.data_dir else None
+    files = write_report(args.db or default_db(), args.out or reports_dir(), args.rank_by, rank_eps,
+                         images=not args.no_images, data_dir=data_dir)
+    print(f"{len(files.plots)} figures, {len(files.json)} JSON files, results.csv, results.json and "
+          f"{files.index.name} in {files.out}")
     print(files.leaderboard)
     return 0

@@ -7,7 +7,7 @@ import json
 from typing import Iterable
 
 from bench.params import format_eps
-from bench.report import robustbench
+from bench.report import heatmap, robustbench
 from bench.report.model import (AUTOATTACK, WORST, Entry, Model, Ranked, Variant, entries, rank)
 from bench.report.text import (DASH, aa_attack_list, ci, ci_many, format_seconds, joined, table,
                                variant_labels)
@@ -125,8 +125,9 @@ def _row(r: Ranked, columns: list[Variant], key: int) -> list[str]:
                format_seconds(m.run.train_seconds)])
 
 
-def dataset_section(name: str, key: int, models: list[Model], rank_by: str) -> list[str]:
-    """The ranked table of one data set, its notes and legend."""
+def dataset_section(name: str, key: int, models: list[Model], rank_by: str,
+                    matrices: Iterable[heatmap.Matrix] = ()) -> list[str]:
+    """The ranked table of one data set, its notes and legend, the transfer matrices."""
     eps = format_eps(key / 1e9)
     variants = {v for m in models for v in m.curves}
     labels = variant_labels(variants)
@@ -142,6 +143,9 @@ def dataset_section(name: str, key: int, models: list[Model], rank_by: str) -> l
     lines += ["", "Rows whose intervals overlap are not separated: their order may be chance. "
               "The attack gap is FGSM accuracy minus worst-case accuracy, in points."]
     lines += _legend({f for r in ranked for f in r.entry.flags})
+    for mx in matrices:
+        lines += ["", "Transfer matrix (`bench eval --transfer-matrix`), accuracy in % (95% interval):", ""]
+        lines += heatmap.markdown(mx)
     lines += published_section(models, key)
     lines += [""] + worst_by_eps(models)
     return lines + [""]
@@ -225,11 +229,12 @@ def _curve_table(name: str, m: Model, labels: dict[Variant, str]) -> list[str]:
     return lines + [""]
 
 
-def render(sets: dict[str, tuple[int, list[Model]]], rank_by: str = "worst-case") -> str:
+def render(sets: dict[str, tuple[int, list[Model]]], rank_by: str = "worst-case",
+           matrices: dict[str, list[heatmap.Matrix]] | None = None) -> str:
     """The whole ``leaderboard.md``."""
     lines = header(sets, rank_by) + [""]
     for name, (key, models) in sets.items():
-        lines += dataset_section(name, key, models, rank_by)
+        lines += dataset_section(name, key, models, rank_by, (matrices or {}).get(name, []))
     lines += curves_section(sets)
     while lines and lines[-1] == "":
         lines.pop()

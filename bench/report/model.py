@@ -26,6 +26,8 @@ AUTOATTACK = "autoattack"
 RANK_BY = ("worst-case", "autoattack", "clean")  # or any attack name
 #: Config keys that do not change what a checkpoint is (seeds are grouped over the rest).
 NOT_IDENTITY = ("seed", "run_id", "data_dir", "download", "device", "out_dir", "resume")
+#: Diagnostics rows of :mod:`bench.transfer`'s matrix: measurements, not findings.
+TRANSFER_MATRIX = "transfer-matrix"
 
 
 @dataclass(frozen=True, order=True)
@@ -173,12 +175,25 @@ def rank_eps_key(rows: Iterable[ResultRow]) -> int | None:
     return max(aa) if aa else (max(every) if every else None)
 
 
+def _findings(store: Store, runs: dict[str, RunRow]) -> dict[str, list[DiagnosticRow]]:
+    """Findings by run id: the transfer matrix's cells left out, and transfer findings fed by
+    examples of weights no longer in the store dropped."""
+    current = {r.fingerprint for r in runs.values()}
+    out: dict[str, list[DiagnosticRow]] = {}
+    for d in store.diagnostics():
+        if d.check == TRANSFER_MATRIX:
+            continue
+        source = d.details.get("source_fingerprint") if d.check == "transfer" else None
+        if source is not None and source not in current:
+            continue
+        out.setdefault(d.run_id, []).append(d)
+    return out
+
+
 def load(store: Store, rank_eps: float | None = None) -> dict[str, tuple[int, list[Model]]]:
     """Data set -> (ranking eps key, models), data sets sorted by name."""
     runs = {r.run_id: r for r in store.runs()}
-    findings: dict[str, list[DiagnosticRow]] = {}
-    for d in store.diagnostics():
-        findings.setdefault(d.run_id, []).append(d)
+    findings = _findings(store, runs)
     by_run: dict[str, list[ResultRow]] = {}
     for row in store.results():
         by_run.setdefault(row.run_id, []).append(row)
