@@ -9,6 +9,6 @@ def command_modules() -> list[ModuleType]:
     """The commands in the order ``bench --help`` lists them (imported on first use)."""
     from bench.commands import eval as eval_cmd
     from bench.commands import list as list_cmd
-    from bench.commands import perf, quick, report, train
+    from bench.commands import perf, quick, report, sweep, train
 
-    return [train, eval_cmd, report, quick, perf, list_cmd]
+    return [train, eval_cmd, report, quick, sweep, perf, list_cmd]
