@@ -48,9 +48,11 @@ class World:
 
     def command(self, db: Path) -> list[str]:
         """The evaluation that is killed: FGSM, then PGD with many steps on batches of 4, over
-        four eps steps."""
+        four eps steps, walked upwards: every step attacks every still-robust point, so each step
+        has many batches for a kill to land in (the default bisect walk's last steps attack a few
+        points and end too fast to be hit reliably; its resume is tested in tests/test_walk.py)."""
         return [sys.executable, "-m", "bench", "eval", "--checkpoint", str(self.checkpoint),
-                "--attack", "fgsm,pgd", "--set", f"pgd.steps={self.steps}", "--eps", "0:8/255:2/255",
+                "--attack", "fgsm,pgd", "--set", f"pgd.steps={self.steps}", "--eps", "0:8/255:2/255", "--walk", "up",
                 "--n", str(N_TEST), "--batch-size", "4", "--db", str(db), "--no-progress",
                 "--device", "cpu", "--no-download"]
 

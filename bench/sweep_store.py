@@ -1,0 +1,133 @@
+"""The driver's side of a sweep's evaluations: what the store already holds, and the shards'
+flags written into it. Only the driver writes the store (no Ray here).
+
+Each shard's flags are kept as soon as they arrive, batch by batch, in the store's ``batches``
+table under the same step keys ``bench eval`` uses (:class:`bench.evaluate.StoreRecorder`), so a
+killed driver loses no finished shard; when every shard of an evaluation is in, each (attack,
+eps) step becomes its result row, as ``bench eval`` writes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from bench import audit
+from bench.evaluate import GridResult, Settings, StoreRecorder, Target, text_flags
+from bench.io import library_versions
+from bench.store import DiagnosticRow, Store
+from bench.sweep import EvalJob
+from bench.sweep_work import ShardResult
+
+#: The checks every evaluation runs before its attacks (see :func:`bench.audit.cheap`).
+CHEAP_CHECKS = ("randomized", "probabilities", "gradients")
+
+
+def stored_findings(store: Store, run_id: str, fingerprint: str, n: int) -> list[DiagnosticRow] | None:
+    """The cheap checks' findings stored for these weights and n, or None if any is missing."""
+    rows = [d for d in store.diagnostics(run_id)
+            if d.n == n and d.fingerprint == fingerprint and d.check in CHEAP_CHECKS]
+    return rows if {d.check for d in rows} == set(CHEAP_CHECKS) else None
+
+
+@dataclass
+class EvalBook:
+    """One evaluation job's state in the store: which steps and batches are in, and the writes.
+
+    The driver holds no images: the recorders read only the source (run id, fingerprint) and
+    n from the target, so its images are left empty."""
+
+    store: Store
+    job: EvalJob
+    source: Any  # bench.sources.Source of the driver's copy of the checkpoint
+    attacks: list[Any]
+    devices: list[str] = field(default_factory=list)
+    warnings: list[tuple[str, float, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        spec = self.job.spec
+        self.target = Target(self.source, torch.empty(0), torch.zeros(spec.n, dtype=torch.long), 0)
+        self.settings = Settings(list(self.attacks), list(spec.eps), spec.batch_size, spec.seed, progress=False)
+
+    def recorder(self, i: int, clean_acc: float = 0.0) -> StoreRecorder:
+        """The store recorder of attack ``i`` (as ``bench eval`` would make it)."""
+        device = ", ".join(sorted(set(self.devices))) or "ray workers"
+        return StoreRecorder(self.store, self.target, self.attacks[i], self.settings, clean_acc, device,
+                             library_versions())
+
+    def done(self) -> bool:
+        """Every (attack, eps) row is stored for these weights and settings."""
+        return all(self.recorder(i).done(e) is not None for i in range(len(self.attacks)) for e in self.settings.eps_grid)
+
+    def pending(self) -> list[tuple[int, int, list[int]]]:
+        """The shards still to run: ``(k0, k1, attacks)`` whose batches are not all stored."""
+        out = []
+        for k0, k1 in self.job.spec.shard_ranges():
+            which = [i for i in range(len(self.attacks)) if self._missing(i, k0, k1)]
+            if which:
+                out.append((k0, k1, which))
+        return out
+
+    def _missing(self, i: int, k0: int, k1: int) -> bool:
+        """Some eps of attack ``i`` has neither its row nor batches k0..k1-1 stored."""
+        rec = self.recorder(i)
+        for eps in self.settings.eps_grid:
+            if rec.done(eps) is None and not set(range(k0, k1)) <= set(rec.batches(eps)):
+                return True
+        return False
+
+    def write_shard(self, r: ShardResult) -> None:
+        """Keep a shard's flags as batches (eps 0: the clean flags), except for finished steps."""
+        self.devices.append(r.device)
+        self.warnings.extend(r.warnings)
+        for i, steps in r.steps.items():
+            rec = self.recorder(i)
+            for eps in self.settings.eps_grid:
+                if rec.done(eps) is not None:
+                    continue
+                got = {k: (f, 0.0) for k, f in r.clean.items()} if eps == 0 else steps[eps]
+                for k, (flags, seconds) in sorted(got.items()):
+                    rec.batch(eps, k, text_flags(flags), seconds)
+
+    def _flags(self, rec: StoreRecorder, eps: float) -> torch.Tensor:
+        """A step's flags: its row if stored, else its batches put together in order."""
+        stored = rec.done(eps)
+        if stored is not None:
+            return stored
+        kept = rec.batches(eps)
+        missing = [k for k in range(self.job.spec.batches()) if k not in kept]
+        if missing:
+            raise RuntimeError(f"{self.job.describe()}: batches {missing} of eps {eps:.6g} are missing")
+        return torch.cat([kept[k] for k in sorted(kept)])
+
+    def finish(self) -> list[GridResult]:
+        """Each step's result row (eps ascending, as ``bench eval`` writes them); the walks."""
+        clean = self._flags(self.recorder(0), 0.0)  # every sweep grid holds eps 0
+        clean_acc = int(clean.sum()) / len(clean)
+        results = []
+        for i, attack in enumerate(self.attacks):
+            rec = self.recorder(i, clean_acc)
+            flags = []
+            for eps in self.settings.eps_grid:
+                f = self._flags(rec, eps)
+                if rec.done(eps) is None:
+                    rec.finish(eps, f, 0.0)
+                flags.append(f)
+            results.append(GridResult(attack, list(self.settings.eps_grid), flags, [0.0] * len(flags)))
+        return results
+
+    def write_findings(self, findings: Sequence[Any]) -> None:
+        """Findings of this model at this n, as ``bench eval`` stores them."""
+        if findings:
+            src = self.source
+            self.store.write_diagnostics(audit.rows(src.run_id, src.fingerprint, self.job.spec.n, findings))
+
+    def write_after(self, results: Sequence[GridResult]) -> None:
+        """The comparisons between the attacks that ran, and AutoAttack's own warnings."""
+        from bench.evaluate import aa_warning_rows
+
+        self.write_findings(audit.compare(results))
+        if self.warnings:
+            self.store.write_diagnostics(aa_warning_rows(self.target, list(dict.fromkeys(self.warnings))))
