@@ -7,6 +7,9 @@ points, and what the evaluation does about them.
   does), and the table says so.
 * Always (free, after the attacks, on the per-point flags): every comparison between attacks
   that ran anyway: Square against the white-box attacks, each iterative attack against FGSM.
+* Always after a ``down`` or ``bisect`` walk (cheap: bench's PGD at one eps on at most 200
+  points): the points every attack left robust at the largest eps, counted robust below it by
+  inference, attacked directly at the grid's middle eps (:func:`inference`).
 * With ``--diagnose`` (costly, on at most 100 points): a very large budget, the PGD loss trace,
   and transfer from another model (``--transfer-from``).
 
@@ -98,6 +101,36 @@ def compare(results: Sequence[Any]) -> list[dg.Finding]:
         if found:
             out.append(min(found, key=lambda f: (not f.flagged, f.details.get("p_value", 1.0))))
     return out
+
+
+def middle_eps(eps: Sequence[float]) -> int | None:
+    """The grid index where :func:`inference` checks: the middle of the attacked eps (> 0),
+    rounded down (4/255 on 0..8/255); None with fewer than two attacked eps."""
+    attacked = [j for j, e in enumerate(eps) if e > 0]
+    return attacked[(len(attacked) - 1) // 2] if len(attacked) >= 2 else None
+
+
+def inference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, results: Sequence[Any],
+              seed: int) -> list[dg.Finding]:
+    """:func:`bench.diagnostics.check_inference` for the walks that infer (down, bisect): the
+    first 200 points robust at the largest eps under every attack, attacked by bench's PGD
+    (default parameters, per-point seeds as in the walk) at the grid's middle eps."""
+    walking = [r for r in results if getattr(r, "walk", "up") != "up"]
+    j = middle_eps(walking[0].eps) if walking else None
+    if j is None:
+        return []
+    top = torch.stack([r.flags[-1] for r in walking]).all(dim=0)  # robust at the largest eps, every attack
+    idx = top.nonzero().flatten()[:dg.CHEAP_MAX_POINTS]
+    eps = walking[0].eps[j]
+    if len(idx) == 0:  # nothing robust at the largest eps: nothing was inferred
+        return []
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else torch.device("cpu")
+    x_adv = make_attack("pgd").run(model, x[idx], y[idx], eps, seed, index=idx)
+    model.eval()  # whatever the attack did to the mode
+    with torch.no_grad():
+        direct = (model(x_adv.to(device)).argmax(dim=1) == y[idx].to(device)).cpu()
+    return [dg.check_inference(eps, walking[0].eps[-1], direct)]
 
 
 @dataclass

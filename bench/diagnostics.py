@@ -42,6 +42,7 @@ CHECKS = (
     "large-budget",
     "loss-trace",
     "transfer",
+    "walk-inference",
 )
 
 SOURCES: dict[str, str] = {
@@ -68,6 +69,10 @@ SOURCES: dict[str, str] = {
         "Carlini et al. 2019, On Evaluating Adversarial Robustness (transfer attacks must not "
         "beat white-box ones); cf. IoAF, Pintor et al. 2022 (transfer failure)"
     ),
+    "walk-inference": (
+        "Carlini et al. 2019, On Evaluating Adversarial Robustness (attack success must increase "
+        "with the distortion bound)"
+    ),
 }
 
 # Thresholds (module constants so that the README and the tests can quote them).
@@ -82,6 +87,7 @@ TRACE_WINDOW = 10  # IoAF: the last 10 iterations
 TRACE_TOL = 0.05  # IoAF: a rise of more than 5% of the loss's range in that window
 TRACE_SHARE = 0.10  # flag when more than 10% of the assessed points are incomplete
 COSTLY_MAX_POINTS = 100
+INFERENCE_SHARE = 0.01  # flag when more than 1% of the inferred robust flags checked are refuted
 CHEAP_MAX_POINTS = 200
 
 
@@ -449,6 +455,30 @@ def check_transfer(
               "masking): use adaptive attacks (BPDA, EOT, margin loss) and report the worst case "
               "including transfer.") if flagged else "None needed."
     return _finding("transfer", flagged, summary, details, advice)
+
+
+def check_inference(inferred_eps: float, measured_eps: float, direct: torch.Tensor,
+                    share: float = INFERENCE_SHARE) -> Finding:
+    """The grid walks ``down`` and ``bisect`` count a point robust at a smaller eps because the
+    attacks left it robust at a larger one; that inference holds only if attack success grows
+    with the budget (Carlini et al. 2019). ``direct``: robust flags, after a direct attack at
+    ``inferred_eps``, of points that every attack left robust at ``measured_eps`` (so counted
+    robust at ``inferred_eps`` without being attacked there). Each point broken is a proof that
+    its inferred flag is wrong (and that the attacks at ``measured_eps`` missed it: the balls
+    are nested). Flagged when more than ``share`` of the checked points are broken."""
+    direct = _as_flags(direct, "direct")
+    m, broken = len(direct), int((~direct).sum())
+    flagged = m > 0 and broken / m > share
+    summary = (f"{broken} of {m} points counted robust at eps {inferred_eps:.4g} (inferred from eps "
+               f"{measured_eps:.4g}) are broken by PGD run there directly ({_pct(broken / m if m else 0.0)}; "
+               f"flag above {_pct(share)})")
+    details = {"inferred_eps": inferred_eps, "measured_eps": measured_eps, "checked": m, "broken": broken,
+               "share_limit": share}
+    advice = ("The attacks are not monotone in eps on this model (gradient masking, or a step size "
+              "that suits one budget only): the inferred robust flags overstate robustness at the "
+              "smaller eps, and the attacks missed these points at the larger one. Rerun with "
+              "--walk up (every eps measured) and stronger or adaptive attacks.") if flagged else "None needed."
+    return _finding("walk-inference", flagged, summary, details, advice)
 
 
 # ------------------------------------------------------------------------ costly checks

@@ -141,6 +141,27 @@ class Shattered(Wrapped):
         return self.base(x + 0.004 * torch.sin(2000.0 * x))
 
 
+class LargeBudgetTrap(Wrapped):
+    """Robust only to large perturbations: it knows the test points, and an input farther than
+    ``limit`` (L-infinity) from the nearest of them gets that point's label (a lookup, no
+    gradient); anything closer goes to the honest CNN. Small budgets break it, large ones seem
+    not to: attack success falls as eps grows, which a walk that infers small-eps flags from a
+    large eps would miss (bench.diagnostics.check_inference)."""
+
+    def __init__(self, base: nn.Module, x: torch.Tensor, y: torch.Tensor, limit: float) -> None:
+        super().__init__(base)
+        self.register_buffer("points", x.clone())
+        self.register_buffer("labels", y.clone())
+        self.limit = limit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dist = (x[:, None] - self.points[None]).abs().flatten(2).amax(dim=2)  # [batch, points]
+        near, which = dist.min(dim=1)
+        far = near > self.limit
+        looked_up = 100.0 * torch.nn.functional.one_hot(self.labels[which], 10).float()
+        return torch.where(far[:, None], looked_up, self.base(x))
+
+
 # ---------------------------------------------------------------------------- catalogue
 
 
@@ -158,7 +179,8 @@ def planted() -> list[Planted]:
     at eps 0.02 with the loss trace, Square (300 queries), transfer from another honest CNN."""
     base = honest(0)
     blind = frozenset({"gradients", "large-budget", "square-vs-whitebox", "transfer"})
-    noisy = frozenset({"loss-trace", "iterative-vs-single-step", "square-vs-whitebox", "transfer"})
+    # randomness makes attack outcomes non-monotone in eps too (walk-inference)
+    noisy = frozenset({"loss-trace", "iterative-vs-single-step", "square-vs-whitebox", "transfer", "walk-inference"})
     return [
         # zero gradients everywhere: PGD never moves, Square and transfer break ~40% more
         Planted("quantize", Quantize(base).eval(), blind),
@@ -173,7 +195,10 @@ def planted() -> list[Planted]:
         # gradients exist but point nowhere: only comparisons with gradient-free attacks catch
         # it (an eps-1 random walk still breaks ~96%, so large-budget may or may not fire)
         Planted("shattered", Shattered(base).eval(), frozenset({"square-vs-whitebox", "transfer"}),
-                frozenset({"large-budget", "loss-trace", "iterative-vs-single-step"})),
+                frozenset({"large-budget", "loss-trace", "iterative-vs-single-step", "walk-inference"})),
+        # a walk down from eps = 0.02 would count it robust at 0.01, where PGD breaks it
+        Planted("large-budget-trap", LargeBudgetTrap(base, *test_points(), limit=0.015).eval(),
+                frozenset({"walk-inference"}), blind | noisy | frozenset({"large-budget"})),
     ]
 
 

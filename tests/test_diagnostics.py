@@ -77,7 +77,16 @@ def findings(name: str) -> dict[str, D.Finding]:
     out["square-vs-whitebox"] = D.compare_attacks("square-vs-whitebox", "square", square, "white-box", whitebox)
     out["loss-trace"] = D.check_loss_trace(losses, robust=pgd)
     out["transfer"] = D.check_transfer(model, x, y, _transfer_examples(), whitebox, eps=EPS)
+    out["walk-inference"] = _inference(model, x, y, whitebox)
     return out
+
+
+def _inference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, robust: torch.Tensor) -> D.Finding:
+    """As bench.audit.inference on a walk down from EPS: the points robust at EPS, attacked by
+    PGD directly at EPS / 2."""
+    idx = robust.nonzero().flatten()
+    x_half = _pgd(model, x[idx], y[idx], EPS / 2, 2.5 * EPS / 2 / STEPS)[0]
+    return D.check_inference(EPS / 2, EPS, _robust(model, x[idx], y[idx], x_half))
 
 
 PLANTED = [p.name for p in P.planted()]

@@ -279,3 +279,36 @@ def test_the_command_line_records_the_walk(problem: tuple[nn.Module, torch.Tenso
         assert "bisect" in store.csv_text() and '"walk": "bisect"' in store.json_text()
     with pytest.raises(UsageError, match="--walk"):
         evaluate_target(_target(model, x, y), Settings([make_attack("fgsm")], GRID, walk="around"))
+
+
+# --------------------------------------------------------- a model that defeats the inference
+
+
+def test_a_model_robust_only_to_large_budgets_is_flagged_by_the_bisect_walk(
+        problem: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
+    """planted.LargeBudgetTrap answers every input farther than 6/255 from a test point with that
+    point's label: PGD at 8/255 (random start) never breaks it, PGD at 4/255 does. The bisect
+    walk counts those points robust at 4/255 by inference; the walk-inference check attacks them
+    there directly, flags the evaluation, and the up walk (every eps measured) shows the drop."""
+    import planted as P
+
+    base, x, y = problem
+    trap = P.LargeBudgetTrap(base, x, y, limit=6 / 255).eval()
+    s = Settings([make_attack("pgd")], GRID, 16, 0, progress=False)
+    bisect = evaluate_target(_target(trap, x, y), s)
+    up = evaluate_target(_target(trap, x, y), replace(s, walk="up"))
+    found = {f.check: f for f in bisect.findings}
+    assert found["walk-inference"].flagged and bisect.unreliable
+    assert found["walk-inference"].details["inferred_eps"] == GRID[4]
+    assert "walk-inference" not in {f.check for f in up.findings}  # nothing inferred
+    bi, upr = bisect.results[0], up.results[0]
+    assert torch.equal(bi.flags[-1], bi.flags[0])  # bisect: robust at 8/255, so at every eps
+    assert int(upr.flags[4].sum()) < int(bi.flags[4].sum())  # measured at 4/255: broken
+
+
+def test_an_honest_model_passes_the_walk_inference_check(problem: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
+    """On 0..4/255 (robust points at 4/255 exist): checked at 2/255, nothing refuted."""
+    model, x, y = problem
+    ev = evaluate_target(_target(model, x, y), Settings([make_attack("pgd")], GRID[:5], 16, 0, progress=False))
+    f = {f.check: f for f in ev.findings}["walk-inference"]
+    assert f.details["checked"] > 0 and f.details["inferred_eps"] == GRID[2] and not f.flagged

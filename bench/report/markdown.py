@@ -37,6 +37,10 @@ FLAG_LEGEND: dict[str, tuple[str, str]] = {
     "transfer": ("examples crafted on another model break points the white-box attacks left "
                  "standing (Pintor et al. 2022, transfer failure)",
                  "the white-box attacks fail on this model: adaptive attack"),
+    "walk-inference": ("points counted robust at a smaller eps because the attacks left them robust "
+                       "at the largest one are broken by PGD run there directly: attack success does "
+                       "not grow with eps (Carlini et al. 2019)",
+                       "rerun with `bench eval --walk up` (every eps measured) and adaptive attacks"),
     "autoattack-checks": ("a warning of AutoAttack's own checks.py during the evaluation",
                           "read AutoAttack's flags_doc.md for the message"),
     "catastrophic-overfitting": ("single-step adversarial training collapsed: held-out PGD "
