@@ -111,10 +111,11 @@ def middle_eps(eps: Sequence[float]) -> int | None:
 
 
 def inference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, results: Sequence[Any],
-              seed: int) -> list[dg.Finding]:
+              seed: int, attack: Attack | None = None) -> list[dg.Finding]:
     """:func:`bench.diagnostics.check_inference` for the walks that infer (down, bisect): the
     first 200 points robust at the largest eps under every attack, attacked by bench's PGD
-    (default parameters, per-point seeds as in the walk) at the grid's middle eps."""
+    (default parameters, per-point seeds as in the walk; ``attack`` instead where gradients are
+    unavailable) at the grid's middle eps."""
     walking = [r for r in results if getattr(r, "walk", "up") != "up"]
     j = middle_eps(walking[0].eps) if walking else None
     if j is None:
@@ -126,7 +127,7 @@ def inference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, results: Seque
         return []
     p = next(model.parameters(), None)
     device = p.device if p is not None else torch.device("cpu")
-    x_adv = make_attack("pgd").run(model, x[idx], y[idx], eps, seed, index=idx)
+    x_adv = (attack or make_attack("pgd")).run(model, x[idx], y[idx], eps, seed, index=idx)
     model.eval()  # whatever the attack did to the mode
     with torch.no_grad():
         direct = (model(x_adv.to(device)).argmax(dim=1) == y[idx].to(device)).cpu()

@@ -702,7 +702,8 @@ def _save_findings(store: Store | None, target: Target, findings: Sequence[Any])
 
 def _audit_after(target: Target, s: Settings, ev: "Evaluation") -> list[Any]:
     """The comparison checks, and the costly ones with ``diagnose``."""
-    found = audit.compare(ev.results) + audit.inference(target.model, target.x, target.y, ev.results, s.seed)
+    no_grad = ev.results[0].attack if ev.results and audit.graph_cut(ev.findings) else None  # Square alone
+    found = audit.compare(ev.results) + audit.inference(target.model, target.x, target.y, ev.results, s.seed, no_grad)
     if s.diagnose and ev.worst:
         top = ev.worst[-1]
         transfer = s.transfer_from.to(_device_of(target.model)).eval() if s.transfer_from is not None else None

@@ -17,7 +17,7 @@ from bench.audit import adapt_for_randomized, classify_aa_warning
 from bench.evaluate import Settings, Target, evaluate_target
 from bench.weights import fingerprint_model
 
-EPS = [0.0, 0.02]
+EPS = [0.0, 0.01, 0.02]  # two attacked eps: the walk infers at 0.01 (walk-inference)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -57,7 +57,7 @@ def test_no_honest_model_is_flagged(name: str) -> None:
     assert not ev.unreliable, [f.summary for f in ev.findings if f.flagged]
     assert {f.check for f in ev.findings} >= {"randomized", "probabilities", "gradients",
                                               "iterative-vs-single-step", "square-vs-whitebox",
-                                              "large-budget", "loss-trace", "transfer"}
+                                              "large-budget", "loss-trace", "transfer", "walk-inference"}
 
 
 def test_randomized_model_gets_rand_and_eot() -> None:
