@@ -285,11 +285,15 @@ def _bf16_side(setup: Setup, x: torch.Tensor, y: torch.Tensor) -> tuple[Callable
 
 
 def _torchattacks_side(setup: Setup, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    """The PGD-AT step written with torchattacks: PGD-10 at 8/255, step 2/255, random start."""
+    """The PGD-AT step written with torchattacks: PGD-10 at 8/255, step 2/255, random start,
+    the model left in training mode during the attack, as bench's PGD-AT and the reference
+    implementations do (torchattacks' default switches it to eval mode: other work, cheaper
+    batch norm, another result)."""
     import torchattacks
 
     model = fresh_model(setup)
     opt, atk = _sgd(model), torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True)
+    atk.set_model_training_mode(model_training=True, batchnorm_training=True, dropout_training=True)
 
     def step() -> None:
         x_adv = atk(x, y)

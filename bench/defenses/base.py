@@ -44,16 +44,15 @@ class Defense:
         self._adv_correct, self._adv_seen = 0, 0
 
     def record_adversarial(self, logits_adv: torch.Tensor, y: torch.Tensor) -> None:
-        """Count the adversarial training inputs the model still gets right."""
-        self._adv_correct = getattr(self, "_adv_correct", 0) + int(
-            (logits_adv.detach().argmax(1) == y).sum()
-        )
+        """Count the adversarial training inputs the model still gets right. The count stays a
+        tensor on the device (no wait for the device per step); it is read once an epoch."""
+        self._adv_correct = getattr(self, "_adv_correct", 0) + (logits_adv.detach().argmax(1) == y).sum()
         self._adv_seen = getattr(self, "_adv_seen", 0) + int(y.numel())
 
     def robust_accuracy(self) -> float | None:
         """Fraction of this epoch's adversarial training inputs classified right, or None."""
         seen = getattr(self, "_adv_seen", 0)
-        return getattr(self, "_adv_correct", 0) / seen if seen else None
+        return int(getattr(self, "_adv_correct", 0)) / seen if seen else None
 
 
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
