@@ -8,7 +8,8 @@ side's figure the median of its repeats, so that a change of machine load hits b
   (PGD-AT: steps + 1; TRADES: steps + 2; FGSM-AT: 3; FGSM-RS: 2). Images/s = batch / step time.
 * **bench against torchattacks**: bench's PGD-AT step against the loop a user would write with
   torchattacks (``torchattacks.PGD(model, eps, alpha, steps, random_start=True)(x, y)``, then
-  cross-entropy and an SGD step), same model, batch and budget.
+  cross-entropy and an SGD step), same model, batch and budget, the model in training mode
+  during the attack on both sides; a comparison of its own, three times the repeats.
 * **bf16**: bench's PGD-AT step under bfloat16 autocast (``bench train --amp bf16``) against
   the same step in float32.
 * **Grid against a single run**: each walk of the 9-point grid 0..8/255 against one run of the
@@ -305,28 +306,31 @@ def _torchattacks_side(setup: Setup, x: torch.Tensor, y: torch.Tensor) -> Callab
 
 
 def training_costs(setup: Setup, cfg: PerfConfig) -> dict[str, Any]:
-    """Every defense's step against the clean step, and bench's PGD-AT step against the
-    torchattacks loop: all sides interleaved, medians of ``cfg.repeats``."""
+    """Every defense's step against the clean step (all sides interleaved, medians of
+    ``cfg.repeats``), then bench's PGD-AT step against the torchattacks loop and against itself
+    under bf16, a comparison of its own (three sides, three times the repeats: a ratio near 1 needs
+    the tighter median)."""
     x, y = setup.train_x[:cfg.batch_size], setup.train_y[:cfg.batch_size]
     sides, defenses = {}, {}
     for name in DEFENSES.names():
         sides[name], defenses[name] = _defense_side(setup, name, x, y)
-    sides["torchattacks-pgd-at"] = _torchattacks_side(setup, x, y)
-    sides["pgd-at-bf16"], defenses["pgd-at-bf16"] = _bf16_side(setup, x, y)
+    pair: dict[str, Callable[[], Any]] = {"pgd-at": sides["pgd-at"], "torchattacks-pgd-at": _torchattacks_side(setup, x, y)}
+    pair["pgd-at-bf16"], bf16_defense = _bf16_side(setup, x, y)
     try:
         median, _ = interleave(sides, cfg.repeats, setup.device)
+        vs, _ = interleave(pair, 3 * cfg.repeats, setup.device)
     finally:
-        for d in defenses.values():
+        for d in (*defenses.values(), bf16_defense):
             d.detach()
     clean = median["standard"]
     out = {name: {"step_ms": 1000 * median[name], "over_clean": median[name] / clean, "limit": passes(d),
                   "adversarial": d.adversarial, "images_per_s": cfg.batch_size / median[name]}
-           for name, d in defenses.items() if name != "pgd-at-bf16"}
-    ta, bf16 = median["torchattacks-pgd-at"], median["pgd-at-bf16"]
+           for name, d in defenses.items()}
+    ours, ta, bf16 = vs["pgd-at"], vs["torchattacks-pgd-at"], vs["pgd-at-bf16"]
     return {"batch": cfg.batch_size, "repeats": cfg.repeats, "clean_step_ms": 1000 * clean, "defenses": out,
-            "torchattacks": {"bench_ms": 1000 * median["pgd-at"], "torchattacks_ms": 1000 * ta,
-                             "torchattacks_over_bench": ta / median["pgd-at"]},
-            "bf16": {"pgd_at_bf16_ms": 1000 * bf16, "fp32_over_bf16": median["pgd-at"] / bf16}}
+            "torchattacks": {"bench_ms": 1000 * ours, "torchattacks_ms": 1000 * ta, "repeats": 3 * cfg.repeats,
+                             "torchattacks_over_bench": ta / ours},
+            "bf16": {"pgd_at_bf16_ms": 1000 * bf16, "fp32_over_bf16": ours / bf16}}
 
 
 def time_epoch(setup: Setup, name: str, images: int, batch: int, options: dict[str, bool]) -> dict[str, Any]:
@@ -390,15 +394,16 @@ def _walk_entry(r: GridResult, seconds: float, single: GridResult, single_s: flo
 
 
 def grid_against_single(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor,
-                        walks: Sequence[str], repeats: int, device: torch.device) -> dict[str, Any]:
-    """Each walk of :data:`GRID` against one run at its largest eps, interleaved."""
+                        walks: Sequence[str], repeats: int, device: torch.device, warmup: int = 0) -> dict[str, Any]:
+    """Each walk of :data:`GRID` against one run at its largest eps, interleaved (``warmup``
+    untimed rounds first)."""
     clean = predict(model, x) == y
     run = dict(batch_size=EVAL_BATCH, seed=0, clean=clean)
     sides: dict[str, Callable[[], Any]] = {"single": lambda: grid_walk(model, attack, x, y, [GRID[-1]], **run)}
     for w in walks:
         sides[w] = lambda w=w: grid_walk(model, attack, x, y, GRID, walk=w, **run)  # type: ignore[misc]
     grid_walk(model, attack, x[:2], y[:2], [GRID[-1]], batch_size=2, seed=0)  # imports, first calls
-    median, last = interleave(sides, repeats, device, warmup=0)
+    median, last = interleave(sides, repeats, device, warmup=warmup)
     single, s = last["single"], median["single"]
     return {"points": len(y), "clean": int(clean.sum()), "single_seconds": s, "single_top": _estimate(single.flags[0]),
             "points_per_s": int(clean.sum()) / s, "walks": {w: _walk_entry(last[w], median[w], single, s) for w in walks},
@@ -430,7 +435,11 @@ def _model_grids(model: nn.Module, setup: Setup, cfg: PerfConfig, inference: boo
     out = {}
     for key, attack in attacks_for(cfg).items():
         walks = WALKS if key == "pgd" else tuple(dict.fromkeys((DEFAULT_WALK, *cfg.walks)))
-        entry = grid_against_single(model, attack, x, y, walks, cfg.grid_repeats, setup.device)
+        # PGD's walks take a fraction of a second: five times the repeats and a warm-up round,
+        # or the first call's costs decide the ratio
+        cheap = key == "pgd"
+        entry = grid_against_single(model, attack, x, y, walks, cfg.grid_repeats * (5 if cheap else 1),
+                                    setup.device, warmup=1 if cheap else 0)
         results = entry.pop("_results")
         if inference:
             entry["inferred_against_direct"] = inferred_against_direct(model, attack, x, y, results[DEFAULT_WALK])

@@ -179,7 +179,7 @@ def test_training_ratios(perf_run: tuple[dict[str, Any], str]) -> None:
     assert [t["defenses"][n]["limit"] for n in ("standard", "fgsm-rs", "fgsm-at", "pgd-at", "trades")] == [1, 2, 3, 11, 12]
     ta = t["torchattacks"]
     assert ta["torchattacks_over_bench"] == pytest.approx(ta["torchattacks_ms"] / ta["bench_ms"])
-    assert ta["bench_ms"] == t["defenses"]["pgd-at"]["step_ms"]  # the same interleaved measurement
+    assert ta["repeats"] == 3 * t["repeats"] and _finite(ta["bench_ms"])  # a comparison of its own
     assert t["bf16"]["fp32_over_bf16"] == pytest.approx(ta["bench_ms"] / t["bf16"]["pgd_at_bf16_ms"])
 
 

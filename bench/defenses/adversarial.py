@@ -24,16 +24,17 @@ def pgd_linf(
     """L-infinity PGD on the cross-entropy: optional uniform start in the eps-ball (or the given
     ``start``, projected), then ``steps`` signed-gradient steps of ``alpha``, each projected
     onto the ball and [0, 1]."""
-    # The ball and [0, 1] in one pair of bounds, made once: min(max(v, lo), hi) is exactly
-    # project_linf(v, x, eps) for x in [0, 1], two operations a step instead of four.
+    # The ball and [0, 1] as one pair of bounds, made once: clamp(v, lo, hi) is exactly
+    # project_linf(v, x, eps) for x in [0, 1]. Each step then runs three in-place kernels (sign,
+    # add, clamp) and allocates nothing.
     lo, hi = (x - eps).clamp_(min=0.0).detach(), (x + eps).clamp_(max=1.0).detach()
-    x_adv = x.detach().clone() if start is None else torch.min(torch.max(start.detach(), lo), hi)
+    x_adv = x.detach().clone() if start is None else start.detach().clone().clamp_(lo, hi)
     if random_start:
-        x_adv = torch.min(torch.max(x_adv + torch.empty_like(x).uniform_(-eps, eps), lo), hi)
+        x_adv = x_adv.add_(torch.empty_like(x).uniform_(-eps, eps)).clamp_(lo, hi)
     for _ in range(steps):
         x_adv.requires_grad_(True)
-        grad = input_grad(F.cross_entropy(model(x_adv), y), x_adv)
-        x_adv = torch.min(torch.max(x_adv.detach() + alpha * grad.sign(), lo), hi)
+        grad = input_grad(F.cross_entropy(model(x_adv), y), x_adv)  # the graph is freed here
+        x_adv = x_adv.detach().add_(grad.sign_(), alpha=alpha).clamp_(lo, hi)
     return x_adv.detach()
 
 
