@@ -70,6 +70,13 @@ def audit_task(files: dict[str, bytes], n: int, data_dir: str | None, download: 
 
 
 @ray.remote
+def inference_task(files: dict[str, bytes], n: int, data_dir: str | None, download: bool, threads: int,
+                   results: list[Any], seed: int, no_grad: Any) -> tuple[Any, dict[str, Any]]:
+    """The walk-inference check of one merged evaluation."""
+    return _timed(sweep_work.inference_job, files, n, data_dir, download, threads, results, seed, no_grad)
+
+
+@ray.remote
 def shard_task(files: dict[str, bytes], s: sweep_work.ShardSpec, data_dir: str | None, download: bool,
                threads: int) -> tuple[Any, dict[str, Any]]:
     """One shard of one evaluation: per-batch flags of each attack at each eps."""
@@ -318,10 +325,13 @@ class Driver:
 
     def launch(self, ev: EvalJob, source: Any, findings: list[Any]) -> None:
         """Submit the shards not yet stored; an evaluation already complete is skipped."""
+        from bench import audit
+
         attacks, note = sweep_work.adapt(ev.spec.make_attacks(), findings)
         if note:
             tqdm.write(f"bench: sweep: {source.run_id}: {note}", file=sys.stderr)
         book = EvalBook(self.store, ev, source, attacks)
+        book.no_grad = attacks[0] if audit.graph_cut(findings) and attacks else None
         if book.done():
             self.finished("skipped", ev.job_id)
             return
@@ -345,9 +355,25 @@ class Driver:
             self.complete(book)
 
     def complete(self, book: EvalBook) -> None:
-        """Every shard is in: the result rows, then the comparisons between attacks."""
+        """Every shard is in: the result rows, the comparisons between attacks, then the
+        walk-inference check as a task of its own (it needs the model and the points)."""
+        from bench import audit
+
         results = book.finish()
         book.write_after(results)
+        ev = book.job
+        if not any(r.walk != "up" for r in results) or audit.middle_eps(results[0].eps) is None:
+            self.finished("evaluated", ev.job_id)
+            return
+        ref = inference_task.options(**self.options).remote(
+            self.files_ref(ev.train), ev.spec.n, self.data_dir, self.sweep.download, self.opts.cpus_per_task,
+            results, ev.spec.seed, book.no_grad)
+        self.submit(ref, Pending("inference", f"{book.source.run_id}/{ev.spec.name}", ev.job_id,
+                                 lambda found: self.inferred(book, found), self._eval_fail(ev)))
+
+    def inferred(self, book: EvalBook, findings: list[Any]) -> None:
+        """Store the walk-inference finding; the evaluation is over."""
+        book.write_findings(findings)
         self.finished("evaluated", book.job.job_id)
 
 

@@ -45,6 +45,7 @@ class EvalBook:
     attacks: list[Any]
     devices: list[str] = field(default_factory=list)
     warnings: list[tuple[str, float, int]] = field(default_factory=list)
+    no_grad: Any = None  # the attack of the walk-inference check where gradients are unavailable
 
     def __post_init__(self) -> None:
         spec = self.job.spec

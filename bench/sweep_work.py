@@ -111,6 +111,20 @@ def audit_job(files: dict[str, bytes], n: int, data_dir: str | None, download: b
     return audit.cheap(model, target.x, target.y)
 
 
+def inference_job(files: dict[str, bytes], n: int, data_dir: str | None, download: bool, threads: int,
+                  results: Sequence[Any], seed: int, no_grad: Any = None) -> list[Any]:
+    """The walk-inference check (:func:`bench.audit.inference`) on the merged walks of one
+    evaluation (``no_grad``: the attack to use where gradients are unavailable)."""
+    from bench import audit
+    from bench.evaluate import attach_points
+    from bench.io import pick_device
+
+    torch.set_num_threads(threads)
+    target = attach_points(source_of(files), n, data_dir, download)
+    model = target.model.to(pick_device(None)).eval()
+    return audit.inference(model, target.x, target.y, results, seed, no_grad)
+
+
 def adapt(attacks: Sequence[Any], findings: Sequence[Any]) -> tuple[list[Any], str]:
     """The attacks the cheap findings call for (as ``bench eval`` adapts them), and the note."""
     from bench import audit

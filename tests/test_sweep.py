@@ -176,7 +176,7 @@ def test_the_store_gets_every_row(swept: Swept) -> None:
     for (run_id, *_), (flags, fingerprint, seed, batch, walk) in swept.rows.items():
         assert (len(flags), fingerprint, seed, batch) == (N, fingerprints[run_id], 0, BATCH)
     log = swept.log
-    assert sorted(t["kind"] for t in log) == ["audit"] * 2 + ["shard"] * 8 + ["train"] * 2
+    assert sorted(t["kind"] for t in log) == ["audit"] * 2 + ["inference"] * 2 + ["shard"] * 8 + ["train"] * 2
     assert all(t["ok"] and t["threads"] == 1 for t in log)  # one torch thread a task
     assert all(t["resources"] == {"CPU": 1.0} for t in log)  # no GPU here, and no fake_gpu asked for
 
@@ -201,7 +201,7 @@ def test_a_job_whose_results_are_missing_is_redone(swept: Swept) -> None:
     o = run_sweep(sweep, quiet())
     assert (o.trained, o.evaluated, o.skipped, o.failed) == (0, 1, 3, [])
     new = tasks(sweep.out)[before:]
-    assert sorted((t["kind"], t["task"].split("/")[0]) for t in new) == [("shard", lost)] * 4
+    assert sorted((t["kind"], t["task"].split("/")[0]) for t in new) == [("inference", lost)] + [("shard", lost)] * 4
     assert rows_of(sweep.db) == swept.rows  # bit for bit the same flags
 
 
@@ -228,6 +228,12 @@ def test_sharded_flags_equal_an_unsharded_run(swept: Swept, data: Path, tmp_path
     whole = rows_of(db)
     assert len(whole) == len(swept.rows)
     assert whole == swept.rows  # flags bit for bit, same weights, seed, batches, walk
+    inference = {}  # the walk-inference check: the sweep's task finds what bench eval finds
+    for path in (db, sweep.db):
+        with Store(path, readonly=True) as store:
+            inference[path] = sorted((d.run_id, d.flagged, d.details.get("checked"), d.details.get("broken"))
+                                     for d in store.diagnostics() if d.check == "walk-inference")
+    assert inference[db] and inference[db] == inference[sweep.db]
     assert any("0" in flags[0] and "1" in flags[0] for k, flags in whole.items() if k[3] > 0)
 
 
