@@ -62,6 +62,19 @@ def adapt_for_randomized(attacks: Sequence[Attack]) -> tuple[list[Attack], str]:
     return out, "randomized model: " + "; ".join(changed)
 
 
+def adapt(attacks: Sequence[Attack], findings: Sequence[dg.Finding]) -> tuple[list[Attack], str]:
+    """The attacks the cheap findings call for (a randomized model, a cut graph), and a note
+    saying what changed ("" when nothing did); ``bench eval`` and ``bench sweep`` both use it."""
+    out, notes = list(attacks), []
+    if flagged(findings, "randomized"):
+        out, note = adapt_for_randomized(out)
+        notes.append(note)
+    if graph_cut(findings):
+        out, note = adapt_for_no_gradients(out)
+        notes.append(note)
+    return out, "; ".join(notes)
+
+
 def graph_cut(findings: Sequence[dg.Finding]) -> bool:
     """The input is cut off from the graph: no gradient-based attack can run at all."""
     return any(f.check == "gradients" and f.details.get("graph_interrupted") for f in findings)

@@ -684,15 +684,8 @@ def aa_warning_rows(target: Target, warnings: Sequence[tuple[str, float, int]]) 
 
 def _adapt(s: Settings, findings: Sequence[Any]) -> tuple[Settings, str]:
     """The attacks the findings call for (see bench.audit), and a note saying what changed."""
-    notes = []
-    attacks = s.attacks
-    if audit.flagged(findings, "randomized"):
-        attacks, note = audit.adapt_for_randomized(attacks)
-        notes.append(note)
-    if audit.graph_cut(findings):
-        attacks, note = audit.adapt_for_no_gradients(attacks)
-        notes.append(note)
-    return replace(s, attacks=attacks), "; ".join(notes)
+    attacks, note = audit.adapt(s.attacks, findings)
+    return replace(s, attacks=attacks), note
 
 
 def _save_findings(store: Store | None, target: Target, findings: Sequence[Any]) -> None:

@@ -327,7 +327,7 @@ class Driver:
         """Submit the shards not yet stored; an evaluation already complete is skipped."""
         from bench import audit
 
-        attacks, note = sweep_work.adapt(ev.spec.make_attacks(), findings)
+        attacks, note = audit.adapt(ev.spec.make_attacks(), findings)
         if note:
             tqdm.write(f"bench: sweep: {source.run_id}: {note}", file=sys.stderr)
         book = EvalBook(self.store, ev, source, attacks)

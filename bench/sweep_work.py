@@ -125,20 +125,6 @@ def inference_job(files: dict[str, bytes], n: int, data_dir: str | None, downloa
     return audit.inference(model, target.x, target.y, results, seed, no_grad)
 
 
-def adapt(attacks: Sequence[Any], findings: Sequence[Any]) -> tuple[list[Any], str]:
-    """The attacks the cheap findings call for (as ``bench eval`` adapts them), and the note."""
-    from bench import audit
-
-    out, notes = list(attacks), []
-    if audit.flagged(findings, "randomized"):
-        out, note = audit.adapt_for_randomized(out)
-        notes.append(note)
-    if audit.graph_cut(findings):
-        out, note = audit.adapt_for_no_gradients(out)
-        notes.append(note)
-    return out, "; ".join(notes)
-
-
 # ------------------------------------------------------------------------------ shards
 
 

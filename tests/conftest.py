@@ -84,11 +84,10 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         fh.write(header + array.astype(np.uint8).tobytes())
 
 
-@pytest.fixture
-def fmnist_dir(tmp_path: Path) -> Path:
-    """A data directory holding a small Fashion-MNIST (256 train, 128 test) in the real format."""
+def write_small_fmnist(root: Path) -> Path:
+    """Write a small Fashion-MNIST (256 train, 128 test) in the real format under
+    ``root/fashion-mnist``; returns ``root``, the data directory."""
     rng = np.random.default_rng(0)
-    root = tmp_path / "data"
     d = root / "fashion-mnist"
     d.mkdir(parents=True)
     for split, n in (("train", 256), ("t10k", 128)):
@@ -99,6 +98,12 @@ def fmnist_dir(tmp_path: Path) -> Path:
         write_idx(d / f"{split}-images-idx3-ubyte.gz", images)
         write_idx(d / f"{split}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+@pytest.fixture
+def fmnist_dir(tmp_path: Path) -> Path:
+    """A data directory holding conftest's small Fashion-MNIST (:func:`write_small_fmnist`)."""
+    return write_small_fmnist(tmp_path / "data")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -139,21 +139,10 @@ def test_targets_say_what_holds() -> None:
 @pytest.fixture(scope="module")
 def perf_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
     """One ``bench perf --quick`` on conftest's small Fashion-MNIST: its JSON and its table."""
-    import numpy as np
-
-    from conftest import write_idx
+    from conftest import write_small_fmnist
 
     root = tmp_path_factory.mktemp("perf")
-    d = root / "data" / "fashion-mnist"
-    d.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 256), ("t10k", 128)):
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
-        for i, c in enumerate(labels):
-            images[i, 2 * c: 2 * c + 3, :] = 220
-        write_idx(d / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(d / f"{split}-labels-idx1-ubyte.gz", labels)
+    write_small_fmnist(root / "data")
     out = root / "perf.json"
     buffer = io.StringIO()  # capsys is per test; the run is once per module
     with contextlib.redirect_stdout(buffer):

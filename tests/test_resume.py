@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -74,20 +73,9 @@ def _kill_after(argv: list[str], run_dir: Path, epochs: int, fraction: float) ->
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """conftest's small Fashion-MNIST, once for the module."""
-    from conftest import write_idx
+    from conftest import write_small_fmnist
 
-    rng = np.random.default_rng(0)
-    root = tmp_path_factory.mktemp("data")
-    d = root / "fashion-mnist"
-    d.mkdir()
-    for split, n in (("train", 256), ("t10k", 128)):
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
-        for i, c in enumerate(labels):
-            images[i, 2 * c : 2 * c + 3, :] = 220
-        write_idx(d / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(d / f"{split}-labels-idx1-ubyte.gz", labels)
-    return root
+    return write_small_fmnist(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")

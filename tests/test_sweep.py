@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import pytest
 import ray
 
@@ -37,7 +36,7 @@ from bench.store import Store
 from bench.sweep import load_sweep
 from bench.sweep_ray import Outcome, RayOptions, check_reachable, run_sweep, task_options
 from bench.sweep_work import saved_identity
-from conftest import write_idx
+from conftest import write_small_fmnist
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = [sys.executable, "-m", "bench"]  # the bench command
@@ -99,18 +98,7 @@ def ray_cluster() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Fashion-MNIST files (256 train, 128 test) in the real format, as conftest's fmnist_dir."""
-    rng = np.random.default_rng(0)
-    root = tmp_path_factory.mktemp("sweep-data")
-    d = root / "fashion-mnist"
-    d.mkdir()
-    for split, n in (("train", 256), ("t10k", 128)):
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
-        for i, c in enumerate(labels):
-            images[i, 2 * c : 2 * c + 3, :] = 220
-        write_idx(d / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(d / f"{split}-labels-idx1-ubyte.gz", labels)
-    return root
+    return write_small_fmnist(tmp_path_factory.mktemp("sweep-data"))
 
 
 def sweep_file(folder: Path, text: str) -> Path:

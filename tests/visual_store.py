@@ -14,10 +14,9 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest import write_idx
+from conftest import write_small_fmnist
 
 DEFENSES = ("standard", "fgsm-at", "mixup")
 GRID = "0,0.05,0.1"
@@ -41,21 +40,6 @@ class Built:
 _BUILT: dict[str, Built] = {}
 
 
-def write_fmnist(root: Path) -> Path:
-    """A data directory with a small learnable Fashion-MNIST (256 train, 128 test)."""
-    rng = np.random.default_rng(0)
-    d = root / DATASET
-    d.mkdir(parents=True)
-    for split, n in (("train", 256), ("t10k", 128)):
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
-        for i, c in enumerate(labels):  # a bright band per class
-            images[i, 2 * c : 2 * c + 3, :] = 220
-        write_idx(d / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(d / f"{split}-labels-idx1-ubyte.gz", labels)
-    return root
-
-
 def eval_argv(db: Path, data: Path, ckpts: list[Path], *extra: str) -> list[str]:
     """``bench eval`` of the shared settings on ``ckpts``."""
     return ["eval", "--attack", "fgsm,pgd", "--eps", GRID, "--n", str(N), "--batch-size", str(BATCH),
@@ -68,7 +52,7 @@ def _build(root: Path) -> Built:
     from bench.report import write_report
     from bench.train import TrainConfig, train
 
-    data = write_fmnist(root / "data")
+    data = write_small_fmnist(root / "data")
     ckpts = {}
     for defense in DEFENSES:
         cfg = TrainConfig(defense=defense, epochs=1, train_limit=256, eval_n=64, batch_size=32,
