@@ -29,6 +29,7 @@ from torch import nn
 
 from bench import diagnostics as dg
 from bench.attacks import Attack, make_attack
+from bench.params import format_eps
 from bench.store import DiagnosticRow
 
 ITERATIVE = ("pgd", "apgd", "mifgsm", "eotpgd", "autoattack")
@@ -123,28 +124,47 @@ def middle_eps(eps: Sequence[float]) -> int | None:
     return attacked[(len(attacked) - 1) // 2] if len(attacked) >= 2 else None
 
 
-def inference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, results: Sequence[Any],
-              seed: int, attack: Attack | None = None) -> list[dg.Finding]:
-    """:func:`bench.diagnostics.check_inference` for the walks that infer (down, bisect): the
-    first 200 points robust at the largest eps under every attack, attacked by bench's PGD
-    (default parameters, per-point seeds as in the walk; ``attack`` instead where gradients are
-    unavailable) at the grid's middle eps."""
+def inference_plan(results: Sequence[Any]) -> tuple[list[Any], int, torch.Tensor] | None:
+    """What :func:`inference` checks: the walks that infer (down, bisect), the grid index of
+    the grid's middle eps, and the first 200 points robust at the largest eps under every one of
+    those attacks; None when nothing was inferred (no such walk, eps or point)."""
     walking = [r for r in results if getattr(r, "walk", "up") != "up"]
     j = middle_eps(walking[0].eps) if walking else None
     if j is None:
-        return []
+        return None
     top = torch.stack([r.flags[-1] for r in walking]).all(dim=0)  # robust at the largest eps, every attack
     idx = top.nonzero().flatten()[:dg.CHEAP_MAX_POINTS]
-    eps = walking[0].eps[j]
-    if len(idx) == 0:  # nothing robust at the largest eps: nothing was inferred
+    return (walking, j, idx) if len(idx) else None
+
+
+def inference_key(results: Sequence[Any]) -> str | None:
+    """The store key of the finding :func:`inference` makes for ``results``; None if it makes none."""
+    plan = inference_plan(results)
+    if plan is None:
+        return None
+    walking, j, _ = plan
+    return row_key("walk-inference", {"attacks": [r.attack.display for r in walking],
+                                      "inferred_eps": walking[0].eps[j], "measured_eps": walking[0].eps[-1]})
+
+
+def inference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, results: Sequence[Any],
+              seed: int, attack: Attack | None = None) -> list[dg.Finding]:
+    """:func:`bench.diagnostics.check_inference` on :func:`inference_plan`'s points, attacked
+    by bench's PGD (default parameters, per-point seeds as in the walk; ``attack`` instead where
+    gradients are unavailable) at the grid's middle eps."""
+    plan = inference_plan(results)
+    if plan is None:
         return []
-    p = next(model.parameters(), None)
-    device = p.device if p is not None else torch.device("cpu")
+    walking, j, idx = plan
+    eps = walking[0].eps[j]
+    device = dg.model_device(model)
     x_adv = (attack or make_attack("pgd")).run(model, x[idx], y[idx], eps, seed, index=idx)
     model.eval()  # whatever the attack did to the mode
     with torch.no_grad():
         direct = (model(x_adv.to(device)).argmax(dim=1) == y[idx].to(device)).cpu()
-    return [dg.check_inference(eps, walking[0].eps[-1], direct)]
+    finding = dg.check_inference(eps, walking[0].eps[-1], direct)
+    finding.details["attacks"] = [r.attack.display for r in walking]  # whose walks were checked
+    return [finding]
 
 
 @dataclass
@@ -196,16 +216,27 @@ def classify_aa_warning(message: str, points: int) -> tuple[bool, str]:
 
 
 def rows(run_id: str, fingerprint: str, n: int, findings: Sequence[dg.Finding]) -> list[DiagnosticRow]:
-    """Findings as store rows (a comparison's key names the two attacks)."""
+    """Findings as store rows, keyed by :func:`row_key`."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out = []
     for f in findings:
         d = f.as_dict()
-        key = f"{d['details'].get('weak', '')}~{d['details'].get('strong', '')}" \
-            if f.check in ("iterative-vs-single-step", "square-vs-whitebox") else ""
+        key = row_key(f.check, d["details"])
         out.append(DiagnosticRow(run_id, fingerprint, n, f.check, key, f.flagged, f.source,
                                  f.summary, d["details"], f.advice, now))
     return out
+
+
+def row_key(check: str, details: dict[str, Any]) -> str:
+    """What tells two findings of one check on one model and n apart in the store: a
+    comparison's two attacks; a walk-inference check's attacks and eps pair (two evaluations of
+    one model, e.g. two blocks of a sweep, each keep theirs); else nothing."""
+    if check in ("iterative-vs-single-step", "square-vs-whitebox"):
+        return f"{details.get('weak', '')}~{details.get('strong', '')}"
+    if check == "walk-inference" and "attacks" in details:
+        pair = f"{format_eps(details['inferred_eps'])}<{format_eps(details['measured_eps'])}"
+        return f"{'+'.join(details['attacks'])}@{pair}"
+    return ""
 
 
 __all__ = ["Costly", "adapt_for_randomized", "cheap", "compare", "costly", "flagged", "replace", "rows"]

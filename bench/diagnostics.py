@@ -134,7 +134,8 @@ def _finding(check: str, flagged: bool, summary: str, details: dict[str, Any], a
 # ----------------------------------------------------------------------------- helpers
 
 
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` lives: its first parameter's device, else its first buffer's, else the CPU."""
     p = next(model.parameters(), None)
     if p is not None:
         return p.device
@@ -189,7 +190,7 @@ def check_randomized(
     """
     if passes < 2:
         raise ValueError(f"passes must be >= 2, got {passes}")
-    x = x.detach().to(_device(model))
+    x = x.detach().to(model_device(model))
     with _eval_mode(model), torch.no_grad():
         outs = [model(x).detach().double() for _ in range(passes)]
     rows = [o / (o.norm(dim=1, keepdim=True) + 1e-10) for o in outs]
@@ -229,7 +230,7 @@ def check_probabilities(model: nn.Module, x: torch.Tensor, tol: float = PROBABIL
     shifts each row by a constant, so cross-entropy, the margin (CW) loss and DLR -- all
     shift-invariant -- and their gradients are exactly those of the logits.
     """
-    x = x.detach().to(_device(model))
+    x = x.detach().to(model_device(model))
     with _eval_mode(model), torch.no_grad():
         out = model(x).detach().double()
     n, k = out.shape[0], out.shape[-1]
@@ -259,7 +260,7 @@ def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch
     does not depend on the batch size) with respect to the input, in eval mode; None when the
     input is not part of the graph or backward fails (IoAF's "interrupted computational graph").
     Parameters' ``.grad`` are left untouched."""
-    device = _device(model)
+    device = model_device(model)
     xr = x.detach().to(device).clone().requires_grad_(True)
     with _eval_mode(model), torch.enable_grad():
         out = model(xr)
@@ -437,7 +438,7 @@ def check_transfer(
     the target) and is not computed here. ``eps``: if given, the transfer examples are checked
     to lie within it (and in [0, 1]); a violation is a ValueError.
     """
-    device = _device(target_model)
+    device = model_device(target_model)
     x, x_adv = x.detach().to(device), x_adv_transfer.detach().to(device)
     _check_within(x, x_adv, eps)
     y = y.detach().to(device)
@@ -551,7 +552,7 @@ def check_large_budget(
     if not 0 < eps or steps < 1:
         raise ValueError(f"eps must be > 0 and steps >= 1, got eps {eps}, steps {steps}")
     alpha = 2.5 * eps / steps if alpha is None else alpha
-    device = _device(model)
+    device = model_device(model)
     x, y = x[:max_points].detach().to(device), y[:max_points].detach().to(device)
     n = len(x)
     with _eval_mode(model):
@@ -590,7 +591,7 @@ def pgd_with_trace(
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    device = _device(model)
+    device = model_device(model)
     x, y = x.detach().to(device), y.detach().to(device)
     x_adv = x.clone()
     if random_start:

@@ -42,6 +42,7 @@ walk, every eps is tested in exactly one step, so:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 import time
@@ -55,6 +56,7 @@ from torch import nn
 from tqdm import tqdm
 
 from bench import audit
+from bench.diagnostics import model_device
 from bench.attacks import Attack, collect_warnings, derive_seed
 from bench.errors import BudgetViolation, UsageError
 from bench.io import device_label, library_versions
@@ -125,15 +127,10 @@ class GridResult:
         return [int(f.sum()) / len(f) if len(f) else 0.0 for f in self.flags]
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = PREDICT_BATCH) -> torch.Tensor:
     """Predicted labels (CPU) of images ``x``, in eval mode and without gradients."""
     model.eval()
-    device = _device_of(model)
+    device = model_device(model)
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
@@ -166,7 +163,7 @@ def _attack_batch(
 ) -> torch.Tensor:
     """Still-robust flags (CPU) of the points ``idx`` after ``attack`` at ``eps``; ``offset``: the
     whole set's index of x[0] (a shard), so that per-point seeds match an unsharded run."""
-    device = _device_of(model)
+    device = model_device(model)
     xb, yb = x[idx].to(device), y[idx].to(device)
     x_adv = attack.run(model, xb, yb, eps, seed, index=idx + offset)
     check_budget(xb, x_adv, eps, attack=attack.display)
@@ -669,11 +666,14 @@ def aa_warning_rows(target: Target, warnings: Sequence[tuple[str, float, int]]) 
     """AutoAttack's own ``checks.py`` warnings as findings of this model (see
     :func:`bench.audit.classify_aa_warning` for which of them flag)."""
     out = []
-    for i, (msg, eps, points) in enumerate(warnings):
+    for msg, eps, points in warnings:
         flag, why = audit.classify_aa_warning(msg, points)
+        # Keyed by what was said (not by its place in a list): a shard, a resumed run or a
+        # second evaluation that repeats a warning replaces its row, and adds none.
+        key = hashlib.sha256(canonical([msg, eps_key(eps), points]).encode()).hexdigest()[:12]
         out.append(DiagnosticRow(
             run_id=target.run_id, fingerprint=target.source.fingerprint, n=len(target.y),
-            check="autoattack-checks", key=f"{i:03d}", flagged=flag,
+            check="autoattack-checks", key=key, flagged=flag,
             source="AutoAttack checks.py (run by pyautoattack inside each call)",
             summary=f"at eps {format_eps(eps)} on {points} points: {msg}",
             details={"message": msg, "eps": eps, "points": points, "rule": why},
@@ -699,7 +699,7 @@ def _audit_after(target: Target, s: Settings, ev: "Evaluation") -> list[Any]:
     found = audit.compare(ev.results) + audit.inference(target.model, target.x, target.y, ev.results, s.seed, no_grad)
     if s.diagnose and ev.worst:
         top = ev.worst[-1]
-        transfer = s.transfer_from.to(_device_of(target.model)).eval() if s.transfer_from is not None else None
+        transfer = s.transfer_from.to(model_device(target.model)).eval() if s.transfer_from is not None else None
         found += audit.costly(target.model, target.x, target.y,
                               audit.Costly(top.eps, text_flags(top.flags), transfer, s.seed))
     return found

@@ -53,6 +53,7 @@ from bench.errors import UsageError
 from bench.evaluate import DEFAULT_WALK, WALKS, GridResult, check_walk, grid_walk, predict
 from bench.io import atomic_write_json, device_label, library_versions, pick_device
 from bench.results import Estimate
+from bench.train import optimizer_step
 
 GRID = [i / 255 for i in range(9)]  # the default grid of bench eval: 0..8/255
 SMALLER = (4 / 255, 6 / 255)  # where the walk's inferred numbers are checked against direct runs
@@ -184,11 +185,8 @@ def _sgd(model: nn.Module) -> torch.optim.Optimizer:
 
 def sgd_step(defense: Defense, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
              y: torch.Tensor) -> None:
-    """One training step as bench's loop takes it (defense loss, backward, SGD step)."""
-    loss = defense.loss(model, x, y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    """One training step as bench's loop takes it, in float32 (:func:`bench.train.optimizer_step`)."""
+    optimizer_step(defense, model, opt, x, y)
 
 
 def train_quick(setup: Setup, defense_name: str, epochs: int, batch: int, seed: int) -> nn.Module:
@@ -347,12 +345,8 @@ def time_epoch(setup: Setup, name: str, images: int, batch: int, options: dict[s
         started = time.perf_counter()
         for k in range(steps):  # batch k: images k*batch.. of the cycled training set
             idx = torch.arange(k * batch, min((k + 1) * batch, images), device=setup.device) % n
-            x = setup.train_x[idx]
-            if options.get("channels_last"):
-                x = x.contiguous(memory_format=torch.channels_last)
-            ctx = torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=bool(options.get("bf16")))
-            with ctx:
-                sgd_step(defense, model, opt, x, setup.train_y[idx])
+            optimizer_step(defense, model, opt, setup.train_x[idx], setup.train_y[idx],
+                           "bf16" if options.get("bf16") else None, bool(options.get("channels_last")))
         _sync(setup.device)
         seconds = time.perf_counter() - started
     finally:

@@ -46,9 +46,10 @@ TRAIN_KEYS: dict[str, tuple[type, ...]] = {
     "schedule": (str,), "eval_n": (int,), "augment": (bool,),
 }
 VARIANT_KEYS = ("name", "defense", "params", *TRAIN_KEYS)
-EVAL_KEYS = ("name", "attacks", "eps", "n", "batch_size", "seed", "shards", "params")
+EVAL_KEYS = ("name", "attacks", "eps", "n", "batch_size", "seed", "shards", "walk", "params")
 TYPE_NAMES = {int: "whole number", float: "number", str: "string", bool: "boolean (true/false)"}
-EVAL_DEFAULTS: dict[str, Any] = {"eps": "0:8/255:1/255", "n": 1000, "batch_size": 500, "seed": 0, "shards": 1}
+EVAL_DEFAULTS: dict[str, Any] = {"eps": "0:8/255:1/255", "n": 1000, "batch_size": 500, "seed": 0, "shards": 1,
+                                 "walk": "bisect"}
 
 
 class SweepError(UsageError):
@@ -72,6 +73,7 @@ class EvalSpec:
     batch_size: int
     seed: int
     shards: int
+    walk: str = "bisect"  # how each attack walks the grid (bench eval --walk): up, down or bisect
 
     def identity(self) -> dict[str, Any]:
         """What the stored rows depend on (not ``shards``: sharding never changes a flag)."""
@@ -79,7 +81,7 @@ class EvalSpec:
 
         made = self.make_attacks()
         return {"attacks": [[a.label, a.params] for a in made], "eps": [eps_key(e) for e in self.eps],
-                "n": self.n, "batch_size": self.batch_size, "seed": self.seed}
+                "n": self.n, "batch_size": self.batch_size, "seed": self.seed, "walk": self.walk}
 
     def make_attacks(self) -> list[Any]:
         """The :class:`bench.attacks.Attack` objects (built anew: they hold closures)."""
@@ -135,7 +137,8 @@ class EvalJob:
         names = ",".join(a.display for a in self.spec.make_attacks())
         grid = ",".join(format_eps(e) for e in self.spec.eps)
         return (f"{self.train.cfg.run_id} / eval {self.spec.name}: {names} eps={grid} n={self.spec.n} "
-                f"batch={self.spec.batch_size} seed={self.spec.seed} shards={len(self.spec.shard_ranges())}")
+                f"batch={self.spec.batch_size} seed={self.spec.seed} walk={self.spec.walk} "
+                f"shards={len(self.spec.shard_ranges())}")
 
 
 @dataclass
@@ -537,7 +540,18 @@ def eval_spec(ck: Checker, e: Any, i: int) -> EvalSpec:
     batch = ck.whole(v["batch_size"], f"{key}.batch_size", 1)
     seed = ck.whole(v["seed"], f"{key}.seed", 0)
     shards = ck.whole(v["shards"], f"{key}.shards", 1, math.ceil(n / batch))
-    return EvalSpec(name, attacks, grid, n, batch, seed, shards)
+    walk = eval_walk(ck, v["walk"], f"{key}.walk")
+    return EvalSpec(name, attacks, grid, n, batch, seed, shards, walk)
+
+
+def eval_walk(ck: Checker, value: Any, key: str) -> str:
+    """``walk``: one of bench eval's walks (up, down, bisect)."""
+    from bench.store import WALKS
+
+    ck.typed(value, key, (str,))
+    if value not in WALKS:
+        raise ck.fail(key, f"must be one of {', '.join(WALKS)}, got {value!r}")
+    return value
 
 
 def eval_specs(ck: Checker, doc: dict[str, Any]) -> list[EvalSpec]:

@@ -167,6 +167,9 @@ class Driver:
         self.inflight: dict[Any, Pending] = {}
         self.outcome = Outcome()
         self.files: dict[str, Any] = {}  # train job id -> object ref of its checkpoint's files
+        # (train job id, n) -> the evaluations waiting for that checkpoint's cheap checks at n:
+        # one audit task serves every evaluation block of one checkpoint at one n.
+        self.audits: dict[tuple[str, int], list[EvalJob]] = {}
         self.failed_jobs: set[str] = set()
         self.closed: set[str] = set()  # jobs counted on the bar: finished, skipped or failed
         self.options = task_options(opts)
@@ -297,7 +300,8 @@ class Driver:
         return self.files[job.job_id]
 
     def start_eval(self, ev: EvalJob) -> None:
-        """Record the model, then its cheap checks (stored ones reused), then the shards."""
+        """Record the model, then its cheap checks (stored ones reused; one task for every
+        evaluation of this checkpoint at this n), then the shards."""
         from bench.evaluate import run_row
         from bench.sources import from_checkpoint
 
@@ -307,24 +311,40 @@ class Driver:
         if found is not None:
             self.launch(ev, source, found)
             return
+        key = (ev.train.job_id, ev.spec.n)
+        waiting = self.audits.setdefault(key, [])
+        waiting.append(ev)
+        if len(waiting) > 1:  # its audit task is in flight already
+            return
         ref = audit_task.options(**self.options).remote(self.files_ref(ev.train), ev.spec.n, self.data_dir,
                                                        self.sweep.download, self.opts.cpus_per_task)
-        self.submit(ref, Pending("audit", f"{source.run_id}/{ev.spec.name}", ev.job_id,
-                                 lambda findings: self.audited(ev, source, findings), self._eval_fail(ev)))
+        self.submit(ref, Pending("audit", f"{source.run_id}/n={ev.spec.n}", ev.job_id,
+                                 lambda findings: self.audited(key, source, findings),
+                                 lambda err: self.audit_failed(key, err)))
 
     def _eval_fail(self, ev: EvalJob) -> Callable[[str], None]:
         """The failure handler of an evaluation's tasks."""
         return lambda err: self.fail(ev.job_id, "eval " + ev.describe(), err)
 
-    def audited(self, ev: EvalJob, source: Any, findings: list[Any]) -> None:
-        """Store the cheap checks' findings, then launch the shards."""
+    def audited(self, key: tuple[str, int], source: Any, findings: list[Any]) -> None:
+        """Store the cheap checks' findings, then launch the shards of each waiting evaluation."""
         from bench import audit
 
-        self.store.write_diagnostics(audit.rows(source.run_id, source.fingerprint, ev.spec.n, findings))
-        self.launch(ev, source, findings)
+        self.store.write_diagnostics(audit.rows(source.run_id, source.fingerprint, key[1], findings))
+        for ev in self.audits.pop(key, []):
+            try:
+                self.launch(ev, source, findings)
+            except Exception as exc:  # noqa: BLE001 - one evaluation's failure is its own
+                self._eval_fail(ev)(error_line(exc))
+
+    def audit_failed(self, key: tuple[str, int], error: str) -> None:
+        """The cheap checks failed: so does every evaluation waiting for them."""
+        for ev in self.audits.pop(key, []):
+            self._eval_fail(ev)(error)
 
     def launch(self, ev: EvalJob, source: Any, findings: list[Any]) -> None:
-        """Submit the shards not yet stored; an evaluation already complete is skipped."""
+        """Submit the shards not yet stored; an evaluation whose rows are all stored is
+        completed (what a killed driver left undone after its rows) or skipped."""
         from bench import audit
 
         attacks, note = audit.adapt(ev.spec.make_attacks(), findings)
@@ -333,7 +353,7 @@ class Driver:
         book = EvalBook(self.store, ev, source, attacks)
         book.no_grad = attacks[0] if audit.graph_cut(findings) and attacks else None
         if book.done():
-            self.finished("skipped", ev.job_id)
+            self.complete(book, rerun=True)
             return
         pending = book.pending()
         if not pending:
@@ -354,16 +374,16 @@ class Driver:
         if left[0] == 0 and book.job.job_id not in self.failed_jobs:
             self.complete(book)
 
-    def complete(self, book: EvalBook) -> None:
+    def complete(self, book: EvalBook, rerun: bool = False) -> None:
         """Every shard is in: the result rows, the comparisons between attacks, then the
-        walk-inference check as a task of its own (it needs the model and the points)."""
-        from bench import audit
-
+        walk-inference check as a task of its own (it needs the model and the points).
+        ``rerun``: the rows were all stored before; only what is missing after them is done,
+        and an evaluation with nothing missing is skipped."""
         results = book.finish()
-        book.write_after(results)
+        book.write_after(results, missing_only=rerun)
         ev = book.job
-        if not any(r.walk != "up" for r in results) or audit.middle_eps(results[0].eps) is None:
-            self.finished("evaluated", ev.job_id)
+        if not book.inference_due(results):
+            self.finished("skipped" if rerun else "evaluated", ev.job_id)
             return
         ref = inference_task.options(**self.options).remote(
             self.files_ref(ev.train), ev.spec.n, self.data_dir, self.sweep.download, self.opts.cpus_per_task,

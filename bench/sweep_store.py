@@ -44,13 +44,13 @@ class EvalBook:
     source: Any  # bench.sources.Source of the driver's copy of the checkpoint
     attacks: list[Any]
     devices: list[str] = field(default_factory=list)
-    warnings: list[tuple[str, float, int]] = field(default_factory=list)
     no_grad: Any = None  # the attack of the walk-inference check where gradients are unavailable
 
     def __post_init__(self) -> None:
         spec = self.job.spec
         self.target = Target(self.source, torch.empty(0), torch.zeros(spec.n, dtype=torch.long), 0)
-        self.settings = Settings(list(self.attacks), list(spec.eps), spec.batch_size, spec.seed, progress=False)
+        self.settings = Settings(list(self.attacks), list(spec.eps), spec.batch_size, spec.seed, progress=False,
+                                 walk=spec.walk)
 
     def recorder(self, i: int, clean_acc: float = 0.0) -> StoreRecorder:
         """The store recorder of attack ``i`` (as ``bench eval`` would make it)."""
@@ -80,9 +80,13 @@ class EvalBook:
         return False
 
     def write_shard(self, r: ShardResult) -> None:
-        """Keep a shard's flags as batches (eps 0: the clean flags), except for finished steps."""
+        """Keep a shard's AutoAttack warnings, then its flags as batches (eps 0: the clean
+        flags), except for finished steps: a driver killed after this loses neither."""
+        from bench.evaluate import aa_warning_rows
+
         self.devices.append(r.device)
-        self.warnings.extend(r.warnings)
+        if r.warnings:
+            self.store.write_diagnostics(aa_warning_rows(self.target, list(dict.fromkeys(r.warnings))))
         for i, steps in r.steps.items():
             rec = self.recorder(i)
             for eps in self.settings.eps_grid:
@@ -116,7 +120,8 @@ class EvalBook:
                 if rec.done(eps) is None:
                     rec.finish(eps, f, 0.0)
                 flags.append(f)
-            results.append(GridResult(attack, list(self.settings.eps_grid), flags, [0.0] * len(flags)))
+            results.append(GridResult(attack, list(self.settings.eps_grid), flags, [0.0] * len(flags),
+                                      walk=self.settings.walk))
         return results
 
     def write_findings(self, findings: Sequence[Any]) -> None:
@@ -125,10 +130,24 @@ class EvalBook:
             src = self.source
             self.store.write_diagnostics(audit.rows(src.run_id, src.fingerprint, self.job.spec.n, findings))
 
-    def write_after(self, results: Sequence[GridResult]) -> None:
-        """The comparisons between the attacks that ran, and AutoAttack's own warnings."""
-        from bench.evaluate import aa_warning_rows
+    def stored_keys(self) -> set[tuple[str, str]]:
+        """(check, key) of the findings stored for these weights at this n."""
+        src, n = self.source, self.job.spec.n
+        return {(d.check, d.key) for d in self.store.diagnostics(src.run_id)
+                if d.n == n and d.fingerprint == src.fingerprint}
 
-        self.write_findings(audit.compare(results))
-        if self.warnings:
-            self.store.write_diagnostics(aa_warning_rows(self.target, list(dict.fromkeys(self.warnings))))
+    def write_after(self, results: Sequence[GridResult], missing_only: bool = False) -> None:
+        """The comparisons between the attacks that ran (``missing_only``: those not stored,
+        for a rerun whose rows were all stored before)."""
+        src = self.source
+        rows = audit.rows(src.run_id, src.fingerprint, self.job.spec.n, audit.compare(results))
+        if missing_only:
+            have = self.stored_keys()
+            rows = [r for r in rows if (r.check, r.key) not in have]
+        if rows:
+            self.store.write_diagnostics(rows)
+
+    def inference_due(self, results: Sequence[GridResult]) -> bool:
+        """The walk-inference check has something to check and its finding is not stored."""
+        key = audit.inference_key(results)
+        return key is not None and ("walk-inference", key) not in self.stored_keys()

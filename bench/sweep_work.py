@@ -186,7 +186,7 @@ def shard_job(files: dict[str, bytes], s: ShardSpec, data_dir: str | None, downl
         for i in s.which:
             capture = Capture()
             grid_walk(model, s.attacks[i], x, y, spec.eps, batch_size=B, seed=spec.seed, clean=clean,
-                      recorder=capture, first_batch=s.k0)
+                      recorder=capture, first_batch=s.k0, walk=spec.walk)
             result.steps[i] = capture.steps
     result.warnings = list(dict.fromkeys(warned))
     return result

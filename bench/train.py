@@ -308,25 +308,31 @@ def _make_loop(p: Prepared) -> Loop:
                 forward)  # type: ignore[arg-type]
 
 
-def _autocast(cfg: TrainConfig, device: torch.device) -> Any:
-    """bfloat16 autocast on ``device`` when ``cfg.amp`` asks for it, else nothing at all."""
-    if cfg.amp == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def optimizer_step(defense: Any, model: Any, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                   amp: str | None = None, channels_last: bool = False) -> torch.Tensor:
+    """One optimizer step of ``defense.loss(model, x, y)`` on pixels ``x`` in [0, 1]: the
+    forward pass and the loss under bfloat16 autocast when ``amp == "bf16"``, the batch in
+    channels-last memory when asked, backward and step outside autocast (PyTorch's AMP
+    recipe). Returns the loss, detached, on the device (nothing here waits for the device).
+    ``bench train`` and ``bench perf`` both step through here."""
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(device_type=x.device.type, dtype=torch.bfloat16) if amp == "bf16" \
+        else contextlib.nullcontext()
+    with autocast:
+        loss = defense.loss(model, x, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def train_step(loop: Loop, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One optimizer step of the defense's loss on pixels ``x`` in [0, 1]; returns the loss,
-    detached, on the device (nothing here waits for the device)."""
+    """One optimizer step of the loop's defense (:func:`optimizer_step`, with the run's
+    ``--amp`` and ``--channels-last``)."""
     cfg = loop.p.cfg
-    if cfg.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with _autocast(cfg, loop.p.device):
-        loss = loop.p.defense.loss(loop.p.model if loop.forward is None else loop.forward, x, y)
-    loop.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    loop.optimizer.step()
-    return loss.detach()
+    model = loop.p.model if loop.forward is None else loop.forward
+    return optimizer_step(loop.p.defense, model, loop.optimizer, x, y, cfg.amp, cfg.channels_last)
 
 
 def _train_epoch(loop: Loop, epoch: int, bar: tqdm) -> tuple[float, int]:

@@ -189,7 +189,8 @@ def test_a_job_whose_results_are_missing_is_redone(swept: Swept) -> None:
     o = run_sweep(sweep, quiet())
     assert (o.trained, o.evaluated, o.skipped, o.failed) == (0, 1, 3, [])
     new = tasks(sweep.out)[before:]
-    assert sorted((t["kind"], t["task"].split("/")[0]) for t in new) == [("inference", lost)] + [("shard", lost)] * 4
+    # Its shards run again; its walk-inference finding (same weights, n, attacks, eps) is kept.
+    assert sorted((t["kind"], t["task"].split("/")[0]) for t in new) == [("shard", lost)] * 4
     assert rows_of(sweep.db) == swept.rows  # bit for bit the same flags
 
 
@@ -223,6 +224,103 @@ def test_sharded_flags_equal_an_unsharded_run(swept: Swept, data: Path, tmp_path
                                      for d in store.diagnostics() if d.check == "walk-inference")
     assert inference[db] and inference[db] == inference[sweep.db]
     assert any("0" in flags[0] and "1" in flags[0] for k, flags in whole.items() if k[3] > 0)
+
+
+def test_a_shards_autoattack_warnings_are_stored_with_its_flags(swept: Swept, tmp_path: Path) -> None:
+    """AutoAttack's checks.py warnings come back with a shard's flags and are stored as they
+    arrive (a driver killed before the evaluation's end keeps them), keyed by what they say:
+    a shard run again replaces its warning, another shard's adds one."""
+    from bench.sources import from_checkpoint
+    from bench.sweep_store import EvalBook
+    from bench.sweep_work import ShardResult
+
+    sweep = load_sweep(swept.file)
+    db = tmp_path / "copy.sqlite"
+    shutil.copy(sweep.db, db)  # the session's store stays as the sweep left it
+    ev = sweep.evals[0]
+    source = from_checkpoint(ev.train.run_dir)
+    said = [("a first warning", 8 / 255, 16), ("a second warning", 8 / 255, 16)]
+    with Store(db) as store:
+        book = EvalBook(store, ev, source, ev.spec.make_attacks())
+        book.write_shard(ShardResult(0, 2, clean={}, warnings=said[:1]))
+        book.write_shard(ShardResult(0, 2, clean={}, warnings=said[:1]))  # the same shard again
+        book.write_shard(ShardResult(2, 3, clean={}, warnings=said[1:]))  # another shard, another warning
+        kept = [d for d in store.diagnostics(source.run_id) if d.check == "autoattack-checks"]
+    assert sorted(d.details["message"] for d in kept) == ["a first warning", "a second warning"]
+    assert all(d.n == N and d.fingerprint == source.fingerprint for d in kept)
+
+
+# ------------------------------------------------------------------------------ several evaluations of one checkpoint
+
+# One checkpoint, three evaluation blocks at one n: two walked by bisect (so each has its own
+# walk-inference check) and one walked up (nothing inferred, no check).
+THREE_EVALS = """
+[[variant]]
+name = "standard"
+defense = "standard"
+
+[[eval]]
+name = "fgsm"
+attacks = ["fgsm"]
+eps = "0,1/255,2/255"
+n = 32
+batch_size = 16
+shards = 2
+
+[[eval]]
+name = "pgd"
+attacks = ["pgd"]
+eps = "0,1/255,2/255"
+n = 32
+batch_size = 16
+params = { pgd = { steps = 2 } }
+
+[[eval]]
+name = "up"
+attacks = ["pgd"]
+eps = "0,1/255,2/255"
+n = 32
+batch_size = 16
+walk = "up"
+params = { pgd = { steps = 3 } }
+"""
+
+
+def inference_rows(db: Path) -> dict[str, tuple[Any, ...]]:
+    """The walk-inference findings by store key: (attacks checked, points checked, broken)."""
+    with Store(db, readonly=True) as store:
+        return {d.key: (tuple(d.details["attacks"]), d.details["checked"], d.details["broken"])
+                for d in store.diagnostics() if d.check == "walk-inference"}
+
+
+def test_evaluations_of_one_checkpoint_share_its_checks_and_keep_their_own(ray_cluster: str, data: Path,
+                                                                          tmp_path: Path) -> None:
+    text = TINY.format(data=data).split("[[variant]]")[0] + THREE_EVALS
+    sweep = load_sweep(sweep_file(tmp_path, text))
+    o = run_sweep(sweep, quiet())
+    assert (o.trained, o.evaluated, o.failed) == (1, 3, [])
+    kinds = sorted(t["kind"] for t in tasks(sweep.out))
+    # One audit task for the three blocks (same checkpoint, same n); an inference task for each
+    # bisect block; shards 2 + 1 + 1.
+    assert kinds == ["audit", "inference", "inference", "shard", "shard", "shard", "shard", "train"]
+    walks = {(k[1], json.loads(k[2]).get("steps")): v[4] for k, v in rows_of(sweep.db).items()}
+    assert walks == {("fgsm", None): "bisect", ("pgd", 2): "bisect", ("pgd", 3): "up"}
+    found = inference_rows(sweep.db)
+    assert sorted(v[0] for v in found.values()) == [("fgsm",), ("pgd[steps=2]",)], found  # both kept
+    assert all(key.endswith("@1/255<2/255") and v[1] > 0 for key, v in found.items())
+
+    # A driver killed after an evaluation's rows but before its walk-inference finding: the
+    # rerun runs that check alone (no shard, no audit), for both blocks, and finds the same.
+    with sqlite3.connect(sweep.db) as db:
+        db.execute("DELETE FROM diagnostics WHERE check_name='walk-inference'")
+    db.close()
+    before = len(tasks(sweep.out))
+    o = run_sweep(sweep, quiet())
+    assert (o.trained, o.evaluated, o.skipped, o.failed) == (0, 2, 2, [])
+    assert sorted(t["kind"] for t in tasks(sweep.out)[before:]) == ["inference", "inference"]
+    assert inference_rows(sweep.db) == found
+    o = run_sweep(sweep, quiet())  # and then nothing is left to do
+    assert (o.trained, o.evaluated, o.skipped) == (0, 0, 4)
 
 
 # ------------------------------------------------------------------------------ failures, placement
@@ -284,6 +382,8 @@ BAD = [
     ('attacks = ["fgsm"]', 'attacks = ["fgsm", "pgdd"]', "eval[0].attacks[1]", "unknown attack 'pgdd'"),
     ('eps = "0,8/255"', 'eps = "0,9/0"', "eval[0].eps", "not a number"),
     ("shards = 1", "shards = 9", "eval[0].shards", "1..2"),
+    ("shards = 1", 'shards = 1\nwalk = "sideways"', "eval[0].walk", "must be one of up, down, bisect"),
+    ("shards = 1", "shards = 1\nwalk = 1", "eval[0].walk", "must be a string"),
     ("seeds = [0]", "seeds = [0, 0]", "sweep.seeds[1]", "listed twice"),
     ("[sweep]", "[sweeps]", "sweeps", "unknown key"),
 ]
