@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from bench.diagnostics import model_device
 from bench.params import build_dataclass
 from bench.registry import Registry
 
@@ -89,7 +90,7 @@ class Attack:
         ``index``: each point's position in the evaluated set (default 0..len(x)-1)."""
         if self.kind not in KINDS:
             raise ValueError(f"attack {self.name}: kind {self.kind!r} is not one of {KINDS}")
-        device = _model_device(model)
+        device = model_device(model)
         x = x.detach().to(device)
         y = y.detach().to(device)
         if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
@@ -115,14 +116,6 @@ def _show(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "+".join(str(v) for v in value)
     return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        buf = next(model.buffers(), None)
-        return buf.device if buf is not None else torch.device("cpu")
 
 
 @contextlib.contextmanager

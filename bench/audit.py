@@ -147,6 +147,33 @@ def inference_key(results: Sequence[Any]) -> str | None:
                                       "inferred_eps": walking[0].eps[j], "measured_eps": walking[0].eps[-1]})
 
 
+def inference_context(results: Sequence[Any], seed: int, batch_size: int) -> dict[str, Any]:
+    """What an evaluation's walk-inference finding depends on besides the weights, n and its
+    key: the grid, the walk, the seed and the batches (a rerun with other ones checks again)."""
+    return {"grid": [format_eps(e) for e in results[0].eps] if results else [],
+            "walk": getattr(results[0], "walk", "up") if results else "up", "seed": seed, "batch_size": batch_size}
+
+
+def stamp_inference(findings: Sequence[dg.Finding], context: dict[str, Any]) -> None:
+    """Record :func:`inference_context` in the walk-inference findings' details."""
+    for f in findings:
+        if f.check == "walk-inference":
+            f.details["evaluation"] = dict(context)
+
+
+def stale_inference_key(results: Sequence[Any]) -> str | None:
+    """For walks that infer nothing (up): the key that a walk-inference finding of the same
+    attacks and grid would have, so that a finding left by an earlier inferring walk, whose rows
+    these replace, can be dropped; None otherwise."""
+    if not results or any(getattr(r, "walk", "up") != "up" for r in results):
+        return None
+    j = middle_eps(results[0].eps)
+    if j is None:
+        return None
+    return row_key("walk-inference", {"attacks": [r.attack.display for r in results],
+                                      "inferred_eps": results[0].eps[j], "measured_eps": results[0].eps[-1]})
+
+
 def inference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, results: Sequence[Any],
               seed: int, attack: Attack | None = None) -> list[dg.Finding]:
     """:func:`bench.diagnostics.check_inference` on :func:`inference_plan`'s points, attacked
@@ -230,7 +257,8 @@ def rows(run_id: str, fingerprint: str, n: int, findings: Sequence[dg.Finding]) 
 def row_key(check: str, details: dict[str, Any]) -> str:
     """What tells two findings of one check on one model and n apart in the store: a
     comparison's two attacks; a walk-inference check's attacks and eps pair (two evaluations of
-    one model, e.g. two blocks of a sweep, each keep theirs); else nothing."""
+    one model, e.g. two blocks of a sweep, each keep theirs: two blocks with the same attacks,
+    n and eps would share result rows, which :mod:`bench.sweep` refuses); else nothing."""
     if check in ("iterative-vs-single-step", "square-vs-whitebox"):
         return f"{details.get('weak', '')}~{details.get('strong', '')}"
     if check == "walk-inference" and "attacks" in details:

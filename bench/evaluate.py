@@ -693,10 +693,19 @@ def _save_findings(store: Store | None, target: Target, findings: Sequence[Any])
         store.write_diagnostics(audit.rows(target.run_id, target.source.fingerprint, len(target.y), findings))
 
 
+def _drop_stale_inference(store: Store | None, target: Target, results: Sequence[GridResult]) -> None:
+    """An up walk replaced the rows of an earlier inferring walk of the same attacks and grid:
+    that walk's walk-inference finding no longer describes stored numbers."""
+    key = audit.stale_inference_key(results)
+    if store is not None and key is not None:
+        store.drop_diagnostic(target.run_id, len(target.y), "walk-inference", key)
+
+
 def _audit_after(target: Target, s: Settings, ev: "Evaluation") -> list[Any]:
     """The comparison checks, and the costly ones with ``diagnose``."""
     no_grad = ev.results[0].attack if ev.results and audit.graph_cut(ev.findings) else None  # Square alone
     found = audit.compare(ev.results) + audit.inference(target.model, target.x, target.y, ev.results, s.seed, no_grad)
+    audit.stamp_inference(found, audit.inference_context(ev.results, s.seed, s.batch_size))
     if s.diagnose and ev.worst:
         top = ev.worst[-1]
         transfer = s.transfer_from.to(model_device(target.model)).eval() if s.transfer_from is not None else None
@@ -733,6 +742,7 @@ def evaluate_target(
     ev = Evaluation(target, s, clean, results, worst_case(rows, flag_text(clean)), findings, warned, note)
     after = _audit_after(target, s, ev)
     _save_findings(store, target, after)
+    _drop_stale_inference(store, target, results)
     ev.findings += after
     if out is not None:
         print(format_table(ev, device_label(device)), file=out)

@@ -273,14 +273,13 @@ def _defense_side(setup: Setup, name: str, x: torch.Tensor, y: torch.Tensor) -> 
 
 
 def _bf16_side(setup: Setup, x: torch.Tensor, y: torch.Tensor) -> tuple[Callable[[], None], Defense]:
-    """bench's PGD-AT step under bfloat16 autocast (``bench train --amp bf16``): the attack and
-    training forward passes in bf16, loss and weights float32."""
-    step, defense = _defense_side(setup, "pgd-at", x, y)
-
-    def bf16_step() -> None:
-        with torch.autocast(device_type=setup.device.type, dtype=torch.bfloat16):
-            step()  # backward and the SGD step under autocast too: autocast leaves them float32
-    return bf16_step, defense
+    """bench's PGD-AT step under bfloat16 autocast, as ``bench train --amp bf16`` takes it
+    (:func:`bench.train.optimizer_step`): the attack and training forward passes in bf16,
+    backward and the SGD step outside autocast, weights float32."""
+    defense, model = build_defense("pgd-at"), fresh_model(setup)
+    opt = _sgd(model)
+    defense.attach(model)
+    return (lambda: optimizer_step(defense, model, opt, x, y, "bf16")), defense
 
 
 def _torchattacks_side(setup: Setup, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:

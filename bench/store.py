@@ -52,6 +52,10 @@ ANY = "any"  # the label of the worst case over attacks (derived, never stored)
 APPLICATION = "bench"
 SCHEMA_VERSION = 3
 READABLE_VERSIONS = ("2", "3")  # layouts this bench reads; writers migrate 2 to 3
+#: Keys under which bench before the sweep's per-block findings stored one finding per model
+#: and n (GLOB patterns): the walk-inference check's single row, and AutoAttack's warnings
+#: numbered by their place in a list. A finding of the same check written now replaces them.
+LEGACY_KEYS = {"walk-inference": "", "autoattack-checks": "[0-9][0-9][0-9]"}
 WALKS = ("up", "down", "bisect")  # how an eps grid is walked (bench.evaluate)
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another writer's transaction
 
@@ -470,14 +474,24 @@ class Store:
 
     # -- diagnostics -----------------------------------------------------------------------
     def write_diagnostics(self, rows: Iterable[DiagnosticRow]) -> None:
-        """Insert (or replace) findings, in one transaction."""
+        """Insert (or replace) findings, in one transaction; a finding replaces the row that an
+        older bench kept for it under another key (:data:`LEGACY_KEYS`)."""
         with self.transaction():
             for d in rows:
+                if d.check in LEGACY_KEYS:
+                    self.db.execute("DELETE FROM diagnostics WHERE run_id=? AND n=? AND check_name=? AND key GLOB ?",
+                                    (d.run_id, d.n, d.check, LEGACY_KEYS[d.check]))
                 self.db.execute(
                     "INSERT OR REPLACE INTO diagnostics VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (d.run_id, d.fingerprint, d.n, d.check, d.key, int(d.flagged), d.source,
                      d.summary, canonical(d.details), d.advice, d.created),
                 )
+
+    def drop_diagnostic(self, run_id: str, n: int, check: str, key: str) -> None:
+        """Delete one finding (whose evaluation's rows were replaced), if stored."""
+        with self.transaction():
+            self.db.execute("DELETE FROM diagnostics WHERE run_id=? AND n=? AND check_name=? AND key=?",
+                            (run_id, n, check, key))
 
     def diagnostics(self, run_id: str | None = None) -> list[DiagnosticRow]:
         """Findings (of one model if ``run_id``), ordered by run, n, check, key."""

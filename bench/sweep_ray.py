@@ -230,10 +230,19 @@ class Driver:
                 ready, _ = ray.wait(list(self.inflight), num_returns=1)
                 for ref in ready:
                     self.handle(ref)
+            self.fail_unfinished()
         finally:
             self.bar.close()
         self.outcome.seconds = time.perf_counter() - started
         return self.outcome
+
+    def fail_unfinished(self) -> None:
+        """Nothing is in flight: a job neither finished nor failed by now is a driver bug; it is
+        reported as failed rather than silently missing from the summary."""
+        for job in [*self.sweep.trains, *self.sweep.evals]:
+            if job.job_id not in self.closed:
+                kind = "train " if isinstance(job, TrainJob) else "eval "
+                self.fail(job.job_id, kind + job.describe(), "never finished (bench sweep lost track of it)")
 
     def handle(self, ref: Any) -> None:
         """A task is over: log it, then its success or failure handler (driver-side errors in
@@ -312,12 +321,12 @@ class Driver:
             self.launch(ev, source, found)
             return
         key = (ev.train.job_id, ev.spec.n)
-        waiting = self.audits.setdefault(key, [])
-        waiting.append(ev)
-        if len(waiting) > 1:  # its audit task is in flight already
+        if key in self.audits:  # its audit task is in flight already
+            self.audits[key].append(ev)
             return
         ref = audit_task.options(**self.options).remote(self.files_ref(ev.train), ev.spec.n, self.data_dir,
                                                        self.sweep.download, self.opts.cpus_per_task)
+        self.audits[key] = [ev]  # only once submitted: a failed submit fails this evaluation alone
         self.submit(ref, Pending("audit", f"{source.run_id}/n={ev.spec.n}", ev.job_id,
                                  lambda findings: self.audited(key, source, findings),
                                  lambda err: self.audit_failed(key, err)))
@@ -377,22 +386,28 @@ class Driver:
     def complete(self, book: EvalBook, rerun: bool = False) -> None:
         """Every shard is in: the result rows, the comparisons between attacks, then the
         walk-inference check as a task of its own (it needs the model and the points).
-        ``rerun``: the rows were all stored before; only what is missing after them is done,
-        and an evaluation with nothing missing is skipped."""
+        ``rerun``: the rows were all stored before; the check runs only if its finding for this
+        evaluation is missing, and an evaluation with nothing missing is skipped."""
+        from bench import audit
+
         results = book.finish()
-        book.write_after(results, missing_only=rerun)
+        book.write_after(results)
         ev = book.job
-        if not book.inference_due(results):
+        due = book.inference_due(results) if rerun else audit.inference_key(results) is not None
+        if not due:
             self.finished("skipped" if rerun else "evaluated", ev.job_id)
             return
         ref = inference_task.options(**self.options).remote(
             self.files_ref(ev.train), ev.spec.n, self.data_dir, self.sweep.download, self.opts.cpus_per_task,
             results, ev.spec.seed, book.no_grad)
         self.submit(ref, Pending("inference", f"{book.source.run_id}/{ev.spec.name}", ev.job_id,
-                                 lambda found: self.inferred(book, found), self._eval_fail(ev)))
+                                 lambda found: self.inferred(book, results, found), self._eval_fail(ev)))
 
-    def inferred(self, book: EvalBook, findings: list[Any]) -> None:
-        """Store the walk-inference finding; the evaluation is over."""
+    def inferred(self, book: EvalBook, results: list[Any], findings: list[Any]) -> None:
+        """Store the walk-inference finding, with what it depends on; the evaluation is over."""
+        from bench import audit
+
+        audit.stamp_inference(findings, book.inference_context(results))
         book.write_findings(findings)
         self.finished("evaluated", book.job.job_id)
 

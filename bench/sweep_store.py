@@ -130,24 +130,25 @@ class EvalBook:
             src = self.source
             self.store.write_diagnostics(audit.rows(src.run_id, src.fingerprint, self.job.spec.n, findings))
 
-    def stored_keys(self) -> set[tuple[str, str]]:
-        """(check, key) of the findings stored for these weights at this n."""
-        src, n = self.source, self.job.spec.n
-        return {(d.check, d.key) for d in self.store.diagnostics(src.run_id)
-                if d.n == n and d.fingerprint == src.fingerprint}
-
-    def write_after(self, results: Sequence[GridResult], missing_only: bool = False) -> None:
-        """The comparisons between the attacks that ran (``missing_only``: those not stored,
-        for a rerun whose rows were all stored before)."""
+    def write_after(self, results: Sequence[GridResult]) -> None:
+        """The comparisons between the attacks that ran (recomputed from the flags: cheap), and
+        no walk-inference finding left by an earlier inferring walk whose rows an up walk replaced."""
         src = self.source
-        rows = audit.rows(src.run_id, src.fingerprint, self.job.spec.n, audit.compare(results))
-        if missing_only:
-            have = self.stored_keys()
-            rows = [r for r in rows if (r.check, r.key) not in have]
-        if rows:
-            self.store.write_diagnostics(rows)
+        self.write_findings(audit.compare(results))
+        stale = audit.stale_inference_key(results)
+        if stale is not None:
+            self.store.drop_diagnostic(src.run_id, self.job.spec.n, "walk-inference", stale)
+
+    def inference_context(self, results: Sequence[GridResult]) -> dict[str, Any]:
+        """What this evaluation's walk-inference finding depends on (grid, walk, seed, batches)."""
+        return audit.inference_context(results, self.job.spec.seed, self.job.spec.batch_size)
 
     def inference_due(self, results: Sequence[GridResult]) -> bool:
-        """The walk-inference check has something to check and its finding is not stored."""
+        """The walk-inference check has something to check, and no finding of it is stored for
+        these weights, n, attacks, eps pair, grid, walk, seed and batches."""
         key = audit.inference_key(results)
-        return key is not None and ("walk-inference", key) not in self.stored_keys()
+        if key is None:
+            return False
+        src, n, context = self.source, self.job.spec.n, self.inference_context(results)
+        return not any(d.check == "walk-inference" and d.key == key and d.n == n and d.fingerprint == src.fingerprint
+                       and d.details.get("evaluation") == context for d in self.store.diagnostics(src.run_id))

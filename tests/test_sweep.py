@@ -189,8 +189,8 @@ def test_a_job_whose_results_are_missing_is_redone(swept: Swept) -> None:
     o = run_sweep(sweep, quiet())
     assert (o.trained, o.evaluated, o.skipped, o.failed) == (0, 1, 3, [])
     new = tasks(sweep.out)[before:]
-    # Its shards run again; its walk-inference finding (same weights, n, attacks, eps) is kept.
-    assert sorted((t["kind"], t["task"].split("/")[0]) for t in new) == [("shard", lost)] * 4
+    # Its shards run again, and then its walk-inference check on the flags they gave.
+    assert sorted((t["kind"], t["task"].split("/")[0]) for t in new) == [("inference", lost)] + [("shard", lost)] * 4
     assert rows_of(sweep.db) == swept.rows  # bit for bit the same flags
 
 
@@ -248,6 +248,30 @@ def test_a_shards_autoattack_warnings_are_stored_with_its_flags(swept: Swept, tm
         kept = [d for d in store.diagnostics(source.run_id) if d.check == "autoattack-checks"]
     assert sorted(d.details["message"] for d in kept) == ["a first warning", "a second warning"]
     assert all(d.n == N and d.fingerprint == source.fingerprint for d in kept)
+
+
+def test_a_shard_walks_the_grid_as_its_block_says(swept: Swept, data: Path, one_thread: None,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    import bench.evaluate
+    from bench.sweep_work import ShardSpec, checkpoint_files, shard_job
+
+    walks: list[Any] = []
+    real = bench.evaluate.grid_walk
+
+    def spy(*args: Any, **kwargs: Any) -> Any:  # the real walk, its walk argument noted
+        walks.append(kwargs.get("walk"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench.evaluate, "grid_walk", spy)
+    ev = load_sweep(swept.file).evals[0]
+    for walk in ("up", "down"):
+        spec = dataclasses.replace(ev.spec, walk=walk)
+        got = shard_job(checkpoint_files(ev.train.run_dir), ShardSpec(spec, spec.make_attacks(), [0], 0, 1),
+                        str(data), False, 1)
+        assert sorted(got.steps[0]) == sorted(e for e in spec.eps if e > 0)
+    assert walks == ["up", "down"]
 
 
 # ------------------------------------------------------------------------------ several evaluations of one checkpoint
@@ -308,6 +332,9 @@ def test_evaluations_of_one_checkpoint_share_its_checks_and_keep_their_own(ray_c
     found = inference_rows(sweep.db)
     assert sorted(v[0] for v in found.values()) == [("fgsm",), ("pgd[steps=2]",)], found  # both kept
     assert all(key.endswith("@1/255<2/255") and v[1] > 0 for key, v in found.items())
+    with Store(sweep.db, readonly=True) as store:  # each finding says which evaluation it checked
+        contexts = [d.details["evaluation"] for d in store.diagnostics() if d.check == "walk-inference"]
+    assert contexts == [{"grid": ["0", "1/255", "2/255"], "walk": "bisect", "seed": 0, "batch_size": 16}] * 2
 
     # A driver killed after an evaluation's rows but before its walk-inference finding: the
     # rerun runs that check alone (no shard, no audit), for both blocks, and finds the same.

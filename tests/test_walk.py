@@ -306,6 +306,46 @@ def test_a_model_robust_only_to_large_budgets_is_flagged_by_the_bisect_walk(
     assert int(upr.flags[4].sum()) < int(bi.flags[4].sum())  # measured at 4/255: broken
 
 
+def test_an_up_walk_replaces_a_flagged_bisect_walk_and_its_finding(
+        problem: tuple[nn.Module, torch.Tensor, torch.Tensor], tmp_path: Path) -> None:
+    """The advice of a flagged walk-inference check is to walk up: once the up walk's rows
+    replace the bisect walk's, the finding about the bisect walk's inferred numbers goes too
+    (else the model would stay marked unreliable for numbers no longer in the store)."""
+    import planted as P
+    from bench.params import format_eps
+
+    base, x, y = problem
+    trap = P.LargeBudgetTrap(base, x, y, limit=6 / 255).eval()
+    s = Settings([make_attack("pgd")], GRID, 16, 0, progress=False)
+    with Store(tmp_path / "r.sqlite") as store:
+        evaluate_target(_target(trap, x, y), s, store=store)
+        kept = [d for d in store.diagnostics() if d.check == "walk-inference"]
+        assert len(kept) == 1 and kept[0].flagged and kept[0].key == "pgd@4/255<8/255"
+        assert kept[0].details["evaluation"] == {"grid": [format_eps(e) for e in GRID], "walk": "bisect",
+                                                 "seed": 0, "batch_size": 16}
+        evaluate_target(_target(trap, x, y), replace(s, walk="up"), store=store)
+        assert not [d for d in store.diagnostics() if d.check == "walk-inference"]
+        assert {r.walk for r in store.results()} == {"up"}
+
+
+def test_findings_replace_the_rows_an_older_bench_kept_under_other_keys(tmp_path: Path) -> None:
+    """Before per-evaluation keys, a model kept one walk-inference row (key "") and AutoAttack's
+    warnings under their list positions ("000", ...): a finding of the same check written now
+    replaces them (for that model and n only), rather than standing next to them."""
+    from bench.store import DiagnosticRow
+
+    def row(check: str, key: str, run_id: str = "m") -> DiagnosticRow:
+        return DiagnosticRow(run_id, "fp", 32, check, key, True, "src", "old", {}, "", "t")
+
+    with Store(tmp_path / "r.sqlite") as store:
+        store.write_diagnostics([row("walk-inference", ""), row("autoattack-checks", "000"),
+                                 row("autoattack-checks", "001"), row("walk-inference", "", "other")])
+        store.write_diagnostics([row("walk-inference", "pgd@4/255<8/255"), row("autoattack-checks", "0a1b2c3d4e5f")])
+        kept = sorted((d.run_id, d.check, d.key) for d in store.diagnostics())
+    assert kept == [("m", "autoattack-checks", "0a1b2c3d4e5f"), ("m", "walk-inference", "pgd@4/255<8/255"),
+                    ("other", "walk-inference", "")]
+
+
 def test_an_honest_model_passes_the_walk_inference_check(problem: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
     """On 0..4/255 (robust points at 4/255 exist): checked at 2/255, nothing refuted."""
     model, x, y = problem
