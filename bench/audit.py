@@ -143,8 +143,13 @@ def inference_key(results: Sequence[Any]) -> str | None:
     if plan is None:
         return None
     walking, j, _ = plan
-    return row_key("walk-inference", {"attacks": [r.attack.display for r in walking],
-                                      "inferred_eps": walking[0].eps[j], "measured_eps": walking[0].eps[-1]})
+    return _inference_row_key(walking, j)
+
+
+def _inference_row_key(walks: Sequence[Any], j: int) -> str:
+    """The store key of a walk-inference finding on these walks, checked at grid index ``j``."""
+    return row_key("walk-inference", {"attacks": [r.attack.display for r in walks],
+                                      "inferred_eps": walks[0].eps[j], "measured_eps": walks[0].eps[-1]})
 
 
 def inference_context(results: Sequence[Any], seed: int, batch_size: int) -> dict[str, Any]:
@@ -168,10 +173,7 @@ def stale_inference_key(results: Sequence[Any]) -> str | None:
     if not results or any(getattr(r, "walk", "up") != "up" for r in results):
         return None
     j = middle_eps(results[0].eps)
-    if j is None:
-        return None
-    return row_key("walk-inference", {"attacks": [r.attack.display for r in results],
-                                      "inferred_eps": results[0].eps[j], "measured_eps": results[0].eps[-1]})
+    return None if j is None else _inference_row_key(results, j)
 
 
 def inference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, results: Sequence[Any],
