@@ -20,7 +20,10 @@ import torch
 from torch import nn
 
 from bench.errors import UsageError
-from bench.evaluate import Evaluation, Settings, Target, attach_points, evaluate_target
+from bench.evaluation.local import evaluate_target
+from bench.evaluation.outcome import Evaluation
+from bench.evaluation.plan import Settings
+from bench.evaluation.targets import Target, attach_points
 from bench.params import parse_eps_grid
 
 

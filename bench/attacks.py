@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from bench.diagnostics import model_device
+from bench.io import model_device
 from bench.params import build_dataclass
 from bench.registry import Registry
 

@@ -98,7 +98,7 @@ class Checkpoint:
 
     def build_model(self) -> nn.Module:
         """A fresh model of this checkpoint's architecture for its data set (untrained)."""
-        from models import create_model
+        from bench.models import create_model
 
         info = self.config["dataset_info"]
         return create_model(

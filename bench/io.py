@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from bench.errors import UsageError
 
@@ -82,6 +83,15 @@ def pick_device(name: str | None = None) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"--device {name}: bench runs on cpu or cuda")
     return device
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` lives: its first parameter's device, else its first buffer's, else the CPU."""
+    p = next(model.parameters(), None)
+    if p is not None:
+        return p.device
+    b = next(model.buffers(), None)
+    return b.device if b is not None else torch.device("cpu")
 
 
 def device_label(device: torch.device) -> str:

@@ -50,9 +50,9 @@ from bench.defenses import DEFENSES, build_defense
 from bench.defenses.adversarial import FGSMAT, FGSMRS, PGDAT, TRADES
 from bench.defenses.base import Defense
 from bench.errors import UsageError
-from bench.evaluate import DEFAULT_WALK, WALKS, GridResult, check_walk, grid_walk, predict
+from bench.evaluation.walk import DEFAULT_WALK, GridResult, WALKS, check_walk, grid_walk, predict
 from bench.io import atomic_write_json, device_label, library_versions, pick_device
-from bench.results import Estimate
+from bench.evaluation.results import Estimate
 from bench.train import optimizer_step
 
 GRID = [i / 255 for i in range(9)]  # the default grid of bench eval: 0..8/255
@@ -170,7 +170,7 @@ def make_setup(cfg: PerfConfig, test_n: int) -> Setup:
 
 def fresh_model(setup: Setup, seed: int = 0) -> nn.Module:
     """The set-up's model, initialised from ``seed``, on its device, in training mode."""
-    from models import create_model
+    from bench.models import create_model
 
     torch.manual_seed(seed)
     i = setup.info
@@ -475,7 +475,7 @@ def _peak_rss_mb() -> float:
 
 
 def _rebuild(model_name: str, dataset: str, state: dict[str, torch.Tensor]) -> nn.Module:
-    from models import create_model
+    from bench.models import create_model
 
     i = dataset_info(dataset)
     model = create_model(model_name, channels=i.channels, num_classes=i.num_classes, image_size=i.image_size,
@@ -489,7 +489,11 @@ def memory_child(spec: dict[str, Any]) -> dict[str, Any]:
     the costly diagnostics with transfer, a store) and report peak memory before and after."""
     import tracemalloc
 
-    from bench.evaluate import Settings, Target, evaluate_target
+    from bench.evaluation.local import evaluate_target
+
+    from bench.evaluation.plan import Settings
+
+    from bench.evaluation.targets import Target
     from bench.sources import from_module
     from bench.store import Store
 

@@ -16,11 +16,11 @@ Tables (schema version :data:`SCHEMA_VERSION`, recorded in ``meta``):
     per-batch flags of an (attack, eps) step still in progress, so that a killed evaluation
     resumes where it stopped; deleted when the step's result row is written.
 ``diagnostics``
-    what each check found for a model (see :mod:`bench.diagnostics`), AutoAttack's own warnings
+    what each check found for a model (see :mod:`bench.evaluation.diagnostics`), AutoAttack's own warnings
     included.
 
 The worst case over attacks is not stored: it is derived from the flags
-(:func:`bench.results.worst_case`). Every write is one short transaction (``BEGIN IMMEDIATE``);
+(:func:`bench.evaluation.results.worst_case`). Every write is one short transaction (``BEGIN IMMEDIATE``);
 the journal is WAL with a busy timeout while writers have the store open, so several ``bench eval``
 processes can share a store (the last writer to close returns the file to a rollback journal, so
 that readers, which open it read-only, create no ``-wal``/``-shm`` files).

@@ -43,7 +43,7 @@ from bench.defenses import Defense, build_defense, defense_params
 from bench.defenses.overfitting import Monitor, heldout_size
 from bench.errors import UsageError
 from bench.io import device_label, library_versions, pick_device
-from models import create_model
+from bench.models import create_model
 
 SCHEDULES = ("piecewise", "cosine")
 AMP_MODES = ("off", "bf16")  # training autocast: none, or bfloat16 (see the module docstring)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from bench.data import dataset_info
-from models import create_model
+from bench.models import create_model
 
 
 def honest() -> nn.Module:

@@ -15,8 +15,8 @@ from torch import nn
 
 from bench.errors import UsageError
 from bench.registry import Registry
-from models import cnn, resnet, vgg, wideresnet
-from models.common import Normalize
+from bench.models import cnn, resnet, vgg, wideresnet
+from bench.models.common import Normalize
 
 __all__ = ["MODELS", "Normalize", "create_model"]
 

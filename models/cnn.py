@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from models.common import Normalize, init_weights
+from bench.models.common import Normalize, init_weights
 
 MIN_IMAGE_SIZE = 4  # two 2x2 max-pools: 4 -> 2 -> 1
 

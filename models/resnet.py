@@ -13,7 +13,7 @@ from typing import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.common import Normalize, init_weights
+from bench.models.common import Normalize, init_weights
 
 # Three stride-2 stages: 8 is the smallest input that every stage still halves (8 -> 4 -> 2 -> 1).
 # Smaller inputs would run, but later stages would "downsample" a 1x1 map.

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from models.common import Normalize, init_weights
+from bench.models.common import Normalize, init_weights
 
 # Conv widths, "M" for a 2x2 max-pool.
 VGG19: tuple[int | str, ...] = (

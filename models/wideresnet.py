@@ -12,7 +12,7 @@ from typing import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.common import Normalize, init_weights
+from bench.models.common import Normalize, init_weights
 
 # Two stride-2 groups: 4 is the smallest input that both still halve (4 -> 2 -> 1).
 MIN_IMAGE_SIZE = 4

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/check_cost.py CHECKPOINT [--n 200] [--eps 0,8/255]
 
 Runs one evaluation (no store) and times, inside it, the checks that run on every evaluation
-(bench.audit.cheap before the attacks, bench.audit.compare after them) against the whole.
+(bench.evaluation.audit.cheap before the attacks, bench.evaluation.audit.compare after them) against the whole.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench import audit
+from bench.evaluation import audit
 from bench.commands.eval import parse_attacks
-from bench.evaluate import Settings, evaluate_target, prepare_target
+from bench.evaluation.local import evaluate_target
+from bench.evaluation.plan import Settings
+from bench.evaluation.targets import prepare_target
 from bench.params import parse_eps_grid
 
 

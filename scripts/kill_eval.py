@@ -69,7 +69,7 @@ def make_world(root: Path) -> World:
     import torch
 
     from bench.data import dataset_info
-    from models import create_model
+    from bench.models import create_model
 
     rng = np.random.default_rng(0)
     folder = root / "data" / "fashion-mnist"

@@ -146,7 +146,7 @@ class LargeBudgetTrap(Wrapped):
     ``limit`` (L-infinity) from the nearest of them gets that point's label (a lookup, no
     gradient); anything closer goes to the honest CNN. Small budgets break it, large ones seem
     not to: attack success falls as eps grows, which a walk that infers small-eps flags from a
-    large eps would miss (bench.diagnostics.check_inference)."""
+    large eps would miss (bench.evaluation.diagnostics.check_inference)."""
 
     def __init__(self, base: nn.Module, x: torch.Tensor, y: torch.Tensor, limit: float) -> None:
         super().__init__(base)

@@ -19,7 +19,7 @@ from bench.attacks import (
 from conftest import tiny_problem
 
 from bench.errors import UsageError
-from bench.evaluate import check_budget
+from bench.evaluation.walk import check_budget
 
 EPS = 8 / 255
 

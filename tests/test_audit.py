@@ -13,8 +13,10 @@ from torch import nn
 
 import planted
 from bench.attacks import make_attack
-from bench.audit import adapt_for_randomized, classify_aa_warning
-from bench.evaluate import Settings, Target, evaluate_target
+from bench.evaluation.audit import adapt_for_randomized, classify_aa_warning
+from bench.evaluation.local import evaluate_target
+from bench.evaluation.plan import Settings
+from bench.evaluation.targets import Target
 from bench.weights import fingerprint_model
 
 EPS = [0.0, 0.01, 0.02]  # two attacked eps: the walk infers at 0.01 (walk-inference)
@@ -84,7 +86,7 @@ def test_autoattack_square_warning_needs_a_real_difference() -> None:
 def test_confident_honest_model_gradients_not_flagged() -> None:
     """float32 softmax rounds a very confident point's gradient to 0; the check must not call
     that masking (the loss is evaluated in float64), while logits x 1e4 stay flagged."""
-    from bench.diagnostics import check_gradients
+    from bench.evaluation.diagnostics import check_gradients
 
     base = planted.honest(0)
     x, y = planted.test_points()

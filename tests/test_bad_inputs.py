@@ -63,7 +63,7 @@ def write_checkpoint(d: Path, run_id: str, weights: bytes | None = None) -> Path
     """A finished checkpoint written by hand: the registry's cnn with random weights (or the
     given bytes as weights.pt), config.json and run.json."""
     from bench.data import dataset_info
-    from models import create_model
+    from bench.models import create_model
 
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps(_config(run_id)))

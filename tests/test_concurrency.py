@@ -29,7 +29,7 @@ N = 48
 def _world(root: Path) -> tuple[list[Path], dict[str, str]]:
     """A small Fashion-MNIST and two checkpoints of the registry's cnn (different weights)."""
     from bench.data import dataset_info
-    from models import create_model
+    from bench.models import create_model
 
     rng = np.random.default_rng(0)
     d = root / "data" / "fashion-mnist"

@@ -1,4 +1,4 @@
-"""Attack-failure diagnostics (bench.diagnostics) against planted models that fake robustness
+"""Attack-failure diagnostics (bench.evaluation.diagnostics) against planted models that fake robustness
 (tests/planted.py) and honest ones: every planted model gets its flags, no honest model any."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import planted as P
-from bench import diagnostics as D
+from bench.evaluation import diagnostics as D
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -82,7 +82,7 @@ def findings(name: str) -> dict[str, D.Finding]:
 
 
 def _inference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, robust: torch.Tensor) -> D.Finding:
-    """As bench.audit.inference on a walk down from EPS: the points robust at EPS, attacked by
+    """As bench.evaluation.audit.inference on a walk down from EPS: the points robust at EPS, attacked by
     PGD directly at EPS / 2."""
     idx = robust.nonzero().flatten()
     x_half = _pgd(model, x[idx], y[idx], EPS / 2, 2.5 * EPS / 2 / STEPS)[0]

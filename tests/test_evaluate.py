@@ -18,8 +18,9 @@ from bench.attacks import ATTACKS, Attack, make_attack
 from conftest import tiny_problem
 
 from bench.errors import BudgetViolation, UsageError
-from bench.evaluate import check_budget, evaluate_checkpoint, grid_walk, predict
-from bench.results import worst_case
+from bench.evaluation.local import evaluate_checkpoint
+from bench.evaluation.walk import check_budget, grid_walk, predict
+from bench.evaluation.results import worst_case
 from bench.store import Store
 
 GRID = [i / 255 for i in range(9)]
@@ -197,7 +198,7 @@ N_TEST = 40
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Small Fashion-MNIST files, a CNN checkpoint trained on them, another of MNIST, and a db."""
     from bench.data import dataset_info
-    from models import create_model
+    from bench.models import create_model
 
     root = tmp_path_factory.mktemp("eval")
     data = root / "data" / "fashion-mnist"
@@ -422,7 +423,7 @@ def test_cli_budget_violation_exits_nonzero(
 def _target(model: nn.Module, x: torch.Tensor, y: torch.Tensor, run_id: str = "m") -> Any:
     from types import SimpleNamespace
 
-    from bench.evaluate import Target
+    from bench.evaluation.targets import Target
     from bench.weights import fingerprint_model
 
     src = SimpleNamespace(model=model, run_id=run_id, dataset="fashion-mnist", kind="module",
@@ -455,8 +456,9 @@ def test_pgd_flags_nearly_independent_of_batch_size(
 def test_same_settings_same_flags_and_grid_never_above_single_run(
     name: str, params: dict[str, str], problem: tuple[nn.Module, torch.Tensor, torch.Tensor]
 ) -> None:
-    from bench.evaluate import Settings, evaluate_target
-    from bench.results import Estimate
+    from bench.evaluation.local import evaluate_target
+    from bench.evaluation.plan import Settings
+    from bench.evaluation.results import Estimate
 
     model, x, y = problem
     atk = [make_attack(name, params)]
@@ -482,7 +484,8 @@ def test_killed_evaluation_resumes_with_the_same_flags(
     problem: tuple[nn.Module, torch.Tensor, torch.Tensor], tmp_path: Path
 ) -> None:
     """An evaluation stopped mid-step continues from the store's batches and finished steps."""
-    from bench.evaluate import Settings, evaluate_target
+    from bench.evaluation.local import evaluate_target
+    from bench.evaluation.plan import Settings
 
     model, x, y = problem
     pgd = make_attack("pgd", {"steps": "3"})
@@ -518,7 +521,8 @@ def test_autoattack_warnings_are_stored_for_every_model(
     problem: tuple[nn.Module, torch.Tensor, torch.Tensor], tmp_path: Path
 ) -> None:
     """Defect: AutoAttack's checks.py warnings were printed once per process and never stored."""
-    from bench.evaluate import Settings, evaluate_target
+    from bench.evaluation.local import evaluate_target
+    from bench.evaluation.plan import Settings
 
     model, x, y = problem
     probs = nn.Sequential(model, nn.Softmax(dim=1)).eval()  # probabilities, not logits
@@ -538,7 +542,8 @@ def test_autoattack_warnings_are_stored_for_every_model(
 def test_time_estimate_after_the_first_batch(
     problem: tuple[nn.Module, torch.Tensor, torch.Tensor], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from bench.evaluate import Settings, evaluate_target
+    from bench.evaluation.local import evaluate_target
+    from bench.evaluation.plan import Settings
 
     model, x, y = problem
     evaluate_target(_target(model, x, y), Settings([make_attack("fgsm")], GRID, 8, 0, progress=True))

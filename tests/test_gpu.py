@@ -11,7 +11,7 @@ from bench.store import Store
 
 from bench import checkpoint
 from bench.attacks import make_attack
-from bench.evaluate import evaluate_checkpoint
+from bench.evaluation.local import evaluate_checkpoint
 from bench.train import TrainConfig, train
 
 pytestmark = pytest.mark.gpu

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.errors import UnknownNameError, UsageError
-from models import MODELS, Normalize, create_model
+from bench.models import MODELS, Normalize, create_model
 
 # (channels, image_size, num_classes): Fashion-MNIST-like and CIFAR-100-like.
 SHAPES = [(1, 28, 10), (3, 32, 100)]

@@ -20,7 +20,7 @@ from bench import perf as bp
 from bench.attacks import make_attack
 from bench.cli import main
 from bench.defenses import DEFENSES, build_defense
-from bench.evaluate import DEFAULT_WALK, WALKS
+from bench.evaluation.walk import DEFAULT_WALK, WALKS
 from conftest import tiny_problem
 
 
@@ -52,7 +52,7 @@ def _forwards(model: torch.nn.Module, step: Any) -> int:
 
 def _cnn_batch() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     """The registry's cnn (Fashion-MNIST's shape) and a random batch of 16."""
-    from models import create_model
+    from bench.models import create_model
 
     torch.manual_seed(0)
     model = create_model("cnn", channels=1, num_classes=10, image_size=28, mean=(0.5,), std=(0.5,))

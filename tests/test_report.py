@@ -11,7 +11,7 @@ import pytest
 
 from bench.errors import UsageError
 from bench.report import MANIFEST, write_report
-from bench.results import wilson
+from bench.evaluation.results import wilson
 from bench.store import ResultRow, RunRow, Store
 
 VERSIONS = {"python": "3.11.7", "torch": "2.14.1"}

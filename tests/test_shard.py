@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from bench.attacks import make_attack
-from bench.evaluate import WALKS, grid_walk
+from bench.evaluation.walk import WALKS, grid_walk
 
 GRID = [0.0, 2 / 255, 4 / 255, 8 / 255, 0.1]
 

@@ -32,7 +32,7 @@ from bench.sources import (
     zoo_entries,
 )
 from bench.weights import fingerprint_model, fingerprint_state
-from models import create_model
+from bench.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

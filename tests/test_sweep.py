@@ -31,11 +31,12 @@ import ray
 from bench import checkpoint
 from bench.cli import main
 from bench.errors import UsageError
-from bench.evaluate import evaluate_checkpoint
+from bench.evaluation.local import evaluate_checkpoint
 from bench.store import Store
-from bench.sweep import load_sweep
-from bench.sweep_ray import Outcome, RayOptions, check_reachable, run_sweep, task_options
-from bench.sweep_work import saved_identity
+from bench.sweep.spec import load_sweep
+from bench.cluster import RayOptions, check_reachable, task_options
+from bench.sweep.driver import Outcome, run_sweep
+from bench.sweep.work import saved_identity
 from conftest import write_small_fmnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -230,18 +231,19 @@ def test_a_shards_autoattack_warnings_are_stored_with_its_flags(swept: Swept, tm
     """AutoAttack's checks.py warnings come back with a shard's flags and are stored as they
     arrive (a driver killed before the evaluation's end keeps them), keyed by what they say:
     a shard run again replaces its warning, another shard's adds one."""
-    from bench.sources import from_checkpoint
-    from bench.sweep_store import EvalBook
-    from bench.sweep_work import ShardResult
+    from bench.evaluation.book import Book
+    from bench.evaluation.work import ShardResult
+    from bench.sweep.driver import eval_plan
 
     sweep = load_sweep(swept.file)
     db = tmp_path / "copy.sqlite"
     shutil.copy(sweep.db, db)  # the session's store stays as the sweep left it
     ev = sweep.evals[0]
-    source = from_checkpoint(ev.train.run_dir)
+    plan = eval_plan(ev)
+    source = plan.target.source
     said = [("a first warning", 8 / 255, 16), ("a second warning", 8 / 255, 16)]
     with Store(db) as store:
-        book = EvalBook(store, ev, source, ev.spec.make_attacks())
+        book = Book(store, plan, attacks=plan.settings.attacks)
         book.write_shard(ShardResult(0, 2, clean={}, warnings=said[:1]))
         book.write_shard(ShardResult(0, 2, clean={}, warnings=said[:1]))  # the same shard again
         book.write_shard(ShardResult(2, 3, clean={}, warnings=said[1:]))  # another shard, another warning
@@ -254,22 +256,24 @@ def test_a_shard_walks_the_grid_as_its_block_says(swept: Swept, data: Path, one_
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 
-    import bench.evaluate
-    from bench.sweep_work import ShardSpec, checkpoint_files, shard_job
+    import bench.evaluation.work
+    from bench.checkpoint_files import checkpoint_files
+    from bench.evaluation.ray_executor import do_work
 
     walks: list[Any] = []
-    real = bench.evaluate.grid_walk
+    real = bench.evaluation.work.grid_walk
 
     def spy(*args: Any, **kwargs: Any) -> Any:  # the real walk, its walk argument noted
         walks.append(kwargs.get("walk"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bench.evaluate, "grid_walk", spy)
+    monkeypatch.setattr(bench.evaluation.work, "grid_walk", spy)
     ev = load_sweep(swept.file).evals[0]
     for walk in ("up", "down"):
         spec = dataclasses.replace(ev.spec, walk=walk)
-        got = shard_job(checkpoint_files(ev.train.run_dir), ShardSpec(spec, spec.make_attacks(), [0], 0, 1),
-                        str(data), False, 1)
+        shard = bench.evaluation.work.Shard(spec.make_attacks(), [0], 0, 1, list(spec.eps), spec.batch_size,
+                                            spec.seed, spec.walk)
+        got = do_work(checkpoint_files(ev.train.run_dir), (spec.n, str(data), False), shard, None, 1)
         assert sorted(got.steps[0]) == sorted(e for e in spec.eps if e > 0)
     assert walks == ["up", "down"]
 

@@ -9,7 +9,7 @@ import pytest
 
 from bench.report import model as report_model
 from bench.report import tradeoff
-from bench.results import wilson
+from bench.evaluation.results import wilson
 from bench.store import Store
 from test_report import E8, PGD, STD, add, add_run
 

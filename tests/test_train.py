@@ -15,7 +15,7 @@ from bench.data import DATASETS, DatasetInfo
 from bench.defenses import DEFENSES
 from bench.errors import UsageError
 from bench.train import TrainConfig, augment_batch, lr_at, prepare, train
-from models import MODELS
+from bench.models import MODELS
 
 
 def _train_argv(tmp_path: Path, data_dir: Path, defense: str, *extra: str) -> list[str]:

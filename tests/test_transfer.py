@@ -1,4 +1,4 @@
-"""The transfer matrix (``bench eval --transfer-matrix``, :mod:`bench.transfer`): stored as
+"""The transfer matrix (``bench eval --transfer-matrix``, :mod:`bench.evaluation.transfer`): stored as
 diagnostics rows with n and interval, at most MAX_POINTS points, its diagonal equal to the
 white-box PGD the evaluation stored, feeding the transfer diagnostic, recomputed idempotently,
 shown only for the weights the store holds now."""
@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import visual_store
-from bench import transfer
-from bench.evaluate import prepare_target
+from bench.evaluation import transfer
+from bench.evaluation.targets import prepare_target
 from bench.report import model as report_model
 from bench.report import heatmap, write_report
-from bench.results import Estimate, wilson
+from bench.evaluation.results import Estimate, wilson
 from bench.store import Store
 from bench.report.text import ci
 from visual_store import BATCH, EPS, N, Built

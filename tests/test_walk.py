@@ -17,8 +17,9 @@ from torch import nn
 
 from bench.attacks import Attack, make_attack
 from bench.errors import UsageError
-from bench.evaluate import (DEFAULT_WALK, WALKS, Settings, evaluate_target, grid_walk, max_tests, predict,
-                            walk_order)
+from bench.evaluation.local import evaluate_target
+from bench.evaluation.plan import Settings
+from bench.evaluation.walk import DEFAULT_WALK, WALKS, grid_walk, max_tests, predict, walk_order
 from bench.store import SCHEMA_VERSION, ResultRow, Store
 from conftest import tiny_problem
 
@@ -47,7 +48,7 @@ def _spy(calls: list[tuple[float, list[int]]]) -> Attack:
 def _target(model: nn.Module, x: torch.Tensor, y: torch.Tensor, run_id: str = "m") -> Any:
     from types import SimpleNamespace
 
-    from bench.evaluate import Target
+    from bench.evaluation.targets import Target
     from bench.weights import fingerprint_model
 
     src = SimpleNamespace(model=model, run_id=run_id, dataset="fashion-mnist", kind="module",

@@ -7,14 +7,20 @@ data) before the results store is opened, so bad input leaves it untouched.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
+from typing import Any
 
 
 from bench import checkpoint, paths
 from bench.attacks import ATTACKS, Attack, make_attack
 from bench.errors import BudgetViolation, UsageError
-from bench.evaluate import DEFAULT_WALK, SEED_MAX, WALKS, Settings, Target, evaluate_target, prepare_target
+from bench.evaluation.local import evaluate_target
+from bench.evaluation.plan import SEED_MAX, Settings
+from bench.evaluation.table import format_table
+from bench.evaluation.targets import Target, prepare_target
+from bench.evaluation.walk import DEFAULT_WALK, WALKS
 from bench.io import pick_device
 from bench.params import INT_MAX, parse_eps_grid
 from bench.store import Store, check_store
@@ -61,7 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="with --diagnose: replay PGD examples crafted on this checkpoint")
     p.add_argument("--transfer-matrix", action="store_true",
                    help="after the evaluation, PGD examples crafted on each model evaluated on every "
-                   "model of its data set, on the first min(n, 500) points (bench.transfer)")
+                   "model of its data set, on the first min(n, 500) points (bench.evaluation.transfer)")
     p.add_argument("--transfer-eps", metavar="EPS",
                    help="eps of --transfer-matrix (default: the largest eps of --eps)")
     p.add_argument("--eps", default=DEFAULT_GRID, metavar="GRID",
@@ -92,6 +98,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="shorthand for --set autoattack.attacks=... (implies --aa-version custom), "
                    "e.g. apgd-ce,apgd-t")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="evaluate on a local Ray instance of N workers (one GPU each where there are "
+                   "GPUs): each evaluation's fixed batches are cut into N shards; same rows as in process")
+    p.add_argument("--address", metavar="ADDR",
+                   help="evaluate on this Ray cluster (one shard per worker; --workers sets how many)")
+    p.add_argument("--cpus-per-task", type=int, default=1, metavar="N",
+                   help="with --workers/--address: Ray CPUs and torch threads per task (default 1)")
     p.set_defaults(func=run)
 
 
@@ -159,19 +172,47 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(attacks, eps_grid, args.batch_size, args.seed, args.fresh,
                         not args.no_progress, args.diagnose, transfer, walk=args.walk)
     matrix_eps = transfer_request(args, eps_grid, targets)
-    status = evaluate_all(targets, settings, device, db)
+    ray_opts = ray_request(args)
+    status = (evaluate_all(targets, settings, device, db) if ray_opts is None
+              else evaluate_all_on_ray(targets, settings, db, ray_opts, args.workers, args.device))
     if status or matrix_eps is None:
         return status
-    from bench.transfer import write_matrix
+    from bench.evaluation.transfer import write_matrix
 
     write_matrix(db, targets, matrix_eps, args.seed, args.batch_size)
     return 0
 
 
+def ray_request(args: argparse.Namespace) -> object | None:
+    """The Ray options of ``--workers``/``--address`` (checked), or None: in process, and Ray
+    is never imported."""
+    if args.workers is None and args.address is None:
+        if args.cpus_per_task != 1:
+            raise UsageError("--cpus-per-task goes with --workers or --address")
+        return None
+    for flag, value in (("--workers", args.workers), ("--cpus-per-task", args.cpus_per_task)):
+        if value is not None and not 1 <= value <= 4096:
+            raise UsageError(f"{flag} must be a whole number in 1..4096, got {value}")
+    cluster = _ray_module("bench.cluster")
+    return cluster.RayOptions(address=args.address, cpus_per_task=args.cpus_per_task,
+                              progress=not args.no_progress)
+
+
+def _ray_module(name: str) -> Any:
+    """A module of bench that imports Ray, imported only when Ray is asked for (it is an
+    optional dependency, and slow to import)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        if exc.name not in ("ray", "ray._raylet") and not str(exc.name or "").startswith("ray."):
+            raise
+        raise UsageError("--workers and --address need Ray: pip install -e '.[sweep]' (scripts/setup.sh does)") from None
+
+
 def transfer_request(args: argparse.Namespace, eps_grid: list[float], targets: list[Target]) -> float | None:
     """The eps of ``--transfer-matrix`` (checked before anything runs), or None without it."""
     from bench.params import parse_eps
-    from bench.transfer import check_request
+    from bench.evaluation.transfer import check_request
 
     if not args.transfer_matrix:
         if args.transfer_eps is not None:
@@ -185,7 +226,7 @@ def transfer_request(args: argparse.Namespace, eps_grid: list[float], targets: l
 def load_targets(args: argparse.Namespace) -> list[Target]:
     """The models to evaluate with their first n test points (UsageError on anything bad)."""
     from bench import sources
-    from bench.evaluate import attach_points
+    from bench.evaluation.targets import attach_points
 
     data_dir = paths.data_dir(args.data_dir)
     download = not args.no_download
@@ -225,6 +266,23 @@ def checkpoint_paths(args: argparse.Namespace) -> list[Path]:
     if not found:
         raise UsageError(f"no finished checkpoints under {root} (train one, or name one with --checkpoint)")
     return found
+
+
+def evaluate_all_on_ray(targets: list[Target], settings: Settings, db: Path, opts: Any, workers: int | None,
+                        device: str | None) -> int:
+    """Evaluate every target on Ray into the store ``db``; the tables as in process, in order."""
+    executor = _ray_module("bench.evaluation.ray_executor")
+    with Store(db) as store:
+        store.check_writable()
+        done, failed = executor.evaluate_on_ray(targets, settings, store, opts, workers, device)
+    for ev in done:
+        print(format_table(ev, ev.device), file=sys.stdout)
+    for run_id, error in failed:
+        print(f"bench: error: model {run_id}: {error} (its unfinished steps are not stored)", file=sys.stderr)
+    if failed:
+        return 1
+    print(f"results stored in {db}", file=sys.stderr)
+    return 0
 
 
 def evaluate_all(targets: list[Target], settings: Settings, device: object, db: Path) -> int:

@@ -25,7 +25,7 @@ def registries() -> list[tuple[str, Registry[Any]]]:
     from bench.attacks import ATTACKS
     from bench.data import DATASETS
     from bench.defenses import DEFENSES
-    from models import MODELS
+    from bench.models import MODELS
 
     return [("data sets", DATASETS), ("models", MODELS), ("defenses", DEFENSES), ("attacks", ATTACKS)]
 

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from bench import paths
-from bench.evaluate import DEFAULT_WALK, WALKS
+from bench.evaluation.walk import DEFAULT_WALK, WALKS
 from bench.perf import PerfConfig, check_config, format_report, quick_config, run_perf, write_json
 
 DEFAULT_OUT = "perf.json"  # under the reports directory

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 from bench import paths
 from bench.defenses import DEFENSES, build_defense
 from bench.errors import UsageError
-from bench.evaluate import Settings, Target, check_settings, prepare_target
+from bench.evaluation.plan import Settings, check_settings
+from bench.evaluation.targets import Target, prepare_target
 from bench.params import INT_MAX, parse_eps, parse_eps_grid
 from bench.store import check_store
 
@@ -197,7 +198,7 @@ def visual_report(p: Plan, targets: list[Target], args: argparse.Namespace, eval
     prints what each cost: the matrix beside the evaluation, the pictures beside the rest of
     the quick run (training, evaluation, matrix and report without them)."""
     from bench.report import write_report
-    from bench.transfer import MAX_POINTS, write_matrix
+    from bench.evaluation.transfer import MAX_POINTS, write_matrix
 
     t0 = time.perf_counter()
     if len(targets) >= 2:

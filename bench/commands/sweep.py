@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from bench.errors import UsageError
 
 if TYPE_CHECKING:  # not at run time: Ray is imported only when a sweep runs
-    from bench.sweep import Sweep
-    from bench.sweep_ray import Outcome
+    from bench.sweep.spec import Sweep
+    from bench.sweep.driver import Outcome
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,9 +46,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _ray_driver() -> tuple[Any, Any]:
-    """:class:`bench.sweep_ray.RayOptions` and ``run_sweep``: Ray is imported here only."""
+    """:class:`bench.cluster.RayOptions` and ``run_sweep``: Ray is imported here only."""
     try:
-        from bench.sweep_ray import RayOptions, run_sweep
+        from bench.cluster import RayOptions
+        from bench.sweep.driver import run_sweep
     except ImportError as exc:
         if exc.name not in ("ray", "ray._raylet") and not str(exc.name or "").startswith("ray."):
             raise
@@ -68,7 +69,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check the file, then print the jobs (--dry-run) or run them and write the report."""
-    from bench.sweep import describe, load_sweep
+    from bench.sweep.spec import describe, load_sweep
 
     _check_numbers(args)
     sweep = load_sweep(args.file, args.out)

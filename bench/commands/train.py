@@ -14,7 +14,7 @@ from bench.defenses import DEFENSES, all_param_names
 from bench.errors import UsageError
 from bench.params import parse_assignments
 from bench.train import AMP_MODES, SCHEDULES, SEED_MAX, TrainConfig, check, default_run_id, resume, run_dir_of, train
-from models import MODELS
+from bench.models import MODELS
 
 PARAM_DEST = "defense_param_"
 #: Flags that may go with --resume: where and how to run, not what to train.

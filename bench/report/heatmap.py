@@ -1,6 +1,6 @@
 """The transfer matrix in the report: a heatmap of accuracy (rows: crafted on, columns:
 evaluated on) with n and 95% intervals, and the same as a markdown table. Read from the
-diagnostics rows that ``bench eval --transfer-matrix`` stores (see :mod:`bench.transfer`); a
+diagnostics rows that ``bench eval --transfer-matrix`` stores (see :mod:`bench.evaluation.transfer`); a
 cell is shown only while both its models' weights are the ones the store holds now."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from bench.params import format_eps
 from bench.report.model import TRANSFER_MATRIX, Model
 from bench.report.text import DASH, ci, slug, table
-from bench.results import Estimate
+from bench.evaluation.results import Estimate
 from bench.store import DiagnosticRow, Store, eps_key
 
 

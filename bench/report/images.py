@@ -5,7 +5,7 @@ figures 2 and 3).
 * The images: the first image of each class among the first :data:`POOL` test points, in
   order, :data:`K` of them; the same for every checkpoint of a data set.
 * Input gradients: the cross-entropy's gradient with respect to the input
-  (:func:`bench.diagnostics.input_gradients`), in eval mode.
+  (:func:`bench.evaluation.diagnostics.input_gradients`), in eval mode.
 * Adversarial examples: per image, the example of the first stored attack (in :data:`ORDER`)
   that broke it at the largest eps of the grid, rerun on that image at the eps where that
   attack's walk first broke it (the balls are nested, so it is an example at the largest eps
@@ -151,7 +151,7 @@ def rebuild(p: dict[str, Any]) -> Any:
 def _rerun(net: nn.Module, p: dict[str, Any], x: torch.Tensor, y: torch.Tensor, i: int) -> torch.Tensor | None:
     """The attack's example for one image (seeded as its batch was), or None if it can't run."""
     from bench.attacks import collect_warnings
-    from bench.evaluate import batch_seed, check_budget
+    from bench.evaluation.walk import batch_seed, check_budget
 
     try:
         attack = rebuild(p)
@@ -167,9 +167,9 @@ def _rerun(net: nn.Module, p: dict[str, Any], x: torch.Tensor, y: torch.Tensor, 
 def compute(net: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: list[int], plans: list[Plan],
             seed: int, eps_large: float) -> dict[str, torch.Tensor]:
     """Gradients, the first attack's examples and large-eps PGD's, with predictions."""
-    from bench import diagnostics as dg
+    from bench.evaluation import diagnostics as dg
     from bench.attacks import make_attack
-    from bench.evaluate import predict
+    from bench.evaluation.walk import predict
 
     grad = dg.input_gradients(net, x, y)
     pred_clean = predict(net, x)

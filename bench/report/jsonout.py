@@ -14,7 +14,7 @@ from typing import Any
 from bench.params import eps_in_255, format_eps
 from bench.report import robustbench
 from bench.report.model import AUTOATTACK, WORST, Model, Variant
-from bench.results import Estimate
+from bench.evaluation.results import Estimate
 from bench.store import ANY
 
 

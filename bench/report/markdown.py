@@ -11,7 +11,7 @@ from bench.report import heatmap, robustbench
 from bench.report.model import (AUTOATTACK, WORST, Entry, Model, Ranked, Variant, entries, rank)
 from bench.report.text import (DASH, aa_attack_list, ci, ci_many, format_seconds, joined, table,
                                variant_labels)
-from bench.results import Estimate
+from bench.evaluation.results import Estimate
 from bench.store import ANY
 
 #: What each flag means and what to run next (shown under each table that carries a flag).

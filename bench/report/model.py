@@ -19,15 +19,16 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from bench.results import Estimate, WorstPoint, estimate, group_rows, worst_case
+from bench.vocab import Check
+from bench.evaluation.results import Estimate, WorstPoint, estimate, group_rows, worst_case
 from bench.store import ANY, DiagnosticRow, ResultRow, RunRow, Store, canonical, eps_key
 
 AUTOATTACK = "autoattack"
 RANK_BY = ("worst-case", "autoattack", "clean")  # or any attack name
 #: Config keys that do not change what a checkpoint is (seeds are grouped over the rest).
 NOT_IDENTITY = ("seed", "run_id", "data_dir", "download", "device", "out_dir", "resume")
-#: Diagnostics rows of :mod:`bench.transfer`'s matrix: measurements, not findings.
-TRANSFER_MATRIX = "transfer-matrix"
+#: Diagnostics rows of :mod:`bench.evaluation.transfer`'s matrix: measurements, not findings.
+TRANSFER_MATRIX = Check.TRANSFER_MATRIX
 
 
 @dataclass(frozen=True, order=True)

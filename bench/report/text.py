@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 from bench.params import format_eps
 from bench.report.model import AUTOATTACK, Variant, mean, span, spread
-from bench.results import Estimate
+from bench.evaluation.results import Estimate
 from bench.store import ANY, canonical
 
 DASH = "–"

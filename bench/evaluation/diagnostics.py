@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.io import model_device
+
 CHECKS = (
     "randomized",
     "probabilities",
@@ -132,15 +134,6 @@ def _finding(check: str, flagged: bool, summary: str, details: dict[str, Any], a
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where ``model`` lives: its first parameter's device, else its first buffer's, else the CPU."""
-    p = next(model.parameters(), None)
-    if p is not None:
-        return p.device
-    b = next(model.buffers(), None)
-    return b.device if b is not None else torch.device("cpu")
 
 
 @contextlib.contextmanager

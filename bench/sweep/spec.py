@@ -16,7 +16,7 @@ Every name and value goes through the validators ``bench train`` and ``bench eva
 ``<home>/reports/sweeps/<name>`` and holds ``checkpoints/``, ``results.sqlite``, ``report/`` and
 ``tasks.jsonl`` (where and when each task ran). A job is identified by a hash
 of its resolved configuration (:func:`train_identity`), so a rerun finds what is done. This module
-never imports Ray (:mod:`bench.sweep_ray` runs the jobs).
+never imports Ray (:mod:`bench.sweep.driver` runs the jobs).
 """
 
 from __future__ import annotations
@@ -394,7 +394,7 @@ class ModelCache:
 
     def get(self, model: str, info: Any) -> Any:
         """The model ``model`` built for data set ``info`` (built once)."""
-        from models import create_model
+        from bench.models import create_model
 
         key = (model, info.name)
         if key not in self.models:
@@ -408,7 +408,7 @@ def check_train_values(ck: Checker, values: dict[str, Any], key: str) -> None:
     needed); a failure names ``<key>.<field>``."""
     from bench.data import dataset_info
     from bench.train import SCHEDULES, TrainConfig, check_numbers
-    from models import MODELS
+    from bench.models import MODELS
 
     cfg = TrainConfig(**values)
     if cfg.schedule not in SCHEDULES:

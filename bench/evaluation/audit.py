@@ -1,4 +1,4 @@
-"""The diagnostics of an evaluation: which checks of :mod:`bench.diagnostics` run, when, on which
+"""The diagnostics of an evaluation: which checks of :mod:`bench.evaluation.diagnostics` run, when, on which
 points, and what the evaluation does about them.
 
 * Always (cheap, on at most 200 points, before any attack): randomized outputs, probability
@@ -27,8 +27,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from bench import diagnostics as dg
+from bench.evaluation import diagnostics as dg
 from bench.attacks import Attack, make_attack
+from bench.io import model_device
 from bench.params import format_eps
 from bench.store import DiagnosticRow
 
@@ -178,7 +179,7 @@ def stale_inference_key(results: Sequence[Any]) -> str | None:
 
 def inference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, results: Sequence[Any],
               seed: int, attack: Attack | None = None) -> list[dg.Finding]:
-    """:func:`bench.diagnostics.check_inference` on :func:`inference_plan`'s points, attacked
+    """:func:`bench.evaluation.diagnostics.check_inference` on :func:`inference_plan`'s points, attacked
     by bench's PGD (default parameters, per-point seeds as in the walk; ``attack`` instead where
     gradients are unavailable) at the grid's middle eps."""
     plan = inference_plan(results)
@@ -186,7 +187,7 @@ def inference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, results: Seque
         return []
     walking, j, idx = plan
     eps = walking[0].eps[j]
-    device = dg.model_device(model)
+    device = model_device(model)
     x_adv = (attack or make_attack("pgd")).run(model, x[idx], y[idx], eps, seed, index=idx)
     model.eval()  # whatever the attack did to the mode
     with torch.no_grad():

@@ -9,12 +9,12 @@ classifies both the clean point and the source's example correctly. The diagonal
 white-box PGD of each model on itself.
 
 Stored in the diagnostics table (its layout unchanged): one row per (target, source, eps),
-check :data:`CHECK`, ``run_id`` the target, ``key`` the source's weights fingerprint and the eps
+check ``transfer-matrix`` (:data:`CHECK`), ``run_id`` the target, ``key`` the source's weights fingerprint and the eps
 (:func:`cell_key`: recomputing replaces the same rows, matrices at other eps are kept),
 ``details`` the source run id and fingerprint, eps, the attack and its parameters, the points
 used, the robust count, its 95% interval and the per-point flags. Where the store holds the
 target's white-box evaluation at that eps, each off-diagonal cell also feeds the ``transfer``
-diagnostic (:func:`bench.diagnostics.check_transfer`, same key). The diagonal repeats the grid
+diagnostic (:func:`bench.evaluation.diagnostics.check_transfer`, same key). The diagonal repeats the grid
 walk's PGD at that eps: where the store holds that PGD row (same parameters, seed, batch size,
 and eps the grid's largest, where the walk runs it on every point), :func:`diagonal_check`
 says whether they agree.
@@ -29,15 +29,17 @@ from typing import Any, Sequence, TextIO
 
 import torch
 
-from bench import diagnostics as dg
+from bench.evaluation import diagnostics as dg
 from bench.attacks import make_attack
 from bench.errors import UsageError
-from bench.evaluate import Target, batch_seed, check_budget, flag_text, predict, text_flags
+from bench.evaluation.targets import Target
+from bench.evaluation.walk import batch_seed, check_budget, flag_text, predict, text_flags
 from bench.params import format_eps
-from bench.report.model import TRANSFER_MATRIX as CHECK
-from bench.results import estimate, worst_case
+from bench.vocab import Check
+from bench.evaluation.results import estimate, worst_case
 from bench.store import DiagnosticRow, ResultRow, Store, canonical, eps_key
 
+CHECK = Check.TRANSFER_MATRIX  # the diagnostics rows of the matrix: measurements, not findings
 MAX_POINTS = 500  # points of each matrix, at most (the first of the evaluated n)
 ATTACK = "pgd"
 CORNER = "crafted on / evaluated on"

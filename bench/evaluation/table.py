@@ -1,0 +1,58 @@
+"""The terminal table of one evaluation: robust accuracy (%) with 95% intervals per attack and
+eps, the worst case, and every flag."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bench.evaluation import audit
+from bench.evaluation.results import Estimate
+from bench.params import eps_in_255, format_eps
+from bench.store import ANY
+
+if TYPE_CHECKING:  # the table reads an Evaluation; outcome imports this module
+    from bench.evaluation.outcome import Evaluation
+
+
+def ci_cell(e: Estimate) -> str:
+    """``72.0 (63.1-79.6)``: accuracy and 95% Wilson interval in %."""
+    lo, hi = e.interval
+    return f"{100 * e.acc:.1f} ({100 * lo:.1f}-{100 * hi:.1f})"
+
+
+def format_table(ev: Evaluation, device: str) -> str:
+    """Robust accuracy (%) with 95% intervals per attack (rows) and eps in 1/255 (columns)."""
+    t, s = ev.target, ev.settings
+    src = t.source
+    est = ev.estimates()
+    names = list(est)
+    width = max(len(x) for x in names + ["attack"])
+    head = f"{'attack':<{width}}" + "".join(f"{eps_in_255(e, digits=3):>19}" for e in s.eps_grid)
+    lines = [
+        f"{t.run_id} ({src.dataset}, {src.config.get('model', '?')}, {src.config.get('defense', '?')}, "
+        f"weights {str(src.fingerprint)[7:19]}): n={len(t.y)} (first n test points), seed={s.seed}, "
+        f"batch={s.batch_size}, walk={s.walk}, {device}",
+        f"clean accuracy {ci_cell(ev.clean_estimate)}%; robust accuracy % (95% Wilson interval) "
+        "by Linf eps (x/255)",
+        head,
+        "-" * len(head),
+    ]
+    for name in names:
+        cells = "".join(f"{ci_cell(est[name][e]) if e in est[name] else '-':>19}" for e in s.eps_grid)
+        lines.append(f"{name:<{width}}{cells}")
+    lines.append(f"{ANY} = per point, robust only if every attack above failed at that eps and at "
+                 "every smaller one")
+    if s.walk != "up":
+        lines.append(f"walk {s.walk}: the largest eps is a single run; a point robust there (or at a larger "
+                     "eps) is counted robust below it (inferred); broken is always proved")
+    if ev.note:
+        lines.append(f"note: {ev.note}")
+    for f in ev.findings:
+        if f.flagged:
+            lines.append(f"FLAG {f.check}: {f.summary} -> {f.advice}")
+    for msg, eps, points in ev.aa_warnings:
+        flag, why = audit.classify_aa_warning(msg, points)
+        lines.append(f"{'FLAG' if flag else 'note'} autoattack-checks at {format_eps(eps)}: {msg} ({why})")
+    lines.append("UNRELIABLE: a check flagged this evaluation; it is kept out of the ranking"
+                 if ev.unreliable else f"checks passed: {', '.join(f.check for f in ev.findings)}")
+    return "\n".join(lines)
