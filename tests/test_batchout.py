@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import pytest
@@ -21,6 +20,7 @@ from bench.defenses.batchout import (
     select_layers,
 )
 from bench.errors import UsageError
+from bench.models import create_model
 
 
 class TinyNet(nn.Module):
@@ -463,23 +463,8 @@ def test_sgd_steps_lower_the_clean_loss(values: dict[str, str]) -> None:
 
 
 def _build_registered(name: str) -> nn.Module:
-    """A model from ``models.MODELS`` for 1x28x28 inputs and 10 classes; skips if not there yet."""
-    models = pytest.importorskip("models")
-    registry = getattr(models, "MODELS", None)
-    if registry is None:
-        pytest.skip("models.MODELS is not there yet")
-    if name not in registry.names():
-        pytest.skip(f"model {name!r} is not registered")
-    shape: dict[str, Any] = {"channels": 1, "num_classes": 10, "image_size": 28, "mean": [0.5], "std": [0.5]}
-    create = getattr(models, "create_model", None)
-    if create is not None:
-        return create(name, **shape)
-    factory = registry[name].factory
-    try:
-        params = inspect.signature(factory).parameters
-        return factory(**{k: v for k, v in shape.items() if k in params})
-    except TypeError as exc:  # the factory's signature is not known to this test
-        pytest.skip(f"cannot build {name!r} for 1x28x28: {exc}")
+    """A model of ``bench.models`` for 1x28x28 inputs and 10 classes."""
+    return create_model(name, channels=1, num_classes=10, image_size=28, mean=[0.5], std=[0.5])
 
 
 @pytest.mark.parametrize("name", ["cnn", "resnet18", "preact-resnet18"])

@@ -144,16 +144,18 @@ def test_factory_spec_forms(spec: str, monkeypatch: pytest.MonkeyPatch) -> None:
                           "model": spec, "defense": "external", "run_id": src.run_id}
 
 
-def test_dotted_package_spec_hints_at_the_path_form(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``tests`` is no package (robustbench's wheel even installs another one): the error says
-    which spec works instead."""
-    monkeypatch.chdir(REPO)
-    try:
-        src = from_factory("tests.factories:tiny_fmnist", None, "mnist")
-    except UsageError as err:
-        assert "use --model-factory tests/factories.py:tiny_fmnist" in str(err)
-    else:  # a checkout where tests/ is importable as a package
-        assert src.run_id == "tiny_fmnist"
+def test_dotted_package_spec_hints_at_the_path_form(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dotted spec whose module can't be imported but whose file exists here (as tests/, no
+    package, whose name robustbench's wheel even takes): the error names the spec that works,
+    and that spec works."""
+    folder = tmp_path / "not_a_package"
+    folder.mkdir()
+    (folder / "factories.py").write_text((REPO / "tests" / "factories.py").read_text())
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match=r"use --model-factory not_a_package/factories\.py:tiny_fmnist"):
+        from_factory("not_a_package.factories:tiny_fmnist", None, "mnist")
+    src = from_factory("not_a_package/factories.py:tiny_fmnist", None, "mnist")
+    assert src.run_id == "tiny_fmnist" and src.fingerprint == fingerprint_model(factories.tiny_fmnist())
 
 
 def test_factory_keywords_and_name() -> None:

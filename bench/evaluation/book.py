@@ -68,6 +68,7 @@ class Book:
                 if d.n == self.n and d.fingerprint == self.source.fingerprint and d.check in CHEAP_CHECKS]
         if {d.check for d in rows} != set(CHEAP_CHECKS):
             return None
+        rows.sort(key=lambda d: CHEAP_CHECKS.index(d.check))  # the order they run in
         return [dg.Finding(d.check, d.flagged, d.source, d.summary, dict(d.details), d.advice) for d in rows]
 
     def write_findings(self, findings: Sequence[dg.Finding]) -> None:
