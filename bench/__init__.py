@@ -8,7 +8,7 @@ __all__ = ["evaluate_model"]
 def __getattr__(name: str) -> object:
     """``bench.evaluate_model`` without importing torch at ``import bench``."""
     if name == "evaluate_model":
-        from bench.api import evaluate_model
+        from bench.api import evaluate_model  # here: `import bench` must not import torch
 
         return evaluate_model
     raise AttributeError(f"module 'bench' has no attribute {name!r}")

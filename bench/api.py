@@ -19,17 +19,19 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from bench.commands.eval import parse_attacks
 from bench.errors import UsageError
 from bench.evaluation.local import evaluate_target
 from bench.evaluation.outcome import Evaluation
 from bench.evaluation.plan import Settings
 from bench.evaluation.targets import Target, attach_points
+from bench.io import pick_device
 from bench.params import parse_eps_grid
+from bench.sources import from_module
+from bench.store import Store
 
 
 def _attacks(attacks: Sequence[str] | str, params: dict[str, dict[str, Any]] | None) -> list[Any]:
-    from bench.commands.eval import parse_attacks
-
     names = [attacks] if isinstance(attacks, str) else list(attacks)
     sets = [f"{a}.{k}={v}" for a, kv in (params or {}).items() for k, v in kv.items()]
     return parse_attacks([",".join(names)], sets)
@@ -43,8 +45,6 @@ def _grid(eps: str | float | Sequence[float]) -> list[float]:
 
 def _target(model: nn.Module, dataset: str, name: str, n: int, x: torch.Tensor | None,
             y: torch.Tensor | None, data_dir: str | Path | None) -> Target:
-    from bench.sources import from_module
-
     source = from_module(model, dataset, name)
     if x is None and y is None:
         return attach_points(source, n, data_dir, download=True)
@@ -79,9 +79,6 @@ def evaluate_model(
     number or a list) and return the :class:`~bench.evaluate.Evaluation`: per-attack, per-eps
     flags and accuracies with 95% intervals, the worst case, the diagnostics' findings.
     ``params``: attack parameters, e.g. ``{"pgd": {"steps": 20}}``. Bad input: UsageError."""
-    from bench.io import pick_device
-    from bench.store import Store
-
     settings = Settings(_attacks(attacks, params), _grid(eps), batch_size, seed,
                         progress=progress, diagnose=diagnose, transfer_from=transfer_from)
     target = _target(model, dataset, name, n, x, y, data_dir)

@@ -27,6 +27,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+import pyautoattack
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -34,8 +35,9 @@ from tqdm import tqdm
 from bench.io import model_device
 from bench.params import build_dataclass
 from bench.registry import Registry
+from bench.vocab import AttackKind
 
-KINDS = ("bounded", "minimum-norm")
+KINDS: tuple[str, ...] = tuple(k.value for k in AttackKind)  # the values, as stored
 # The components of the official AutoAttack, as pyautoattack names them.
 AA_COMPONENTS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
@@ -102,7 +104,7 @@ class Attack:
         torch.manual_seed(seed)  # seeds every CUDA device too
         with _frozen(model):
             x_adv = self.perturb(model, x, y, self.concrete(eps), seed, index.cpu()).detach()
-        if self.kind == "minimum-norm":
+        if self.kind == AttackKind.MINIMUM_NORM:
             x_adv = project_linf(x, x_adv, eps)
         return x_adv
 
@@ -165,7 +167,7 @@ def _register(
     ``resolve(cfg)`` gives the stored parameter dict; ``concrete(cfg, eps)`` the values used at
     ``eps``; ``perturb`` runs the attack with them.
     """
-    if kind == "minimum-norm":
+    if kind == AttackKind.MINIMUM_NORM:
         summary += "; minimum-norm: output projected onto the Linf eps-ball and [0, 1]"
 
     defaults = resolve(cls())
@@ -212,13 +214,14 @@ class FGSMParams:
 
 
 def _fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
-    import torchattacks
+    import torchattacks  # here: slow to import (about 0.7 s); only when the attack runs
 
     return _plain(torchattacks.FGSM(model, **kw))(x, y)
 
 
 _register(
-    "fgsm", FGSMParams, "bounded", "FGSM (torchattacks): one signed-gradient step of size eps",
+    "fgsm", FGSMParams, AttackKind.BOUNDED,
+    "FGSM (torchattacks): one signed-gradient step of size eps",
     lambda c: {}, lambda c, eps: {"eps": eps}, _fgsm,
 )
 
@@ -272,7 +275,8 @@ def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any],
 
 
 _register(
-    "pgd", PGDParams, "bounded", "PGD, Linf, CE loss (bench's own: per-point seeded start)",
+    "pgd", PGDParams, AttackKind.BOUNDED,
+    "PGD, Linf, CE loss (bench's own: per-point seeded start)",
     lambda c: {"steps": c.steps, "alpha": _alpha_rule(c.alpha, "2.5*eps/steps"),
                "random_start": c.random_start},
     lambda c, eps: {"eps": eps, "steps": c.steps, "random_start": c.random_start,
@@ -298,13 +302,13 @@ class CWParams:
 
 
 def _cw(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
-    import torchattacks
+    import torchattacks  # here: slow to import (about 0.7 s); only when the attack runs
 
     return _plain(torchattacks.CW(model, **kw))(x, y)
 
 
 _register(
-    "cw", CWParams, "minimum-norm", "Carlini-Wagner L2 (torchattacks)",
+    "cw", CWParams, AttackKind.MINIMUM_NORM, "Carlini-Wagner L2 (torchattacks)",
     lambda c: {"c": c.c, "kappa": c.kappa, "steps": c.steps, "lr": c.lr},
     lambda c, eps: {"c": c.c, "kappa": c.kappa, "steps": c.steps, "lr": c.lr},
     _cw,
@@ -326,13 +330,13 @@ class DeepFoolParams:
 
 
 def _deepfool(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
-    import torchattacks
+    import torchattacks  # here: slow to import (about 0.7 s); only when the attack runs
 
     return _plain(torchattacks.DeepFool(model, **kw))(x, y)
 
 
 _register(
-    "deepfool", DeepFoolParams, "minimum-norm", "DeepFool L2 (torchattacks)",
+    "deepfool", DeepFoolParams, AttackKind.MINIMUM_NORM, "DeepFool L2 (torchattacks)",
     lambda c: {"steps": c.steps, "overshoot": c.overshoot},
     lambda c, eps: {"steps": c.steps, "overshoot": c.overshoot},
     _deepfool,
@@ -355,13 +359,13 @@ class MIFGSMParams:
 
 
 def _mifgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
-    import torchattacks
+    import torchattacks  # here: slow to import (about 0.7 s); only when the attack runs
 
     return _plain(torchattacks.MIFGSM(model, **kw))(x, y)
 
 
 _register(
-    "mifgsm", MIFGSMParams, "bounded", "MI-FGSM, Linf (torchattacks)",
+    "mifgsm", MIFGSMParams, AttackKind.BOUNDED, "MI-FGSM, Linf (torchattacks)",
     lambda c: {"steps": c.steps, "decay": c.decay, "alpha": _alpha_rule(c.alpha, "eps/steps")},
     lambda c, eps: {"eps": eps, "steps": c.steps, "decay": c.decay,
                     "alpha": eps / c.steps if c.alpha is None else c.alpha},
@@ -386,13 +390,13 @@ class APGDParams:
 
 
 def _apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
-    import torchattacks
+    import torchattacks  # here: slow to import (about 0.7 s); only when the attack runs
 
     return _plain(torchattacks.APGD(model, norm="Linf", seed=seed, **kw))(x, y)
 
 
 _register(
-    "apgd", APGDParams, "bounded", "Auto-PGD, Linf, CE or DLR loss (torchattacks)",
+    "apgd", APGDParams, AttackKind.BOUNDED, "Auto-PGD, Linf, CE or DLR loss (torchattacks)",
     lambda c: {"loss": c.loss, "steps": c.steps, "n_restarts": c.n_restarts},
     lambda c, eps: {"eps": eps, "loss": c.loss, "steps": c.steps, "n_restarts": c.n_restarts},
     _apgd,
@@ -416,13 +420,13 @@ class SquareParams:
 
 
 def _square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
-    import torchattacks
+    import torchattacks  # here: slow to import (about 0.7 s); only when the attack runs
 
     return _plain(torchattacks.Square(model, norm="Linf", seed=seed, **kw))(x, y)
 
 
 _register(
-    "square", SquareParams, "bounded", "Square Attack, Linf, black-box (torchattacks)",
+    "square", SquareParams, AttackKind.BOUNDED, "Square Attack, Linf, black-box (torchattacks)",
     lambda c: {"n_queries": c.n_queries, "n_restarts": c.n_restarts, "p_init": c.p_init},
     lambda c, eps: {"eps": eps, "n_queries": c.n_queries, "n_restarts": c.n_restarts,
                     "p_init": c.p_init},
@@ -447,14 +451,14 @@ class FABParams:
 
 
 def _fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
-    import torchattacks
+    import torchattacks  # here: slow to import (about 0.7 s); only when the attack runs
 
     atk = torchattacks.FAB(model, norm="Linf", seed=seed, n_classes=_n_classes(model, x), **kw)
     return _plain(atk)(x, y)
 
 
 _register(
-    "fab", FABParams, "bounded", "FAB, Linf, keeps only points within eps (torchattacks)",
+    "fab", FABParams, AttackKind.BOUNDED, "FAB, Linf, keeps only points within eps (torchattacks)",
     lambda c: {"steps": c.steps, "n_restarts": c.n_restarts, "multi_targeted": c.multi_targeted},
     lambda c, eps: {"eps": eps, "steps": c.steps, "n_restarts": c.n_restarts,
                     "multi_targeted": c.multi_targeted},
@@ -479,13 +483,13 @@ class EOTPGDParams:
 
 
 def _eotpgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
-    import torchattacks
+    import torchattacks  # here: slow to import (about 0.7 s); only when the attack runs
 
     return _plain(torchattacks.EOTPGD(model, **kw))(x, y)
 
 
 _register(
-    "eotpgd", EOTPGDParams, "bounded", "EOT-PGD, Linf, CE loss (torchattacks)",
+    "eotpgd", EOTPGDParams, AttackKind.BOUNDED, "EOT-PGD, Linf, CE loss (torchattacks)",
     lambda c: {"eot_iter": c.eot_iter, "steps": c.steps,
                "alpha": _alpha_rule(c.alpha, "2.5*eps/steps"), "random_start": c.random_start},
     lambda c, eps: {"eps": eps, "eot_iter": c.eot_iter, "steps": c.steps,
@@ -581,10 +585,8 @@ def _quiet_autoattack(eps: float, points: int) -> Iterator[None]:
 
 
 def _autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
-    from pyautoattack import AutoAttack
-
     with _quiet_autoattack(kw["eps"], len(x)):
-        aa = AutoAttack(
+        aa = pyautoattack.AutoAttack(
             model, norm="Linf", eps=kw["eps"], version=kw["version"],
             attacks=list(kw["attacks"]) if kw["version"] == "custom" else None,
             seed=seed, device=x.device,
@@ -595,7 +597,7 @@ def _autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str
 
 
 _register(
-    "autoattack", AutoAttackParams, "bounded",
+    "autoattack", AutoAttackParams, AttackKind.BOUNDED,
     "official AutoAttack (pyautoattack), Linf; version standard|plus|rand|custom",
     lambda c: {"version": c.version, "attacks": list(c.components())},
     lambda c, eps: {"eps": eps, "version": c.version, "attacks": list(c.attacks)},

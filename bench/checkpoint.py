@@ -42,6 +42,7 @@ from torch import nn
 
 from bench.errors import UsageError
 from bench.io import atomic_write_bytes, atomic_write_json
+from bench.models import create_model
 from bench.weights import fingerprint_state
 
 WEIGHTS, LEGACY_WEIGHTS = "weights.safetensors", "weights.pt"
@@ -98,8 +99,6 @@ class Checkpoint:
 
     def build_model(self) -> nn.Module:
         """A fresh model of this checkpoint's architecture for its data set (untrained)."""
-        from bench.models import create_model
-
         info = self.config["dataset_info"]
         return create_model(
             self.model_name,

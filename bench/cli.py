@@ -12,6 +12,7 @@ import sys
 from typing import NoReturn, Sequence
 
 from bench import __version__
+from bench.commands import command_modules
 from bench.errors import UsageError
 
 
@@ -29,8 +30,6 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> Parser:
     """The full parser, with every command registered."""
-    from bench.commands import command_modules
-
     parser = Parser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"bench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)

@@ -178,7 +178,7 @@ def _torchvision_idx_download(class_name: str) -> Callable[[Path, str], None]:
     """Download with torchvision's class (it knows the mirrors); it writes <root>/<Class>/raw/."""
 
     def download(root: Path, split: str) -> None:
-        import torchvision.datasets as tvd
+        import torchvision.datasets as tvd  # here: torchvision is slow to import; downloads only
 
         getattr(tvd, class_name)(str(root), train=split == "train", download=True)
 
@@ -283,7 +283,7 @@ def _cifar_download(class_name: str) -> Callable[[Path, str], None]:
     """
 
     def download(root: Path, split: str) -> None:
-        import torchvision.datasets as tvd
+        import torchvision.datasets as tvd  # here: torchvision is slow to import; downloads only
         from torchvision.datasets.utils import download_and_extract_archive
 
         cls = getattr(tvd, class_name)
@@ -297,7 +297,7 @@ def _cifar_download(class_name: str) -> Callable[[Path, str], None]:
 
 def _read_svhn(paths: list[Path], info: DatasetInfo) -> _Arrays:
     """Read an SVHN ``*_32x32.mat`` file: X [32, 32, 3, N] uint8, y [N, 1] with 10 meaning 0."""
-    import scipy.io
+    import scipy.io  # here: only SVHN needs scipy
 
     (path,) = paths
     try:
@@ -318,7 +318,7 @@ def _read_svhn(paths: list[Path], info: DatasetInfo) -> _Arrays:
 
 def _svhn_download(root: Path, split: str) -> None:
     """Fetch ``<split>_32x32.mat`` (not ``extra``) with torchvision's URL and md5."""
-    import torchvision.datasets as tvd
+    import torchvision.datasets as tvd  # here: torchvision is slow to import; downloads only
     from torchvision.datasets.utils import download_url
 
     url, filename, md5 = tvd.SVHN.split_list[split]

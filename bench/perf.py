@@ -31,11 +31,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -44,15 +46,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench import paths
 from bench.attacks import Attack, make_attack
 from bench.data import DatasetInfo, dataset_info, load_dataset
 from bench.defenses import DEFENSES, build_defense
 from bench.defenses.adversarial import FGSMAT, FGSMRS, PGDAT, TRADES
 from bench.defenses.base import Defense
 from bench.errors import UsageError
-from bench.evaluation.walk import DEFAULT_WALK, GridResult, WALKS, check_walk, grid_walk, predict
-from bench.io import atomic_write_json, device_label, library_versions, pick_device
+from bench.evaluation.local import evaluate_target
+from bench.evaluation.plan import Settings
 from bench.evaluation.results import Estimate
+from bench.evaluation.targets import Target
+from bench.evaluation.walk import DEFAULT_WALK, WALKS, GridResult, check_walk, grid_walk, predict
+from bench.io import atomic_write_json, device_label, library_versions, pick_device
+from bench.models import create_model
+from bench.sources import from_checkpoint, from_module
+from bench.store import Store
 from bench.train import optimizer_step
 
 GRID = [i / 255 for i in range(9)]  # the default grid of bench eval: 0..8/255
@@ -170,8 +179,6 @@ def make_setup(cfg: PerfConfig, test_n: int) -> Setup:
 
 def fresh_model(setup: Setup, seed: int = 0) -> nn.Module:
     """The set-up's model, initialised from ``seed``, on its device, in training mode."""
-    from bench.models import create_model
-
     torch.manual_seed(seed)
     i = setup.info
     model = create_model(setup.model_name, channels=i.channels, num_classes=i.num_classes,
@@ -210,9 +217,6 @@ def train_quick(setup: Setup, defense_name: str, epochs: int, batch: int, seed: 
 def load_model(path: str, setup: Setup) -> tuple[nn.Module, str]:
     """A checkpoint's model (of the set-up's data set) on the device, in eval mode, and the
     name of its architecture."""
-    from bench import paths
-    from bench.sources import from_checkpoint
-
     src = from_checkpoint(paths.resolve(path, "checkpoint"))
     if src.dataset != setup.info.name:
         raise UsageError(f"checkpoint {path} is of {src.dataset}; bench perf here runs on {setup.info.name}")
@@ -287,7 +291,7 @@ def _torchattacks_side(setup: Setup, x: torch.Tensor, y: torch.Tensor) -> Callab
     the model left in training mode during the attack, as bench's PGD-AT and the reference
     implementations do (torchattacks' default switches it to eval mode: other work, cheaper
     batch norm, another result)."""
-    import torchattacks
+    import torchattacks  # here: slow to import (about 0.7 s); only for this comparison
 
     model = fresh_model(setup)
     opt, atk = _sgd(model), torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True)
@@ -468,15 +472,11 @@ def _reset_peak() -> bool:
 def _peak_rss_mb() -> float:
     """The resident high-water mark in MiB: VmHWM (reset by :func:`_reset_peak`), else
     ru_maxrss (which on Linux also counts the parent's memory from before the exec)."""
-    import resource
-
     hwm = _status_mb("VmHWM")
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _rebuild(model_name: str, dataset: str, state: dict[str, torch.Tensor]) -> nn.Module:
-    from bench.models import create_model
-
     i = dataset_info(dataset)
     model = create_model(model_name, channels=i.channels, num_classes=i.num_classes, image_size=i.image_size,
                          mean=i.mean, std=i.std)
@@ -487,16 +487,6 @@ def _rebuild(model_name: str, dataset: str, state: dict[str, torch.Tensor]) -> n
 def memory_child(spec: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process: evaluate ``spec['n']`` points (FGSM and PGD-2 over 0, 4/255, 8/255,
     the costly diagnostics with transfer, a store) and report peak memory before and after."""
-    import tracemalloc
-
-    from bench.evaluation.local import evaluate_target
-
-    from bench.evaluation.plan import Settings
-
-    from bench.evaluation.targets import Target
-    from bench.sources import from_module
-    from bench.store import Store
-
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     x, y, _ = points(spec["dataset"], "test", spec["n"], spec["data_dir"])

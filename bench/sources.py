@@ -45,20 +45,25 @@ import re
 import sys
 import warnings
 from dataclasses import dataclass, field, fields
+from importlib import metadata
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Iterator, Mapping
 
+import safetensors.torch
 import torch
 from torch import nn
 
 from bench.checkpoint import load_state, read_checkpoint
+from bench.compat import import_robustbench
 from bench.data import DatasetInfo, dataset_info
 from bench.errors import UsageError
 from bench.params import INT_MAX
+from bench.paths import data_dir
+from bench.vocab import SourceKind
 from bench.weights import fingerprint_model
 
-KINDS = ("checkpoint", "factory", "robustbench", "module")
+KINDS: tuple[str, ...] = tuple(k.value for k in SourceKind)  # the values, as stored
 EXTERNAL = "external"  # the defense of a model bench did not train
 CHECK_BATCH = 2  # images in the zero batch every model must classify
 SPEC_FORMS = "package.module:function or path/to/file.py:function"
@@ -168,7 +173,7 @@ def from_checkpoint(path: str | os.PathLike[str]) -> Source:
         raise UsageError(f"{ckpt.path / 'config.json'} is corrupt ({_one_line(exc)})") from None
     return _finish(
         model, info, f"checkpoint {ckpt.path}",
-        run_id=ckpt.run_id, kind="checkpoint", path=str(ckpt.path),
+        run_id=ckpt.run_id, kind=SourceKind.CHECKPOINT, path=str(ckpt.path),
         config=dict(ckpt.config), run=dict(ckpt.run),
     )
 
@@ -206,7 +211,7 @@ def from_module(model: nn.Module, dataset: str, name: str) -> Source:
         "dataset": dataset, "model": cls.__name__, "defense": EXTERNAL,
         "module": f"{cls.__module__}.{cls.__qualname__}", "run_id": run_id,
     }
-    return _finish(model, info, f"model {name!r}", run_id=run_id, kind="module",
+    return _finish(model, info, f"model {name!r}", run_id=run_id, kind=SourceKind.MODULE,
                    path=f"module:{config['module']}", config=config, run={})
 
 
@@ -318,8 +323,6 @@ def _read_weights_file(path: Path) -> Any:
     """The file's content, never running code: safetensors, or torch.load(weights_only=True)."""
     try:
         if path.suffix == ".safetensors":
-            import safetensors.torch  # only needed here
-
             return safetensors.torch.load_file(str(path), device="cpu")
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -400,8 +403,8 @@ def from_factory(
         "factory": spec, "weights": None if resolved is None else str(resolved),
         "dataset": dataset, "model": spec, "defense": EXTERNAL, "run_id": run_id,
     }
-    return _finish(model, info, f"model factory {spec!r}", run_id=run_id, kind="factory",
-                   path=spec, config=config, run={})
+    return _finish(model, info, f"model factory {spec!r}", run_id=run_id,
+                   kind=SourceKind.FACTORY, path=spec, config=config, run={})
 
 
 def _default_factory_id(attr: str, weights: str | os.PathLike[str] | None) -> str:
@@ -431,15 +434,11 @@ def robustbench_keys(dataset: str, threat_model: str) -> tuple[str, str]:
 def default_zoo_dir() -> Path:
     """Where RobustBench weights go by default: ``<data dir>/robustbench-models`` (the data
     directory follows ``$BENCH_DATA_DIR`` and ``$BENCH_HOME``)."""
-    from bench.paths import data_dir
-
     return data_dir() / "robustbench-models"
 
 
 def _robustbench() -> ModuleType:
     """``robustbench.utils``, imported quietly (it warns about pkg_resources and torch.jit)."""
-    from bench.compat import import_robustbench
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import_robustbench()
@@ -449,6 +448,7 @@ def _robustbench() -> ModuleType:
 def zoo_entries(ds: str, tm: str) -> dict[str, Any]:
     """RobustBench's registry for one data set and threat model (name -> entry)."""
     _robustbench()
+    # here: robustbench is slow to import, and needs the alias _robustbench() sets up first
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
@@ -557,7 +557,7 @@ def published_numbers(
 
 def _read_model_info(path: Path) -> Any:
     """A RobustBench model-info JSON as robustbench.utils.ModelInfo."""
-    from robustbench.utils import ModelInfo
+    from robustbench.utils import ModelInfo  # here: robustbench is slow to import; zoo models only
 
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -606,12 +606,10 @@ def from_robustbench(
     if note is not None:
         run["published_note"] = note
     return _finish(model, info, f"RobustBench model {name}", run_id=plain_name(name),
-                   kind="robustbench", path=name, config=config, run=run)
+                   kind=SourceKind.ROBUSTBENCH, path=name, config=config, run=run)
 
 
 def _version(dist: str) -> str | None:
-    from importlib import metadata
-
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:

@@ -47,6 +47,7 @@ from typing import Any, Iterable, Iterator
 
 from bench.errors import UsageError
 from bench.paths import check_creatable, resolve
+from bench.vocab import Check, SourceKind, Walk
 
 ANY = "any"  # the label of the worst case over attacks (derived, never stored)
 APPLICATION = "bench"
@@ -55,8 +56,9 @@ READABLE_VERSIONS = ("2", "3")  # layouts this bench reads; writers migrate 2 to
 #: Keys under which bench before the sweep's per-block findings stored one finding per model
 #: and n (GLOB patterns): the walk-inference check's single row, and AutoAttack's warnings
 #: numbered by their place in a list. A finding of the same check written now replaces them.
-LEGACY_KEYS = {"walk-inference": "", "autoattack-checks": "[0-9][0-9][0-9]"}
-WALKS = ("up", "down", "bisect")  # how an eps grid is walked (bench.evaluate)
+LEGACY_KEYS = {Check.WALK_INFERENCE: "", Check.AUTOATTACK_CHECKS: "[0-9][0-9][0-9]"}
+#: How an eps grid is walked (bench.evaluate), as plain strings: argparse shows choices' repr.
+WALKS: tuple[str, ...] = tuple(w.value for w in Walk)
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another writer's transaction
 
 SCHEMA = """
@@ -154,7 +156,7 @@ class ResultRow:
     grid: list[float]
     fingerprint: str
     created: str = ""
-    walk: str = "up"  # how the grid was walked (bench.evaluate): up, down or bisect
+    walk: str = Walk.UP  # how the grid was walked (bench.evaluate): up, down or bisect
 
     @property
     def robust_count(self) -> int:
@@ -188,7 +190,7 @@ class RunRow:
     config: dict[str, Any] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
-    kind: str = "checkpoint"
+    kind: str = SourceKind.CHECKPOINT
 
 
 @dataclass

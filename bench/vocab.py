@@ -18,9 +18,9 @@ class SourceKind(StrEnum):
     """Where an evaluated model came from (:mod:`bench.sources`)."""
 
     CHECKPOINT = "checkpoint"
-    MODULE = "module"
     FACTORY = "factory"
     ROBUSTBENCH = "robustbench"
+    MODULE = "module"
 
 
 class AttackKind(StrEnum):

@@ -12,17 +12,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
-from bench import checkpoint, paths
+from bench import checkpoint, paths, sources
 from bench.attacks import ATTACKS, Attack, make_attack
+from bench.commands.common import add_shared
 from bench.errors import BudgetViolation, UsageError
 from bench.evaluation.local import evaluate_target
 from bench.evaluation.plan import SEED_MAX, Settings
 from bench.evaluation.table import format_table
-from bench.evaluation.targets import Target, prepare_target
+from bench.evaluation.targets import Target, attach_points, prepare_target
+from bench.evaluation.transfer import check_request, write_matrix
 from bench.evaluation.walk import DEFAULT_WALK, WALKS
 from bench.io import pick_device
-from bench.params import INT_MAX, parse_eps_grid
+from bench.params import INT_MAX, parse_eps, parse_eps_grid
+from bench.sources import from_checkpoint
 from bench.store import Store, check_store
 
 DEFAULT_GRID = "0:8/255:1/255"
@@ -85,11 +87,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fresh", action="store_true",
                    help="recompute steps already in the store (default: a step stored with the same "
                    "weights, points, grid, batch size and seed is reused, so a killed run resumes)")
-    p.add_argument("--db", metavar="PATH", help=f"results store (default {paths.default_db()})")
     p.add_argument("--dataset", metavar="NAME", help="refuse checkpoints of any other data set")
-    p.add_argument("--data-dir", metavar="DIR", help="data directory (default $BENCH_DATA_DIR or <home>/data)")
-    p.add_argument("--no-download", action="store_true", help="never download a missing data set")
-    p.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    add_shared(p, "db", "data-dir", "no-download", "device", "no-progress")
     p.add_argument("--set", action="append", default=[], metavar="ATTACK.KEY=VALUE",
                    help="an attack parameter, e.g. pgd.steps=20 (repeatable)")
     p.add_argument("--aa-version", choices=("standard", "plus", "rand", "custom"),
@@ -97,7 +96,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aa-attacks", metavar="LIST",
                    help="shorthand for --set autoattack.attacks=... (implies --aa-version custom), "
                    "e.g. apgd-ce,apgd-t")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--workers", type=int, metavar="N",
                    help="evaluate on a local Ray instance of N workers (one GPU each where there are "
                    "GPUs): each evaluation's fixed batches are cut into N shards; same rows as in process")
@@ -166,8 +164,6 @@ def run(args: argparse.Namespace) -> int:
     if args.transfer_from:
         if not args.diagnose:
             raise UsageError("--transfer-from goes with --diagnose")
-        from bench.sources import from_checkpoint
-
         transfer = from_checkpoint(paths.resolve(args.transfer_from, "--transfer-from")).model
     settings = Settings(attacks, eps_grid, args.batch_size, args.seed, args.fresh,
                         not args.no_progress, args.diagnose, transfer, walk=args.walk)
@@ -177,8 +173,6 @@ def run(args: argparse.Namespace) -> int:
               else evaluate_all_on_ray(targets, settings, db, ray_opts, args.workers, args.device))
     if status or matrix_eps is None:
         return status
-    from bench.evaluation.transfer import write_matrix
-
     write_matrix(db, targets, matrix_eps, args.seed, args.batch_size)
     return 0
 
@@ -211,9 +205,6 @@ def _ray_module(name: str) -> Any:
 
 def transfer_request(args: argparse.Namespace, eps_grid: list[float], targets: list[Target]) -> float | None:
     """The eps of ``--transfer-matrix`` (checked before anything runs), or None without it."""
-    from bench.params import parse_eps
-    from bench.evaluation.transfer import check_request
-
     if not args.transfer_matrix:
         if args.transfer_eps is not None:
             raise UsageError("--transfer-eps goes with --transfer-matrix")
@@ -225,9 +216,6 @@ def transfer_request(args: argparse.Namespace, eps_grid: list[float], targets: l
 
 def load_targets(args: argparse.Namespace) -> list[Target]:
     """The models to evaluate with their first n test points (UsageError on anything bad)."""
-    from bench import sources
-    from bench.evaluation.targets import attach_points
-
     data_dir = paths.data_dir(args.data_dir)
     download = not args.no_download
     for flag, value in (("--weights", args.weights), ("--name", args.name)):

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from bench.attacks import ATTACKS
+from bench.data import DATASETS
+from bench.defenses import DEFENSES
+from bench.models import MODELS
 from bench.params import format_eps
 from bench.registry import Registry
 
@@ -22,11 +26,6 @@ def _fmt(key: str, value: Any) -> str:
 
 def registries() -> list[tuple[str, Registry[Any]]]:
     """The registries shown, in order."""
-    from bench.attacks import ATTACKS
-    from bench.data import DATASETS
-    from bench.defenses import DEFENSES
-    from bench.models import MODELS
-
     return [("data sets", DATASETS), ("models", MODELS), ("defenses", DEFENSES), ("attacks", ATTACKS)]
 
 

@@ -7,6 +7,9 @@ import argparse
 import sys
 
 from bench import paths
+from bench.attacks import make_attack
+from bench.checkpoint import read_checkpoint
+from bench.commands.common import add_shared
 from bench.evaluation.walk import DEFAULT_WALK, WALKS
 from bench.perf import PerfConfig, check_config, format_report, quick_config, run_perf, write_json
 
@@ -24,8 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "torchattacks loop, the eps-grid walks against one run at the largest eps (PGD and "
         "AutoAttack, robust and standard model), images/s, and the peak memory of an evaluation.",
     )
-    p.add_argument("--device", metavar="DEV", help="cpu, cuda ... (default: cuda if present)")
-    p.add_argument("--data-dir", metavar="DIR", help="data directory (never downloaded here)")
+    add_shared(p, "device", "data-dir", data_dir={"help": "data directory (never downloaded here)"})
     p.add_argument("--n", type=int, default=d.n, help=f"test points of the grid comparisons (default {d.n})")
     p.add_argument("--repeats", type=int, default=d.repeats, help=f"training-step repeats (default {d.repeats})")
     p.add_argument("--grid-repeats", type=int, default=d.grid_repeats,
@@ -67,13 +69,9 @@ def config_of(args: argparse.Namespace) -> PerfConfig:
                      robust=args.robust, standard=args.standard, quick=args.quick, threads=args.threads)
     check_config(quick_config(cfg) if cfg.quick else cfg)
     if cfg.aa_attacks is not None:
-        from bench.attacks import make_attack
-
         make_attack("autoattack", {"version": "custom", "attacks": cfg.aa_attacks})  # UsageError if bad
     for flag, path in (("--robust", cfg.robust), ("--standard", cfg.standard)):
         if path:
-            from bench.checkpoint import read_checkpoint
-
             read_checkpoint(paths.resolve(path, flag))  # missing or corrupt: UsageError now
     return cfg
 

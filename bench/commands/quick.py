@@ -13,6 +13,7 @@ the leaderboard's header states the settings used.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -20,16 +21,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench import paths
+from bench.commands.common import add_shared
+from bench.commands.eval import evaluate_all, parse_attacks
+from bench.data import load_dataset
 from bench.defenses import DEFENSES, build_defense
 from bench.errors import UsageError
 from bench.evaluation.plan import Settings, check_settings
 from bench.evaluation.targets import Target, prepare_target
+from bench.evaluation.transfer import MAX_POINTS, write_matrix
+from bench.io import pick_device
 from bench.params import INT_MAX, parse_eps, parse_eps_grid
 from bench.store import check_store
+from bench.train import TrainConfig, check, train
 
 if TYPE_CHECKING:
     from bench.report import ReportFiles
-    from bench.train import TrainConfig
 
 QUICK_PREFIX = "quick-"
 ADVERSARIAL = ("fgsm-at", "fgsm-rs", "pgd-at", "trades")  # trained at --train-eps
@@ -65,10 +71,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aa-attacks", default="apgd-ce",
                    help="AutoAttack custom components over the grid (default apgd-ce)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default=None)
     p.add_argument("--checkpoints", default=None, help="default <home>/checkpoints/quick")
-    p.add_argument("--db", default=None, help="default <out>/results.sqlite")
+    add_shared(p, "data-dir", "device", "db",
+               db={"help": "results store (default <out>/results.sqlite)"})
     p.add_argument("--out", default=None, help="reports directory (default <home>/reports)")
     p.set_defaults(func=run)
 
@@ -88,8 +93,7 @@ class Plan:
 
 def plan(args: argparse.Namespace) -> Plan:
     """Check every argument (UsageError) before anything is deleted, trained or written."""
-    from bench.commands.eval import parse_attacks
-    from bench.report import check_out  # here: bench.report imports matplotlib
+    from bench.report import check_out  # here: bench.report is only needed when quick runs
 
     names = [d.strip() for d in args.defenses.split(",") if d.strip()]
     if not names:
@@ -124,8 +128,6 @@ def plan(args: argparse.Namespace) -> Plan:
 
 def train_config(p: Plan, args: argparse.Namespace, name: str) -> TrainConfig:
     """The training run of one defense: ``<checkpoints>/quick-<defense>``."""
-    from bench.train import TrainConfig
-
     params = {"eps": args.train_eps} if name in ADVERSARIAL else {}
     return TrainConfig(dataset=args.dataset, model=args.model, defense=name, defense_params=params,
                        epochs=args.epochs, train_limit=args.train_limit, seed=args.seed,
@@ -136,9 +138,6 @@ def train_config(p: Plan, args: argparse.Namespace, name: str) -> TrainConfig:
 def check_training(p: Plan, args: argparse.Namespace) -> None:
     """Every training run and the data it needs, checked before the first quick checkpoint is
     replaced: names, numbers, model, device, and the train and test splits' sizes."""
-    from bench.data import load_dataset
-    from bench.train import check
-
     for name in p.names:  # resuming=True: the last quick run's directory is replaced, not an error
         check(train_config(p, args, name), resuming=True)
     data_dir = paths.data_dir(args.data_dir)
@@ -150,10 +149,6 @@ def check_training(p: Plan, args: argparse.Namespace) -> None:
 
 def train_all(p: Plan, args: argparse.Namespace) -> list[Path]:
     """Train each defense into ``<checkpoints>/quick-<defense>``, replacing the last quick run."""
-    import shutil
-
-    from bench.train import train
-
     out = []
     for name in p.names:
         t0 = time.perf_counter()
@@ -166,9 +161,6 @@ def train_all(p: Plan, args: argparse.Namespace) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     """Validate, train, evaluate, report; prints the leaderboard's path last."""
-    from bench.commands.eval import evaluate_all
-    from bench.io import pick_device
-
     p = plan(args)
     device = pick_device(args.device)
     started = time.perf_counter()
@@ -197,8 +189,7 @@ def visual_report(p: Plan, targets: list[Target], args: argparse.Namespace, eval
     """The transfer matrix at the ranking eps (stored), then the report with its pictures;
     prints what each cost: the matrix beside the evaluation, the pictures beside the rest of
     the quick run (training, evaluation, matrix and report without them)."""
-    from bench.report import write_report
-    from bench.evaluation.transfer import MAX_POINTS, write_matrix
+    from bench.report import write_report  # here: bench.report is only needed when quick runs
 
     t0 = time.perf_counter()
     if len(targets) >= 2:

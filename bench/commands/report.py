@@ -7,6 +7,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from bench.attacks import ATTACKS
+from bench.commands.common import add_shared
+from bench.errors import UnknownNameError
+from bench.params import parse_eps
 from bench.paths import default_db, reports_dir, resolve
 
 
@@ -23,8 +27,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "computed from the checkpoints the store records (cached by weights fingerprint under "
         "--out/cache/), unless --no-images.",
     )
-    p.add_argument("--db", type=Path, default=None,
-                   help=f"results store (default: {default_db()})")
+    add_shared(p, "db", "data-dir", db={"type": Path}, data_dir={
+        "help": "where the pictures' test images are (default: each checkpoint's own data "
+        "directory, else $BENCH_DATA_DIR or <home>/data)"})
     p.add_argument("--out", type=Path, default=None,
                    help=f"output directory, created if missing (default: {reports_dir()})")
     p.add_argument("--rank-by", default="worst-case", metavar="BASIS",
@@ -35,18 +40,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "AutoAttack, per data set), e.g. 8/255")
     p.add_argument("--no-images", action="store_true",
                    help="no pictures from the checkpoints (input gradients, adversarial examples)")
-    p.add_argument("--data-dir", default=None, metavar="DIR",
-                   help="where the pictures' test images are (default: each checkpoint's own data "
-                   "directory, else $BENCH_DATA_DIR or <home>/data)")
     p.set_defaults(func=run)
     return p
 
 
 def check_rank_by(rank_by: str) -> None:
     """``--rank-by`` must be a basis the report knows: worst-case, autoattack, clean or an attack."""
-    from bench.attacks import ATTACKS
-    from bench.errors import UnknownNameError
-    from bench.report.model import RANK_BY
+    from bench.report.model import RANK_BY  # here: bench.report only when the command runs
 
     valid = list(RANK_BY) + [a for a in ATTACKS.names() if a not in RANK_BY]
     if rank_by not in valid:
@@ -55,8 +55,7 @@ def check_rank_by(rank_by: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the report; print the leaderboard's path last."""
-    from bench.params import parse_eps
-    from bench.report import write_report
+    from bench.report import write_report  # here: bench.report only when the command runs
 
     check_rank_by(args.rank_by)
     rank_eps = parse_eps(args.rank_eps, "--rank-eps") if args.rank_eps is not None else None

@@ -10,10 +10,12 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from bench.commands.common import add_shared
 from bench.errors import UsageError
+from bench.store import Store
+from bench.sweep.spec import Sweep, describe, load_sweep
 
 if TYPE_CHECKING:  # not at run time: Ray is imported only when a sweep runs
-    from bench.sweep.spec import Sweep
     from bench.sweep.driver import Outcome
 
 
@@ -41,13 +43,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-report", action="store_true", help="do not run bench report at the end")
     p.add_argument("--no-images", action="store_true",
                    help="the report at the end without the pictures computed from the checkpoints")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_shared(p, "no-progress")
     p.set_defaults(func=run)
 
 
 def _ray_driver() -> tuple[Any, Any]:
     """:class:`bench.cluster.RayOptions` and ``run_sweep``: Ray is imported here only."""
-    try:
+    try:  # here: Ray is optional and slow to import
         from bench.cluster import RayOptions
         from bench.sweep.driver import run_sweep
     except ImportError as exc:
@@ -69,8 +71,6 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check the file, then print the jobs (--dry-run) or run them and write the report."""
-    from bench.sweep.spec import describe, load_sweep
-
     _check_numbers(args)
     sweep = load_sweep(args.file, args.out)
     if args.dry_run:
@@ -98,9 +98,7 @@ def summary(sweep: "Sweep", o: "Outcome") -> str:
 def _report(sweep: "Sweep", images: bool = True) -> None:
     """``bench report`` of the sweep's store into its report directory (if it holds results);
     pictures from the sweep's test images."""
-    from bench.report import write_report
-    from bench.store import Store
-
+    from bench.report import write_report  # here: bench.report is only needed when a sweep runs
     with Store(sweep.db, readonly=True) as store:
         empty = store.count() == 0
     if empty:

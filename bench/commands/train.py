@@ -9,12 +9,23 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from bench.commands.common import add_shared
 from bench.data import DATASETS
 from bench.defenses import DEFENSES, all_param_names
 from bench.errors import UsageError
-from bench.params import parse_assignments
-from bench.train import AMP_MODES, SCHEDULES, SEED_MAX, TrainConfig, check, default_run_id, resume, run_dir_of, train
 from bench.models import MODELS
+from bench.params import parse_assignments
+from bench.train import (
+    AMP_MODES,
+    SCHEDULES,
+    SEED_MAX,
+    TrainConfig,
+    check,
+    default_run_id,
+    resume,
+    run_dir_of,
+    train,
+)
 
 PARAM_DEST = "defense_param_"
 #: Flags that may go with --resume: where and how to run, not what to train.
@@ -53,12 +64,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-n", type=int, default=d.eval_n,
                    help=f"test points for the per-epoch clean accuracy (default {d.eval_n})")
     p.add_argument("--no-augment", action="store_true", help="turn off the data set's crop/flip augmentation")
-    p.add_argument("--data-dir", default=None, help="data directory (default $BENCH_DATA_DIR, else <home>/data)")
-    p.add_argument("--no-download", action="store_true", help="never try to download a data set")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    add_shared(p, "data-dir", "no-download", "device", "no-progress")
     p.add_argument("--out", default=None, help="checkpoints directory (default <home>/checkpoints)")
     p.add_argument("--run-id", default=None, help="checkpoint directory name (default <defense>-<model>-<dataset>-s<seed>-<time>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--amp", choices=AMP_MODES, default=d.amp,
                    help="bf16: bfloat16 autocast for the training passes (default off; evaluation is float32)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format (CUDA convolutions)")

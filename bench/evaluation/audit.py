@@ -27,11 +27,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from bench.evaluation import diagnostics as dg
 from bench.attacks import Attack, make_attack
+from bench.evaluation import diagnostics as dg
 from bench.io import model_device
 from bench.params import format_eps
 from bench.store import DiagnosticRow
+from bench.vocab import Check, Walk
 
 ITERATIVE = ("pgd", "apgd", "mifgsm", "eotpgd", "autoattack")
 WHITE_BOX = ("fgsm", "pgd", "apgd", "mifgsm", "eotpgd", "fab", "cw", "deepfool", "autoattack")
@@ -68,7 +69,7 @@ def adapt(attacks: Sequence[Attack], findings: Sequence[dg.Finding]) -> tuple[li
     """The attacks the cheap findings call for (a randomized model, a cut graph), and a note
     saying what changed ("" when nothing did); ``bench eval`` and ``bench sweep`` both use it."""
     out, notes = list(attacks), []
-    if flagged(findings, "randomized"):
+    if flagged(findings, Check.RANDOMIZED):
         out, note = adapt_for_randomized(out)
         notes.append(note)
     if graph_cut(findings):
@@ -79,7 +80,7 @@ def adapt(attacks: Sequence[Attack], findings: Sequence[dg.Finding]) -> tuple[li
 
 def graph_cut(findings: Sequence[dg.Finding]) -> bool:
     """The input is cut off from the graph: no gradient-based attack can run at all."""
-    return any(f.check == "gradients" and f.details.get("graph_interrupted") for f in findings)
+    return any(f.check == Check.GRADIENTS and f.details.get("graph_interrupted") for f in findings)
 
 
 def adapt_for_no_gradients(attacks: Sequence[Attack]) -> tuple[list[Attack], str]:
@@ -95,9 +96,9 @@ def _pairs(results: Sequence[Any]) -> list[tuple[str, Any, Any]]:
     by = {r.attack.name: r for r in results}
     out = []
     if "fgsm" in by:
-        out += [("iterative-vs-single-step", by["fgsm"], r) for r in results if r.attack.name in ITERATIVE]
+        out += [(Check.ITERATIVE_VS_SINGLE_STEP, by["fgsm"], r) for r in results if r.attack.name in ITERATIVE]
     if "square" in by:
-        out += [("square-vs-whitebox", by["square"], r) for r in results if r.attack.name in WHITE_BOX]
+        out += [(Check.SQUARE_VS_WHITEBOX, by["square"], r) for r in results if r.attack.name in WHITE_BOX]
     return out
 
 
@@ -129,7 +130,7 @@ def inference_plan(results: Sequence[Any]) -> tuple[list[Any], int, torch.Tensor
     """What :func:`inference` checks: the walks that infer (down, bisect), the grid index of
     the grid's middle eps, and the first 200 points robust at the largest eps under every one of
     those attacks; None when nothing was inferred (no such walk, eps or point)."""
-    walking = [r for r in results if getattr(r, "walk", "up") != "up"]
+    walking = [r for r in results if getattr(r, "walk", Walk.UP) != Walk.UP]
     j = middle_eps(walking[0].eps) if walking else None
     if j is None:
         return None
@@ -149,21 +150,21 @@ def inference_key(results: Sequence[Any]) -> str | None:
 
 def _inference_row_key(walks: Sequence[Any], j: int) -> str:
     """The store key of a walk-inference finding on these walks, checked at grid index ``j``."""
-    return row_key("walk-inference", {"attacks": [r.attack.display for r in walks],
-                                      "inferred_eps": walks[0].eps[j], "measured_eps": walks[0].eps[-1]})
+    return row_key(Check.WALK_INFERENCE, {"attacks": [r.attack.display for r in walks],
+                                          "inferred_eps": walks[0].eps[j], "measured_eps": walks[0].eps[-1]})
 
 
 def inference_context(results: Sequence[Any], seed: int, batch_size: int) -> dict[str, Any]:
     """What an evaluation's walk-inference finding depends on besides the weights, n and its
     key: the grid, the walk, the seed and the batches (a rerun with other ones checks again)."""
     return {"grid": [format_eps(e) for e in results[0].eps] if results else [],
-            "walk": getattr(results[0], "walk", "up") if results else "up", "seed": seed, "batch_size": batch_size}
+            "walk": getattr(results[0], "walk", Walk.UP) if results else Walk.UP, "seed": seed, "batch_size": batch_size}
 
 
 def stamp_inference(findings: Sequence[dg.Finding], context: dict[str, Any]) -> None:
     """Record :func:`inference_context` in the walk-inference findings' details."""
     for f in findings:
-        if f.check == "walk-inference":
+        if f.check == Check.WALK_INFERENCE:
             f.details["evaluation"] = dict(context)
 
 
@@ -171,7 +172,7 @@ def stale_inference_key(results: Sequence[Any]) -> str | None:
     """For walks that infer nothing (up): the key that a walk-inference finding of the same
     attacks and grid would have, so that a finding left by an earlier inferring walk, whose rows
     these replace, can be dropped; None otherwise."""
-    if not results or any(getattr(r, "walk", "up") != "up" for r in results):
+    if not results or any(getattr(r, "walk", Walk.UP) != Walk.UP for r in results):
         return None
     j = middle_eps(results[0].eps)
     return None if j is None else _inference_row_key(results, j)
@@ -262,9 +263,9 @@ def row_key(check: str, details: dict[str, Any]) -> str:
     comparison's two attacks; a walk-inference check's attacks and eps pair (two evaluations of
     one model, e.g. two blocks of a sweep, each keep theirs: two blocks with the same attacks,
     n and eps would share result rows, which :mod:`bench.sweep` refuses); else nothing."""
-    if check in ("iterative-vs-single-step", "square-vs-whitebox"):
+    if check in (Check.ITERATIVE_VS_SINGLE_STEP, Check.SQUARE_VS_WHITEBOX):
         return f"{details.get('weak', '')}~{details.get('strong', '')}"
-    if check == "walk-inference" and "attacks" in details:
+    if check == Check.WALK_INFERENCE and "attacks" in details:
         pair = f"{format_eps(details['inferred_eps'])}<{format_eps(details['measured_eps'])}"
         return f"{'+'.join(details['attacks'])}@{pair}"
     return ""

@@ -26,9 +26,10 @@ from bench.evaluation.work import ShardResult, Stats
 from bench.io import library_versions
 from bench.params import format_eps
 from bench.store import DiagnosticRow, ResultRow, Store, canonical, eps_key
+from bench.vocab import Check, Walk
 
 #: The checks every evaluation runs before its attacks (see :func:`bench.evaluation.audit.cheap`).
-CHEAP_CHECKS = ("randomized", "probabilities", "gradients")
+CHEAP_CHECKS = (Check.RANDOMIZED, Check.PROBABILITIES, Check.GRADIENTS)
 
 
 def now() -> str:
@@ -84,7 +85,7 @@ class Book:
         s = self.plan.settings
         ident: list[Any] = [self.source.fingerprint, attack.label, attack.params, eps_key(eps), self.n, s.seed,
                             s.batch_size, [eps_key(e) for e in s.eps_grid]]
-        return canonical(ident if s.walk == "up" else ident + [s.walk])
+        return canonical(ident if s.walk == Walk.UP else ident + [s.walk])
 
     def row(self, attack: Attack, eps: float) -> ResultRow | None:
         """The stored row of this step made with these weights, seed, batches, grid and walk."""
@@ -227,7 +228,7 @@ class Book:
         that walk's walk-inference finding no longer describes stored numbers."""
         key = audit.stale_inference_key(results)
         if key is not None:
-            self.store.drop_diagnostic(self.source.run_id, self.n, "walk-inference", key)
+            self.store.drop_diagnostic(self.source.run_id, self.n, Check.WALK_INFERENCE, key)
 
     def inference_context(self, results: Sequence[GridResult]) -> dict[str, Any]:
         """What this evaluation's walk-inference finding depends on (grid, walk, seed, batches)."""
@@ -239,7 +240,7 @@ class Book:
         seed and batches, if any."""
         key, src, context = audit.inference_key(results), self.source, self.inference_context(results)
         for d in self.store.diagnostics(src.run_id):
-            if (d.check == "walk-inference" and d.key == key and d.n == self.n and d.fingerprint == src.fingerprint
+            if (d.check == Check.WALK_INFERENCE and d.key == key and d.n == self.n and d.fingerprint == src.fingerprint
                     and d.details.get("evaluation") == context):
                 return [dg.Finding(d.check, d.flagged, d.source, d.summary, dict(d.details), d.advice)]
         return None
@@ -278,7 +279,7 @@ def aa_warning_rows(source: Any, n: int, warnings: Sequence[tuple[str, float, in
         key = hashlib.sha256(canonical([msg, eps_key(eps), points]).encode()).hexdigest()[:12]
         out.append(DiagnosticRow(
             run_id=source.run_id, fingerprint=source.fingerprint, n=n,
-            check="autoattack-checks", key=key, flagged=flag,
+            check=Check.AUTOATTACK_CHECKS, key=key, flagged=flag,
             source="AutoAttack checks.py (run by pyautoattack inside each call)",
             summary=f"at eps {format_eps(eps)} on {points} points: {msg}",
             details={"message": msg, "eps": eps, "points": points, "rule": why},

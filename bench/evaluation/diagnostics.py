@@ -34,44 +34,38 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.io import model_device
+from bench.vocab import Check
 
-CHECKS = (
-    "randomized",
-    "probabilities",
-    "gradients",
-    "square-vs-whitebox",
-    "iterative-vs-single-step",
-    "large-budget",
-    "loss-trace",
-    "transfer",
-    "walk-inference",
+#: The checks that make findings (AutoAttack's warnings and the transfer matrix are stored apart).
+CHECKS: tuple[str, ...] = tuple(
+    c.value for c in Check if c not in (Check.AUTOATTACK_CHECKS, Check.TRANSFER_MATRIX)
 )
 
 SOURCES: dict[str, str] = {
-    "randomized": "AutoAttack checks.py (check_randomized)",
-    "probabilities": "AutoAttack checks.py (check_range_output)",
-    "gradients": (
+    Check.RANDOMIZED: "AutoAttack checks.py (check_randomized)",
+    Check.PROBABILITIES: "AutoAttack checks.py (check_range_output)",
+    Check.GRADIENTS: (
         "AutoAttack checks.py (check_zero_gradients); IoAF, Pintor et al. 2022 (unavailable "
         "gradients); ART art/metrics/gradient_check.py (loss_gradient_check)"
     ),
-    "square-vs-whitebox": (
+    Check.SQUARE_VS_WHITEBOX: (
         "AutoAttack checks.py (check_square_sr), with McNemar's exact test in place of its "
         "0.2-point accuracy margin"
     ),
-    "iterative-vs-single-step": (
+    Check.ITERATIVE_VS_SINGLE_STEP: (
         "Carlini et al. 2019, On Evaluating Adversarial Robustness (iterative attacks must "
         "beat single-step ones)"
     ),
-    "large-budget": (
+    Check.LARGE_BUDGET: (
         "Carlini et al. 2019, On Evaluating Adversarial Robustness (unbounded attacks must reach "
         "100% success); IoAF, Pintor et al. 2022 (unconstrained attack failure)"
     ),
-    "loss-trace": "IoAF, Pintor et al. 2022 (incomplete optimization)",
-    "transfer": (
+    Check.LOSS_TRACE: "IoAF, Pintor et al. 2022 (incomplete optimization)",
+    Check.TRANSFER: (
         "Carlini et al. 2019, On Evaluating Adversarial Robustness (transfer attacks must not "
         "beat white-box ones); cf. IoAF, Pintor et al. 2022 (transfer failure)"
     ),
-    "walk-inference": (
+    Check.WALK_INFERENCE: (
         "Carlini et al. 2019, On Evaluating Adversarial Robustness (attack success must increase "
         "with the distortion bound)"
     ),
@@ -211,7 +205,7 @@ def check_randomized(
         "and report accuracy averaged over several runs."
         if flagged else "None needed: the model is deterministic at inference."
     )
-    return _finding("randomized", flagged, summary, details, advice)
+    return _finding(Check.RANDOMIZED, flagged, summary, details, advice)
 
 
 def check_probabilities(model: nn.Module, x: torch.Tensor, tol: float = PROBABILITY_TOL) -> Finding:
@@ -245,7 +239,7 @@ def check_probabilities(model: nn.Module, x: torch.Tensor, tol: float = PROBABIL
         "Attack the logits: remove the final softmax (or take the log) before running the attacks."
         if flagged else "None needed."
     )
-    return _finding("probabilities", flagged, summary, details, advice)
+    return _finding(Check.PROBABILITIES, flagged, summary, details, advice)
 
 
 def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
@@ -293,7 +287,7 @@ def check_gradients(
                    "share_inf": 0.0, "share_unavailable": 1.0, "zero_share_threshold": zero_share}
         advice = ("Make the model differentiable end to end, or attack it with BPDA "
                   "(a differentiable approximation of the broken part) and with black-box attacks.")
-        return _finding("gradients", True, summary, details, advice)
+        return _finding(Check.GRADIENTS, True, summary, details, advice)
     flat = grad.reshape(n, -1)
     zero = (flat == 0).all(dim=1)
     nan = torch.isnan(flat).any(dim=1)
@@ -316,7 +310,7 @@ def check_gradients(
         "BPDA for non-differentiable parts, and Square (black-box)."
         if flagged else "None needed."
     )
-    return _finding("gradients", flagged, summary, details, advice)
+    return _finding(Check.GRADIENTS, flagged, summary, details, advice)
 
 
 def run_cheap(
@@ -387,10 +381,10 @@ def compare_attacks(
     ``alpha`` (0.01). AutoAttack's own rule is an accuracy gap above 0.2 points; the paired
     test is used instead so that one point out of 100 is not an alarm.
     """
-    if check not in ("square-vs-whitebox", "iterative-vs-single-step"):
+    if check not in (Check.SQUARE_VS_WHITEBOX, Check.ITERATIVE_VS_SINGLE_STEP):
         raise ValueError(f"check must be 'square-vs-whitebox' or 'iterative-vs-single-step', got {check!r}")
     flagged, summary, details = _compare(weak_name, weak_flags, strong_name, strong_flags, alpha)
-    if check == "square-vs-whitebox":
+    if check == Check.SQUARE_VS_WHITEBOX:
         advice = ("The white-box attacks are failing (masked gradients?): run Square with more "
                   "queries and restarts, and an adaptive attack (BPDA/EOT).")
     else:
@@ -448,7 +442,7 @@ def check_transfer(
     advice = ("The white-box attacks are failing where a surrogate's examples succeed (gradient "
               "masking): use adaptive attacks (BPDA, EOT, margin loss) and report the worst case "
               "including transfer.") if flagged else "None needed."
-    return _finding("transfer", flagged, summary, details, advice)
+    return _finding(Check.TRANSFER, flagged, summary, details, advice)
 
 
 def check_inference(inferred_eps: float, measured_eps: float, direct: torch.Tensor,
@@ -472,7 +466,7 @@ def check_inference(inferred_eps: float, measured_eps: float, direct: torch.Tens
               "that suits one budget only): the inferred robust flags overstate robustness at the "
               "smaller eps, and the attacks missed these points at the larger one. Rerun with "
               "--walk up (every eps measured) and stronger or adaptive attacks.") if flagged else "None needed."
-    return _finding("walk-inference", flagged, summary, details, advice)
+    return _finding(Check.WALK_INFERENCE, flagged, summary, details, advice)
 
 
 # ------------------------------------------------------------------------ costly checks
@@ -569,7 +563,7 @@ def check_large_budget(
     advice = ("Gradient-based attacks fail even without a budget (masked or obfuscated "
               "gradients): use BPDA/EOT, a black-box attack (Square) and transfer from a "
               "standard model.") if flagged else "None needed."
-    return _finding("large-budget", flagged, summary, details, advice)
+    return _finding(Check.LARGE_BUDGET, flagged, summary, details, advice)
 
 
 def pgd_with_trace(
@@ -662,4 +656,4 @@ def check_loss_trace(
     }
     advice = ("The attack stopped too early: run more iterations or a larger/adaptive step "
               "size (APGD).") if flagged else "None needed."
-    return _finding("loss-trace", flagged, summary, details, advice)
+    return _finding(Check.LOSS_TRACE, flagged, summary, details, advice)

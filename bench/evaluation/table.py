@@ -9,6 +9,7 @@ from bench.evaluation import audit
 from bench.evaluation.results import Estimate
 from bench.params import eps_in_255, format_eps
 from bench.store import ANY
+from bench.vocab import Walk
 
 if TYPE_CHECKING:  # the table reads an Evaluation; outcome imports this module
     from bench.evaluation.outcome import Evaluation
@@ -42,7 +43,7 @@ def format_table(ev: Evaluation, device: str) -> str:
         lines.append(f"{name:<{width}}{cells}")
     lines.append(f"{ANY} = per point, robust only if every attack above failed at that eps and at "
                  "every smaller one")
-    if s.walk != "up":
+    if s.walk != Walk.UP:
         lines.append(f"walk {s.walk}: the largest eps is a single run; a point robust there (or at a larger "
                      "eps) is counted robust below it (inferred); broken is always proved")
     if ev.note:

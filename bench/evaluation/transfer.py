@@ -29,15 +29,15 @@ from typing import Any, Sequence, TextIO
 
 import torch
 
-from bench.evaluation import diagnostics as dg
 from bench.attacks import make_attack
 from bench.errors import UsageError
+from bench.evaluation import diagnostics as dg
+from bench.evaluation.results import estimate, worst_case
 from bench.evaluation.targets import Target
 from bench.evaluation.walk import batch_seed, check_budget, flag_text, predict, text_flags
 from bench.params import format_eps
-from bench.vocab import Check
-from bench.evaluation.results import estimate, worst_case
 from bench.store import DiagnosticRow, ResultRow, Store, canonical, eps_key
+from bench.vocab import Check, Walk
 
 CHECK = Check.TRANSFER_MATRIX  # the diagnostics rows of the matrix: measurements, not findings
 MAX_POINTS = 500  # points of each matrix, at most (the first of the evaluated n)
@@ -137,7 +137,7 @@ def transfer_row(target: Target, source: Target, x_adv: torch.Tensor, whitebox: 
     details.update({"source_run_id": source.run_id, "source_fingerprint": source.source.fingerprint,
                     "eps": eps, "points": m, "from": CHECK})
     summary = f"from {source.run_id} (transfer matrix, eps {format_eps(eps)}, {m} points): {f.summary}"
-    return DiagnosticRow(target.run_id, target.source.fingerprint, len(target.y), "transfer",
+    return DiagnosticRow(target.run_id, target.source.fingerprint, len(target.y), Check.TRANSFER,
                          cell_key(source.source.fingerprint, eps), f.flagged, f.source, summary, details,
                          f.advice, _now())
 
@@ -166,7 +166,7 @@ def _repeats(r: ResultRow, cell: DiagnosticRow) -> bool:
     weights, parameters, seed and batch size, at the grid's largest eps, walked bisect or down
     (which attack every clean-correct point there in one run)."""
     det = cell.details
-    return (r.attack == ATTACK and r.fingerprint == cell.fingerprint and r.walk in ("bisect", "down")
+    return (r.attack == ATTACK and r.fingerprint == cell.fingerprint and r.walk in (Walk.BISECT, Walk.DOWN)
             and canonical(r.params) == canonical(make_attack(ATTACK).params)
             and eps_key(r.eps) == eps_key(det["eps"]) == eps_key(max(r.grid))
             and r.seed == det["seed"] and r.batch_size == det["batch_size"] and r.n >= det["n"])

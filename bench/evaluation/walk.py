@@ -50,6 +50,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from bench import vocab  # its Walk, not this module's (the settings of one walk)
 from bench.attacks import Attack, derive_seed
 from bench.errors import BudgetViolation, UsageError
 from bench.io import model_device
@@ -57,7 +58,7 @@ from bench.params import format_eps
 from bench.store import WALKS, eps_key
 
 PREDICT_BATCH = 1000  # points per forward pass for clean predictions
-DEFAULT_WALK = "bisect"  # see the module docstring; up is the walk of layout-2 stores
+DEFAULT_WALK = vocab.Walk.BISECT  # see the module docstring; up is the walk of layout-2 stores
 
 
 def check_budget(
@@ -205,9 +206,9 @@ def walk_order(walk: str, grid: Sequence[float]) -> list[int]:
     check_walk(walk)
     m, a0 = len(grid), first_attacked(grid)
     indices = list(range(a0, m))
-    if walk == "up" or not indices:
+    if walk == vocab.Walk.UP or not indices:
         return indices
-    if walk == "down":
+    if walk == vocab.Walk.DOWN:
         return indices[::-1]
     levels = {m - 1: 0}
     _tree_levels(a0, m - 1, 1, levels)
@@ -217,7 +218,7 @@ def walk_order(walk: str, grid: Sequence[float]) -> list[int]:
 def max_tests(walk: str, grid: Sequence[float]) -> int:
     """The most eps at which one point can be attacked by ``walk`` on ``grid``."""
     attacked = len(grid) - first_attacked(grid)
-    if walk != "bisect" or attacked == 0:
+    if walk != vocab.Walk.BISECT or attacked == 0:
         return attacked
     return 1 + math.ceil(math.log2(attacked))
 
@@ -246,9 +247,9 @@ class _State:
 
     def due(self, walk: str, j: int) -> torch.Tensor:
         """The points that ``walk`` attacks at grid index j now."""
-        if walk == "up":
+        if walk == vocab.Walk.UP:
             nxt = self.lo
-        elif walk == "down":
+        elif walk == vocab.Walk.DOWN:
             nxt = self.hi - 1
         else:  # bisect: the largest eps first, then the middle of what is left
             nxt = torch.where(self.hi == self.m, self.m - 1, (self.lo + self.hi) // 2)

@@ -134,7 +134,7 @@ def _render(store: Store, sets: dict[str, tuple[int, list[model.Model]]], rank_b
 
 
 def _write(path: Path, data: bytes) -> None:
-    from bench.io import atomic_write_bytes  # bench.io imports torch; only needed to write
+    from bench.io import atomic_write_bytes  # here: bench.io imports torch; only needed to write
 
     atomic_write_bytes(path, data)
 
@@ -160,7 +160,7 @@ def write_report(db: str | Path, out: str | Path, rank_by: str = "worst-case",
     with Store(db, readonly=True) as store:
         sets = _sets(store, rank_eps)
         if images:
-            from bench.report.images import build  # torch: only for the pictures
+            from bench.report.images import build  # here: torch, only for the pictures
 
             visuals = build(sets, out, data_dir)
         files = _render(store, sets, rank_by, visuals)

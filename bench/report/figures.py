@@ -10,6 +10,7 @@ import torch
 
 
 def _canvas(width: float, height: float) -> Any:
+    # here: matplotlib is slow to import; only when a figure is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

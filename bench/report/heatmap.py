@@ -9,10 +9,10 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.evaluation.results import Estimate
 from bench.params import format_eps
 from bench.report.model import TRANSFER_MATRIX, Model
 from bench.report.text import DASH, ci, slug, table
-from bench.evaluation.results import Estimate
 from bench.store import DiagnosticRow, Store, eps_key
 
 
@@ -83,6 +83,7 @@ def load(store: Store, sets: dict[str, tuple[int, list[Model]]]) -> dict[str, li
 
 def png(mx: Matrix) -> bytes:
     """The heatmap (Agg): accuracy in each cell with its 95% interval."""
+    # here: matplotlib is slow to import; only when a figure is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

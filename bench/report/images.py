@@ -27,15 +27,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import safetensors.torch
 import torch
 from torch import nn
 
+from bench.attacks import ATTACKS, collect_warnings, make_attack
+from bench.data import dataset_info, load_dataset
 from bench.errors import UsageError
+from bench.evaluation import diagnostics as dg
+from bench.evaluation.walk import batch_seed, check_budget, predict
+from bench.io import atomic_write_bytes
 from bench.params import format_eps
 from bench.report import CACHE_DIR, figures
 from bench.report.model import WORST, Model, Variant
 from bench.report.text import DISPLAY, safe_name, slug
+from bench.sources import from_checkpoint
 from bench.store import RunRow, canonical
+from bench.vocab import SourceKind
 
 K = 6  # images per figure
 POOL = 100  # they are chosen among the first POOL test points
@@ -71,8 +79,6 @@ class Visuals:
 
 def pick(dataset: str, data_dirs: Sequence[Path | None]) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     """The handful: the first image of each class among the first POOL test points."""
-    from bench.data import load_dataset
-
     test, errors = None, []
     for d in data_dirs:  # the first data directory that holds the test split
         try:
@@ -137,8 +143,6 @@ def caption(p: Plan, clean_ok: bool, rerun_ok: bool) -> str:
 
 def rebuild(p: dict[str, Any]) -> Any:
     """The stored attack with its stored parameters (defaults left to the attack's own rules)."""
-    from bench.attacks import ATTACKS, make_attack
-
     defaults = ATTACKS[p["attack"]].defaults
     values = {}
     for k, v in p["params"].items():
@@ -150,9 +154,6 @@ def rebuild(p: dict[str, Any]) -> Any:
 
 def _rerun(net: nn.Module, p: dict[str, Any], x: torch.Tensor, y: torch.Tensor, i: int) -> torch.Tensor | None:
     """The attack's example for one image (seeded as its batch was), or None if it can't run."""
-    from bench.attacks import collect_warnings
-    from bench.evaluation.walk import batch_seed, check_budget
-
     try:
         attack = rebuild(p)
         with collect_warnings():
@@ -167,10 +168,6 @@ def _rerun(net: nn.Module, p: dict[str, Any], x: torch.Tensor, y: torch.Tensor, 
 def compute(net: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: list[int], plans: list[Plan],
             seed: int, eps_large: float) -> dict[str, torch.Tensor]:
     """Gradients, the first attack's examples and large-eps PGD's, with predictions."""
-    from bench.evaluation import diagnostics as dg
-    from bench.attacks import make_attack
-    from bench.evaluation.walk import predict
-
     grad = dg.input_gradients(net, x, y)
     pred_clean = predict(net, x)
     x_first, ok = x.clone(), torch.zeros(len(x), dtype=torch.uint8)
@@ -191,9 +188,7 @@ def compute(net: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: list[int], pl
 
 def load_net(run: RunRow) -> tuple[nn.Module | None, str]:
     """The evaluated weights from the run's checkpoint, or None and why not."""
-    from bench.sources import from_checkpoint
-
-    if run.kind != "checkpoint":
+    if run.kind != SourceKind.CHECKPOINT:
         return None, f"`{run.run_id}`: pictures are made for bench checkpoints only (this is a {run.kind} model)"
     if not Path(run.path).is_absolute():
         return None, f"`{run.run_id}`: its recorded path {run.path} is not absolute: no pictures"
@@ -216,10 +211,8 @@ def cache_name(m: Model, idx: list[int], plans: list[Plan], seed: int, eps_large
 
 def _read_cache(path: Path) -> dict[str, torch.Tensor] | None:
     """The cached tensors, or None when the file is damaged or lacks one of :data:`TENSORS`."""
-    from safetensors.torch import load
-
     try:
-        got = load(path.read_bytes())
+        got = safetensors.torch.load(path.read_bytes())
     except Exception:  # noqa: BLE001 - a damaged cache file is recomputed
         return None
     return got if set(TENSORS) <= set(got) else None
@@ -228,10 +221,6 @@ def _read_cache(path: Path) -> dict[str, torch.Tensor] | None:
 def pictures(m: Model, idx: list[int], x: torch.Tensor, y: torch.Tensor, out: Path,
              v: Visuals) -> tuple[list[Plan], dict[str, torch.Tensor]] | None:
     """One checkpoint's tensors: from the cache, else computed from its checkpoint (and cached)."""
-    from safetensors.torch import save
-
-    from bench.io import atomic_write_bytes
-
     plans = plan(m, idx)
     seed = next((r.seed for c in m.curves.values() for r in c.values()), 0)
     name = cache_name(m, idx, plans, seed, large_eps(m.run.dataset))
@@ -246,7 +235,8 @@ def pictures(m: Model, idx: list[int], x: torch.Tensor, y: torch.Tensor, out: Pa
         except Exception as exc:  # noqa: BLE001 - a picture, never a number: the report goes on
             v.notes.append(f"`{m.run_id}`: computing its pictures failed ({type(exc).__name__}: {exc})")
             return None
-        atomic_write_bytes(out / name, save({k: t.contiguous() for k, t in cached.items()}))
+        data = safetensors.torch.save({k: t.contiguous() for k, t in cached.items()})
+        atomic_write_bytes(out / name, data)
     v.cache.append(name)
     return plans, cached
 
@@ -269,10 +259,8 @@ def _data_dirs(explicit: str | Path | None, models: list[Model]) -> list[Path | 
 
 def dataset_figures(name: str, models: list[Model], out: Path, data_dir: str | Path | None, v: Visuals) -> None:
     """The gradient figure and one adversarial strip per checkpoint of one data set."""
-    from bench.data import dataset_info
-
-    ckpts = [m for m in models if m.run.kind == "checkpoint"]
-    v.notes += [load_net(m.run)[1] for m in models if m.run.kind != "checkpoint"]
+    ckpts = [m for m in models if m.run.kind == SourceKind.CHECKPOINT]
+    v.notes += [load_net(m.run)[1] for m in models if m.run.kind != SourceKind.CHECKPOINT]
     if not ckpts:
         return
     try:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.evaluation.results import Estimate
 from bench.params import eps_in_255, format_eps
 from bench.report import robustbench
 from bench.report.model import AUTOATTACK, WORST, Model, Variant
-from bench.evaluation.results import Estimate
 from bench.store import ANY
+from bench.vocab import SourceKind
 
 
 def pct(e: Estimate | None) -> str | None:
@@ -65,7 +66,7 @@ def model_info(m: Model, key: int, labels: dict[Variant, str]) -> dict[str, Any]
         "curves": _curves(m, labels),
         "robustbench_submission": robustbench.submission(m, key),
     })
-    if m.run.kind == "robustbench":
+    if m.run.kind == SourceKind.ROBUSTBENCH:
         info.update(_published(m, key))
     return info
 

@@ -6,43 +6,55 @@ from __future__ import annotations
 import json
 from typing import Iterable
 
+from bench.evaluation.results import Estimate
 from bench.params import format_eps
 from bench.report import heatmap, robustbench
-from bench.report.model import (AUTOATTACK, WORST, Entry, Model, Ranked, Variant, entries, rank)
-from bench.report.text import (DASH, aa_attack_list, ci, ci_many, format_seconds, joined, table,
-                               variant_labels)
-from bench.evaluation.results import Estimate
+from bench.report.model import AUTOATTACK, WORST, Entry, Model, Ranked, Variant, entries, rank
+from bench.report.text import (
+    DASH,
+    aa_attack_list,
+    ci,
+    ci_many,
+    format_seconds,
+    joined,
+    table,
+    variant_labels,
+)
 from bench.store import ANY
+from bench.vocab import Check, SourceKind
 
 #: What each flag means and what to run next (shown under each table that carries a flag).
 FLAG_LEGEND: dict[str, tuple[str, str]] = {
-    "randomized": ("repeated forward passes on the same input disagree (AutoAttack checks.py)",
-                   "evaluate with `--aa-version rand` and `eotpgd`; bench does so by itself"),
-    "probabilities": ("the model outputs probabilities, not logits (AutoAttack checks.py)",
-                      "return logits; attacks on the CE of probabilities are weakened"),
-    "gradients": ("zero, NaN or infinite input gradients on some points (AutoAttack checks.py; "
-                  "Pintor et al. 2022, unavailable gradients)",
-                  "use an adaptive attack (BPDA, a differentiable surrogate), or `square`"),
-    "square-vs-whitebox": ("the black-box Square attack broke significantly more points than "
-                           "the white-box attacks (AutoAttack checks.py; McNemar p < 0.01)",
-                           "gradient masking likely: run an adaptive attack"),
-    "iterative-vs-single-step": ("an iterative attack did significantly worse than FGSM "
-                                 "(Carlini et al. 2019; McNemar p < 0.01)",
-                                 "gradient masking or a broken attack: run `bench diagnose`"),
-    "large-budget": ("accuracy does not fall to about zero under a very large budget "
-                     "(Carlini et al. 2019; Pintor et al. 2022, unconstrained attack failure)",
-                     "the attacks are failing, not the model succeeding: adaptive attack"),
-    "loss-trace": ("the attack loss was still improving at its last steps (Pintor et al. 2022, "
-                   "incomplete optimization)", "rerun with more steps, e.g. `--set pgd.steps=100`"),
-    "transfer": ("examples crafted on another model break points the white-box attacks left "
-                 "standing (Pintor et al. 2022, transfer failure)",
-                 "the white-box attacks fail on this model: adaptive attack"),
-    "walk-inference": ("points counted robust at a smaller eps because the attacks left them robust "
-                       "at the largest one are broken by PGD run there directly: attack success does "
-                       "not grow with eps (Carlini et al. 2019)",
-                       "rerun with `bench eval --walk up` (every eps measured) and adaptive attacks"),
-    "autoattack-checks": ("a warning of AutoAttack's own checks.py during the evaluation",
-                          "read AutoAttack's flags_doc.md for the message"),
+    Check.RANDOMIZED: ("repeated forward passes on the same input disagree (AutoAttack checks.py)",
+                       "evaluate with `--aa-version rand` and `eotpgd`; bench does so by itself"),
+    Check.PROBABILITIES: ("the model outputs probabilities, not logits (AutoAttack checks.py)",
+                          "return logits; attacks on the CE of probabilities are weakened"),
+    Check.GRADIENTS: ("zero, NaN or infinite input gradients on some points (AutoAttack checks.py; "
+                      "Pintor et al. 2022, unavailable gradients)",
+                      "use an adaptive attack (BPDA, a differentiable surrogate), or `square`"),
+    Check.SQUARE_VS_WHITEBOX: ("the black-box Square attack broke significantly more points than "
+                               "the white-box attacks (AutoAttack checks.py; McNemar p < 0.01)",
+                               "gradient masking likely: run an adaptive attack"),
+    Check.ITERATIVE_VS_SINGLE_STEP: ("an iterative attack did significantly worse than FGSM "
+                                     "(Carlini et al. 2019; McNemar p < 0.01)",
+                                     "gradient masking or a broken attack: run `bench diagnose`"),
+    Check.LARGE_BUDGET: ("accuracy does not fall to about zero under a very large budget "
+                         "(Carlini et al. 2019; Pintor et al. 2022, unconstrained attack failure)",
+                         "the attacks are failing, not the model succeeding: adaptive attack"),
+    Check.LOSS_TRACE: ("the attack loss was still improving at its last steps (Pintor et al. "
+                       "2022, incomplete optimization)",
+                       "rerun with more steps, e.g. `--set pgd.steps=100`"),
+    Check.TRANSFER: ("examples crafted on another model break points the white-box attacks left "
+                     "standing (Pintor et al. 2022, transfer failure)",
+                     "the white-box attacks fail on this model: adaptive attack"),
+    Check.WALK_INFERENCE: (
+        "points counted robust at a smaller eps because the attacks left them robust at the "
+        "largest one are broken by PGD run there directly: attack success does not grow with eps "
+        "(Carlini et al. 2019)",
+        "rerun with `bench eval --walk up` (every eps measured) and adaptive attacks",
+    ),
+    Check.AUTOATTACK_CHECKS: ("a warning of AutoAttack's own checks.py during the evaluation",
+                              "read AutoAttack's flags_doc.md for the message"),
     "catastrophic-overfitting": ("single-step adversarial training collapsed: held-out PGD "
                                  "accuracy fell while FGSM accuracy held (Wong et al. 2020)",
                                  "retrain with FGSM-RS at a smaller step, or PGD-AT"),
@@ -158,7 +170,7 @@ def dataset_section(name: str, key: int, models: list[Model], rank_by: str,
 def published_section(models: list[Model], key: int) -> list[str]:
     """RobustBench zoo models: their published clean and AutoAttack accuracy beside ours (at
     the published eps), and a note for those evaluated without ``--model-info``."""
-    zoo = [m for m in models if m.run.kind == "robustbench"]
+    zoo = [m for m in models if m.run.kind == SourceKind.ROBUSTBENCH]
     if not zoo:
         return []
     head = ["run id", "eps", "clean (ours)", "clean (published)", "AutoAttack (ours)",

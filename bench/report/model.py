@@ -19,9 +19,9 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from bench.vocab import Check
 from bench.evaluation.results import Estimate, WorstPoint, estimate, group_rows, worst_case
 from bench.store import ANY, DiagnosticRow, ResultRow, RunRow, Store, canonical, eps_key
+from bench.vocab import Check
 
 AUTOATTACK = "autoattack"
 RANK_BY = ("worst-case", "autoattack", "clean")  # or any attack name
@@ -90,7 +90,7 @@ class Model:
 
     @property
     def randomized(self) -> bool:
-        return any(f.flagged and f.check == "randomized" for f in self.findings)
+        return any(f.flagged and f.check == Check.RANDOMIZED for f in self.findings)
 
     def basis_variant(self, key: int) -> Variant | None:
         """The AutoAttack variant that may rank this model at ``key``: standard, or rand for a
@@ -184,7 +184,7 @@ def _findings(store: Store, runs: dict[str, RunRow]) -> dict[str, list[Diagnosti
     for d in store.diagnostics():
         if d.check == TRANSFER_MATRIX:
             continue
-        source = d.details.get("source_fingerprint") if d.check == "transfer" else None
+        source = d.details.get("source_fingerprint") if d.check == Check.TRANSFER else None
         if source is not None and source not in current:
             continue
         out.setdefault(d.run_id, []).append(d)

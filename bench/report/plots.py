@@ -13,6 +13,7 @@ Line = tuple[str, list[float], list[float], list[float], list[float]]  # label, 
 
 def plot_png(title: str, lines: list[Line]) -> bytes:
     """A PNG (Agg) of accuracy (%) against eps in units of 1/255, bands for the intervals."""
+    # here: matplotlib is slow to import; only when a figure is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any, Iterable
 
+from bench.evaluation.results import Estimate
 from bench.params import format_eps
 from bench.report.model import AUTOATTACK, Variant, mean, span, spread
-from bench.evaluation.results import Estimate
 from bench.store import ANY, canonical
 
 DASH = "–"
@@ -139,6 +140,4 @@ def safe_name(text: str) -> str:
 
 
 def _digest(text: str) -> str:
-    import hashlib
-
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]

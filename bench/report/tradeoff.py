@@ -62,6 +62,7 @@ def pareto(pts: list[Point]) -> list[Point]:
 
 def png(title: str, pts: list[Point]) -> bytes:
     """The figure (Agg): error bars in both directions, hollow markers for unranked entries."""
+    # here: matplotlib is slow to import; only when a figure is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

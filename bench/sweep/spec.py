@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from bench import paths
+from bench.attacks import ATTACKS, make_attack
+from bench.data import dataset_info
+from bench.defenses import DEFENSES, build_defense, defense_params
 from bench.errors import UsageError
+from bench.models import MODELS, create_model
+from bench.params import format_eps, parse_eps_grid
+from bench.store import WALKS, canonical, eps_key
+from bench.train import SCHEDULES, TrainConfig, check_numbers, run_dir_of
+from bench.vocab import Walk
 
 HASH_SCHEME = 1  # bump when the identity of a job changes meaning
 ID_CHARS = 8  # hex digits of the job id in run ids
@@ -49,7 +57,7 @@ VARIANT_KEYS = ("name", "defense", "params", *TRAIN_KEYS)
 EVAL_KEYS = ("name", "attacks", "eps", "n", "batch_size", "seed", "shards", "walk", "params")
 TYPE_NAMES = {int: "whole number", float: "number", str: "string", bool: "boolean (true/false)"}
 EVAL_DEFAULTS: dict[str, Any] = {"eps": "0:8/255:1/255", "n": 1000, "batch_size": 500, "seed": 0, "shards": 1,
-                                 "walk": "bisect"}
+                                 "walk": Walk.BISECT}
 
 
 class SweepError(UsageError):
@@ -73,20 +81,16 @@ class EvalSpec:
     batch_size: int
     seed: int
     shards: int
-    walk: str = "bisect"  # how each attack walks the grid (bench eval --walk): up, down or bisect
+    walk: str = Walk.BISECT  # how each attack walks the grid (bench eval --walk): up, down, bisect
 
     def identity(self) -> dict[str, Any]:
         """What the stored rows depend on (not ``shards``: sharding never changes a flag)."""
-        from bench.store import eps_key
-
         made = self.make_attacks()
         return {"attacks": [[a.label, a.params] for a in made], "eps": [eps_key(e) for e in self.eps],
                 "n": self.n, "batch_size": self.batch_size, "seed": self.seed, "walk": self.walk}
 
     def make_attacks(self) -> list[Any]:
         """The :class:`bench.attacks.Attack` objects (built anew: they hold closures)."""
-        from bench.attacks import make_attack
-
         return [make_attack(name, dict(params)) for name, params in self.attacks]
 
     def batches(self) -> int:
@@ -132,8 +136,6 @@ class EvalJob:
 
     def describe(self) -> str:
         """The evaluation on one line (for the dry run and failure reports)."""
-        from bench.params import format_eps
-
         names = ",".join(a.display for a in self.spec.make_attacks())
         grid = ",".join(format_eps(e) for e in self.spec.eps)
         return (f"{self.train.cfg.run_id} / eval {self.spec.name}: {names} eps={grid} n={self.spec.n} "
@@ -210,7 +212,7 @@ def read_file(path: Path) -> dict[str, Any]:
 def _read_yaml(path: Path, text: str) -> dict[str, Any]:
     """A YAML sweep file (safe loader: plain data only) as a dict."""
     try:
-        import yaml
+        import yaml  # here: PyYAML is optional (.yaml sweep files only)
     except ImportError:
         raise UsageError(f"{path}: YAML sweep files need PyYAML (pip install pyyaml); or write TOML") from None
     try:
@@ -344,8 +346,6 @@ def train_values(ck: Checker, table: dict[str, Any], key: str) -> dict[str, Any]
 
 def defense_defaults(ck: Checker, doc: dict[str, Any]) -> dict[str, dict[str, str]]:
     """``[params.<defense>]``: default parameters per defense (the defense name checked)."""
-    from bench.defenses import DEFENSES
-
     table = ck.table(doc.get("params", {}), "params", None)
     out = {}
     for name, values in table.items():
@@ -357,8 +357,6 @@ def defense_defaults(ck: Checker, doc: dict[str, Any]) -> dict[str, dict[str, st
 def check_params(ck: Checker, defense: str, params: dict[str, str], key: str) -> dict[str, str]:
     """Each parameter of ``defense`` checked alone, so that a bad one is named by its key
     (``<key>.<name>``); a bad combination is caught when the variant is built."""
-    from bench.defenses import build_defense
-
     for name, value in params.items():
         ck.guarded(f"{key}.{name}", lambda: build_defense(defense, {name: value}))
     return params
@@ -394,8 +392,6 @@ class ModelCache:
 
     def get(self, model: str, info: Any) -> Any:
         """The model ``model`` built for data set ``info`` (built once)."""
-        from bench.models import create_model
-
         key = (model, info.name)
         if key not in self.models:
             self.models[key] = create_model(model, channels=info.channels, num_classes=info.num_classes,
@@ -406,10 +402,6 @@ class ModelCache:
 def check_train_values(ck: Checker, values: dict[str, Any], key: str) -> None:
     """The numbers and names of a training table, as ``bench train`` checks them (no data
     needed); a failure names ``<key>.<field>``."""
-    from bench.data import dataset_info
-    from bench.train import SCHEDULES, TrainConfig, check_numbers
-    from bench.models import MODELS
-
     cfg = TrainConfig(**values)
     if cfg.schedule not in SCHEDULES:
         raise ck.fail(f"{key}.schedule", f"unknown schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
@@ -428,10 +420,6 @@ def check_train_values(ck: Checker, values: dict[str, Any], key: str) -> None:
 def _check_train(cfg: Any, cache: ModelCache) -> Any:
     """What else ``bench train`` checks before training: the defense and its parameters, the
     model for the data set, the placement of hooks, the run directory. Returns the defense."""
-    from bench.data import dataset_info
-    from bench.defenses import build_defense
-    from bench.train import run_dir_of
-
     defense = build_defense(cfg.defense, cfg.defense_params)
     model = cache.get(cfg.model, dataset_info(cfg.dataset))
     defense.attach(model)
@@ -442,8 +430,6 @@ def _check_train(cfg: Any, cache: ModelCache) -> Any:
 
 def _base_config(sweep: Sweep, values: dict[str, Any], defense: str, params: dict[str, str], seed: int) -> Any:
     """The TrainConfig of one variant at one seed, writing into the sweep's checkpoints."""
-    from bench.train import TrainConfig
-
     return TrainConfig(defense=defense, defense_params=params, seed=seed,
                        data_dir=str(sweep.data_dir) if sweep.data_dir else None, download=sweep.download,
                        out_dir=str(sweep.checkpoints), **values)
@@ -451,8 +437,6 @@ def _base_config(sweep: Sweep, values: dict[str, Any], defense: str, params: dic
 
 def train_job(ck: Checker, sweep: Sweep, spec: dict[str, Any], seed: int, cache: ModelCache) -> TrainJob:
     """The job of one variant at one seed, checked; its run id is ``<variant>-s<seed>-<id>``."""
-    from bench.defenses import defense_params
-
     key = spec["key"]
     cfg = _base_config(sweep, spec["values"], spec["defense"], spec["params"], seed)
     defense = ck.guarded(key, lambda: _check_train(cfg, cache))
@@ -485,8 +469,6 @@ def variant_specs(ck: Checker, doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _known_defense(name: str) -> None:
     """UsageError (listing the valid names) unless ``name`` is a registered defense."""
-    from bench.defenses import DEFENSES
-
     DEFENSES[name]
 
 
@@ -495,8 +477,6 @@ def _known_defense(name: str) -> None:
 
 def eval_attacks(ck: Checker, e: dict[str, Any], key: str) -> list[tuple[str, dict[str, str]]]:
     """``attacks`` and ``params``: each attack known, listed once, its parameters valid."""
-    from bench.attacks import ATTACKS, make_attack
-
     names = e.get("attacks")
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
@@ -517,8 +497,6 @@ def eval_attacks(ck: Checker, e: dict[str, Any], key: str) -> list[tuple[str, di
 
 def eval_grid(ck: Checker, value: Any, key: str) -> list[float]:
     """``eps``: a grid string as ``bench eval --eps`` takes, or a list of values."""
-    from bench.params import parse_eps_grid
-
     if isinstance(value, list):
         if not value or any(isinstance(v, (bool, dict, list)) for v in value):
             raise ck.fail(key, f"must be a grid string or a non-empty list of eps values, got {value!r}")
@@ -546,8 +524,6 @@ def eval_spec(ck: Checker, e: Any, i: int) -> EvalSpec:
 
 def eval_walk(ck: Checker, value: Any, key: str) -> str:
     """``walk``: one of bench eval's walks (up, down, bisect)."""
-    from bench.store import WALKS
-
     ck.typed(value, key, (str,))
     if value not in WALKS:
         raise ck.fail(key, f"must be one of {', '.join(WALKS)}, got {value!r}")
@@ -567,8 +543,6 @@ def eval_specs(ck: Checker, doc: dict[str, Any]) -> list[EvalSpec]:
 def _no_shared_rows(ck: Checker, specs: list[EvalSpec]) -> None:
     """Two blocks that would write one store row (same attack and parameters, n and eps) are
     refused: the second would replace the first's row. Names must differ too."""
-    from bench.store import canonical, eps_key
-
     seen: dict[tuple[Any, ...], int] = {}
     names: set[str] = set()
     for i, spec in enumerate(specs):
@@ -586,8 +560,6 @@ def _no_shared_rows(ck: Checker, specs: list[EvalSpec]) -> None:
 
 def _check_n(ck: Checker, sweep: Sweep, specs: list[EvalSpec]) -> None:
     """Each block's n fits the test split of every data set trained."""
-    from bench.data import dataset_info
-
     for i, spec in enumerate(specs):
         for job in sweep.trains:
             size = dataset_info(job.cfg.dataset).test_size
