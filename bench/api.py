@@ -43,8 +43,15 @@ def _grid(eps: str | float | Sequence[float]) -> list[float]:
     return [float(e) for e in ([eps] if isinstance(eps, (int, float)) else eps)]
 
 
-def _target(model: nn.Module, dataset: str, name: str, n: int, x: torch.Tensor | None,
-            y: torch.Tensor | None, data_dir: str | Path | None) -> Target:
+def _target(
+    model: nn.Module,
+    dataset: str,
+    name: str,
+    n: int,
+    x: torch.Tensor | None,
+    y: torch.Tensor | None,
+    data_dir: str | Path | None,
+) -> Target:
     source = from_module(model, dataset, name)
     if x is None and y is None:
         return attach_points(source, n, data_dir, download=True)
@@ -79,8 +86,15 @@ def evaluate_model(
     number or a list) and return the :class:`~bench.evaluate.Evaluation`: per-attack, per-eps
     flags and accuracies with 95% intervals, the worst case, the diagnostics' findings.
     ``params``: attack parameters, e.g. ``{"pgd": {"steps": 20}}``. Bad input: UsageError."""
-    settings = Settings(_attacks(attacks, params), _grid(eps), batch_size, seed,
-                        progress=progress, diagnose=diagnose, transfer_from=transfer_from)
+    settings = Settings(
+        _attacks(attacks, params),
+        _grid(eps),
+        batch_size,
+        seed,
+        progress=progress,
+        diagnose=diagnose,
+        transfer_from=transfer_from,
+    )
     target = _target(model, dataset, name, n, x, y, data_dir)
     dev = pick_device(device)
     if store is None:

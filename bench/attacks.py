@@ -50,7 +50,9 @@ AA_VERSION_ATTACKS: dict[str, tuple[str, ...]] = {
 
 #: ``perturb(model, x, y, concrete_params, seed, index) -> x_adv``: the attack proper. ``index``
 #: holds each point's position in the evaluated set, for attacks that seed every point on its own.
-Perturb = Callable[[nn.Module, torch.Tensor, torch.Tensor, dict[str, Any], int, torch.Tensor], torch.Tensor]
+Perturb = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, dict[str, Any], int, torch.Tensor], torch.Tensor
+]
 
 
 def derive_seed(*parts: object) -> int:
@@ -84,7 +86,12 @@ class Attack:
         return f"{self.name}[{','.join(changed)}]" if changed else self.name
 
     def run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int,
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        eps: float,
+        seed: int,
         index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Adversarial images for ``x`` (in [0, 1]) at L-infinity budget ``eps``, on the model's
@@ -213,16 +220,27 @@ class FGSMParams:
     """FGSM has no parameters: one signed-gradient step of size eps."""
 
 
-def _fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
+def _fgsm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kw: dict[str, Any],
+    seed: int,
+    index: torch.Tensor,
+) -> torch.Tensor:
     import torchattacks  # here: slow to import (about 0.7 s); only when the attack runs
 
     return _plain(torchattacks.FGSM(model, **kw))(x, y)
 
 
 _register(
-    "fgsm", FGSMParams, AttackKind.BOUNDED,
+    "fgsm",
+    FGSMParams,
+    AttackKind.BOUNDED,
     "FGSM (torchattacks): one signed-gradient step of size eps",
-    lambda c: {}, lambda c, eps: {"eps": eps}, _fgsm,
+    lambda c: {},
+    lambda c, eps: {"eps": eps},
+    _fgsm,
 )
 
 # -------------------------------------------------------------------------------- pgd
@@ -230,7 +248,8 @@ _register(
 
 @dataclass(frozen=True)
 class PGDParams:
-    """PGD with CE loss (Madry et al. 2018); ``alpha`` None means 2.5*eps/steps (scales with eps)."""
+    """PGD with CE loss (Madry et al. 2018); ``alpha`` None means 2.5*eps/steps (scales with
+    eps)."""
 
     steps: int = 10
     alpha: float | None = None
@@ -251,7 +270,14 @@ def point_uniform(like: torch.Tensor, eps: float, seed: int, index: torch.Tensor
     return ((2 * noise - 1) * eps).to(like.device)
 
 
-def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
+def _pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kw: dict[str, Any],
+    seed: int,
+    index: torch.Tensor,
+) -> torch.Tensor:
     """bench's PGD: per-point seeded uniform start, ``steps`` signed steps of ``alpha`` on the
     summed cross-entropy, each projected onto the ball and [0, 1]. Returns, per point, the first
     iterate that the model misclassified, else the last one (an adversarial example found on the
@@ -265,7 +291,9 @@ def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any],
     for _ in range(kw["steps"]):
         x_adv.requires_grad_(True)
         logits = model(x_adv)
-        (grad,) = torch.autograd.grad(nn.functional.cross_entropy(logits, y, reduction="sum"), x_adv)
+        (grad,) = torch.autograd.grad(
+            nn.functional.cross_entropy(logits, y, reduction="sum"), x_adv
+        )
         wrong = (logits.detach().argmax(1) != y) & ~found  # adversarial before this step
         best[wrong] = x_adv.detach()[wrong]
         found |= wrong
@@ -275,12 +303,21 @@ def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any],
 
 
 _register(
-    "pgd", PGDParams, AttackKind.BOUNDED,
+    "pgd",
+    PGDParams,
+    AttackKind.BOUNDED,
     "PGD, Linf, CE loss (bench's own: per-point seeded start)",
-    lambda c: {"steps": c.steps, "alpha": _alpha_rule(c.alpha, "2.5*eps/steps"),
-               "random_start": c.random_start},
-    lambda c, eps: {"eps": eps, "steps": c.steps, "random_start": c.random_start,
-                    "alpha": 2.5 * eps / c.steps if c.alpha is None else c.alpha},
+    lambda c: {
+        "steps": c.steps,
+        "alpha": _alpha_rule(c.alpha, "2.5*eps/steps"),
+        "random_start": c.random_start,
+    },
+    lambda c, eps: {
+        "eps": eps,
+        "steps": c.steps,
+        "random_start": c.random_start,
+        "alpha": 2.5 * eps / c.steps if c.alpha is None else c.alpha,
+    },
     _pgd,
 )
 
@@ -301,14 +338,24 @@ class CWParams:
         _nonnegative(kappa=self.kappa)
 
 
-def _cw(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
+def _cw(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kw: dict[str, Any],
+    seed: int,
+    index: torch.Tensor,
+) -> torch.Tensor:
     import torchattacks  # here: slow to import (about 0.7 s); only when the attack runs
 
     return _plain(torchattacks.CW(model, **kw))(x, y)
 
 
 _register(
-    "cw", CWParams, AttackKind.MINIMUM_NORM, "Carlini-Wagner L2 (torchattacks)",
+    "cw",
+    CWParams,
+    AttackKind.MINIMUM_NORM,
+    "Carlini-Wagner L2 (torchattacks)",
     lambda c: {"c": c.c, "kappa": c.kappa, "steps": c.steps, "lr": c.lr},
     lambda c, eps: {"c": c.c, "kappa": c.kappa, "steps": c.steps, "lr": c.lr},
     _cw,
@@ -329,14 +376,24 @@ class DeepFoolParams:
         _nonnegative(overshoot=self.overshoot)
 
 
-def _deepfool(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
+def _deepfool(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kw: dict[str, Any],
+    seed: int,
+    index: torch.Tensor,
+) -> torch.Tensor:
     import torchattacks  # here: slow to import (about 0.7 s); only when the attack runs
 
     return _plain(torchattacks.DeepFool(model, **kw))(x, y)
 
 
 _register(
-    "deepfool", DeepFoolParams, AttackKind.MINIMUM_NORM, "DeepFool L2 (torchattacks)",
+    "deepfool",
+    DeepFoolParams,
+    AttackKind.MINIMUM_NORM,
+    "DeepFool L2 (torchattacks)",
     lambda c: {"steps": c.steps, "overshoot": c.overshoot},
     lambda c, eps: {"steps": c.steps, "overshoot": c.overshoot},
     _deepfool,
@@ -358,17 +415,31 @@ class MIFGSMParams:
         _nonnegative(decay=self.decay)
 
 
-def _mifgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
+def _mifgsm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kw: dict[str, Any],
+    seed: int,
+    index: torch.Tensor,
+) -> torch.Tensor:
     import torchattacks  # here: slow to import (about 0.7 s); only when the attack runs
 
     return _plain(torchattacks.MIFGSM(model, **kw))(x, y)
 
 
 _register(
-    "mifgsm", MIFGSMParams, AttackKind.BOUNDED, "MI-FGSM, Linf (torchattacks)",
+    "mifgsm",
+    MIFGSMParams,
+    AttackKind.BOUNDED,
+    "MI-FGSM, Linf (torchattacks)",
     lambda c: {"steps": c.steps, "decay": c.decay, "alpha": _alpha_rule(c.alpha, "eps/steps")},
-    lambda c, eps: {"eps": eps, "steps": c.steps, "decay": c.decay,
-                    "alpha": eps / c.steps if c.alpha is None else c.alpha},
+    lambda c, eps: {
+        "eps": eps,
+        "steps": c.steps,
+        "decay": c.decay,
+        "alpha": eps / c.steps if c.alpha is None else c.alpha,
+    },
     _mifgsm,
 )
 
@@ -389,14 +460,24 @@ class APGDParams:
         _positive(steps=self.steps, n_restarts=self.n_restarts)
 
 
-def _apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
+def _apgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kw: dict[str, Any],
+    seed: int,
+    index: torch.Tensor,
+) -> torch.Tensor:
     import torchattacks  # here: slow to import (about 0.7 s); only when the attack runs
 
     return _plain(torchattacks.APGD(model, norm="Linf", seed=seed, **kw))(x, y)
 
 
 _register(
-    "apgd", APGDParams, AttackKind.BOUNDED, "Auto-PGD, Linf, CE or DLR loss (torchattacks)",
+    "apgd",
+    APGDParams,
+    AttackKind.BOUNDED,
+    "Auto-PGD, Linf, CE or DLR loss (torchattacks)",
     lambda c: {"loss": c.loss, "steps": c.steps, "n_restarts": c.n_restarts},
     lambda c, eps: {"eps": eps, "loss": c.loss, "steps": c.steps, "n_restarts": c.n_restarts},
     _apgd,
@@ -419,17 +500,31 @@ class SquareParams:
             raise ValueError(f"p_init must be in (0, 1], got {self.p_init}")
 
 
-def _square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
+def _square(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kw: dict[str, Any],
+    seed: int,
+    index: torch.Tensor,
+) -> torch.Tensor:
     import torchattacks  # here: slow to import (about 0.7 s); only when the attack runs
 
     return _plain(torchattacks.Square(model, norm="Linf", seed=seed, **kw))(x, y)
 
 
 _register(
-    "square", SquareParams, AttackKind.BOUNDED, "Square Attack, Linf, black-box (torchattacks)",
+    "square",
+    SquareParams,
+    AttackKind.BOUNDED,
+    "Square Attack, Linf, black-box (torchattacks)",
     lambda c: {"n_queries": c.n_queries, "n_restarts": c.n_restarts, "p_init": c.p_init},
-    lambda c, eps: {"eps": eps, "n_queries": c.n_queries, "n_restarts": c.n_restarts,
-                    "p_init": c.p_init},
+    lambda c, eps: {
+        "eps": eps,
+        "n_queries": c.n_queries,
+        "n_restarts": c.n_restarts,
+        "p_init": c.p_init,
+    },
     _square,
 )
 
@@ -450,7 +545,14 @@ class FABParams:
         _positive(steps=self.steps, n_restarts=self.n_restarts)
 
 
-def _fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
+def _fab(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kw: dict[str, Any],
+    seed: int,
+    index: torch.Tensor,
+) -> torch.Tensor:
     import torchattacks  # here: slow to import (about 0.7 s); only when the attack runs
 
     atk = torchattacks.FAB(model, norm="Linf", seed=seed, n_classes=_n_classes(model, x), **kw)
@@ -458,10 +560,17 @@ def _fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any],
 
 
 _register(
-    "fab", FABParams, AttackKind.BOUNDED, "FAB, Linf, keeps only points within eps (torchattacks)",
+    "fab",
+    FABParams,
+    AttackKind.BOUNDED,
+    "FAB, Linf, keeps only points within eps (torchattacks)",
     lambda c: {"steps": c.steps, "n_restarts": c.n_restarts, "multi_targeted": c.multi_targeted},
-    lambda c, eps: {"eps": eps, "steps": c.steps, "n_restarts": c.n_restarts,
-                    "multi_targeted": c.multi_targeted},
+    lambda c, eps: {
+        "eps": eps,
+        "steps": c.steps,
+        "n_restarts": c.n_restarts,
+        "multi_targeted": c.multi_targeted,
+    },
     _fab,
 )
 
@@ -482,19 +591,37 @@ class EOTPGDParams:
         _positive(eot_iter=self.eot_iter, steps=self.steps, alpha=self.alpha)
 
 
-def _eotpgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
+def _eotpgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kw: dict[str, Any],
+    seed: int,
+    index: torch.Tensor,
+) -> torch.Tensor:
     import torchattacks  # here: slow to import (about 0.7 s); only when the attack runs
 
     return _plain(torchattacks.EOTPGD(model, **kw))(x, y)
 
 
 _register(
-    "eotpgd", EOTPGDParams, AttackKind.BOUNDED, "EOT-PGD, Linf, CE loss (torchattacks)",
-    lambda c: {"eot_iter": c.eot_iter, "steps": c.steps,
-               "alpha": _alpha_rule(c.alpha, "2.5*eps/steps"), "random_start": c.random_start},
-    lambda c, eps: {"eps": eps, "eot_iter": c.eot_iter, "steps": c.steps,
-                    "random_start": c.random_start,
-                    "alpha": 2.5 * eps / c.steps if c.alpha is None else c.alpha},
+    "eotpgd",
+    EOTPGDParams,
+    AttackKind.BOUNDED,
+    "EOT-PGD, Linf, CE loss (torchattacks)",
+    lambda c: {
+        "eot_iter": c.eot_iter,
+        "steps": c.steps,
+        "alpha": _alpha_rule(c.alpha, "2.5*eps/steps"),
+        "random_start": c.random_start,
+    },
+    lambda c, eps: {
+        "eps": eps,
+        "eot_iter": c.eot_iter,
+        "steps": c.steps,
+        "random_start": c.random_start,
+        "alpha": 2.5 * eps / c.steps if c.alpha is None else c.alpha,
+    },
     _eotpgd,
 )
 
@@ -510,7 +637,9 @@ class AutoAttackParams:
 
     def __post_init__(self) -> None:
         if self.version not in AA_VERSIONS:
-            raise ValueError(f"version must be one of {', '.join(AA_VERSIONS)}, not {self.version!r}")
+            raise ValueError(
+                f"version must be one of {', '.join(AA_VERSIONS)}, not {self.version!r}"
+            )
         if self.version == "custom":
             if not self.attacks:
                 raise ValueError(
@@ -548,7 +677,8 @@ class _Collect(logging.Handler):
 #: Where AutoAttack's warnings go while an evaluation collects them (see :func:`collect_warnings`):
 #: (message, eps, points in that AutoAttack call).
 _WARNINGS: contextvars.ContextVar[list[tuple[str, float, int]] | None] = contextvars.ContextVar(
-    "bench_aa_warnings", default=None)
+    "bench_aa_warnings", default=None
+)
 
 
 @contextlib.contextmanager
@@ -584,12 +714,23 @@ def _quiet_autoattack(eps: float, points: int) -> Iterator[None]:
             tqdm.write(f"bench: autoattack warning: {msg}", file=sys.stderr)  # keeps the bar intact
 
 
-def _autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, index: torch.Tensor) -> torch.Tensor:
+def _autoattack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kw: dict[str, Any],
+    seed: int,
+    index: torch.Tensor,
+) -> torch.Tensor:
     with _quiet_autoattack(kw["eps"], len(x)):
         aa = pyautoattack.AutoAttack(
-            model, norm="Linf", eps=kw["eps"], version=kw["version"],
+            model,
+            norm="Linf",
+            eps=kw["eps"],
+            version=kw["version"],
             attacks=list(kw["attacks"]) if kw["version"] == "custom" else None,
-            seed=seed, device=x.device,
+            seed=seed,
+            device=x.device,
         )
         aa.verbose = False
         x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=max(len(x), 1))
@@ -597,7 +738,9 @@ def _autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str
 
 
 _register(
-    "autoattack", AutoAttackParams, AttackKind.BOUNDED,
+    "autoattack",
+    AutoAttackParams,
+    AttackKind.BOUNDED,
     "official AutoAttack (pyautoattack), Linf; version standard|plus|rand|custom",
     lambda c: {"version": c.version, "attacks": list(c.components())},
     lambda c, eps: {"eps": eps, "version": c.version, "attacks": list(c.attacks)},

@@ -2,8 +2,9 @@
 
 Files, each written atomically:
   ``weights.safetensors`` the model's ``state_dict`` (safetensors: raw tensors, no pickle). Old
-                  checkpoints hold ``weights.pt`` instead, read with ``torch.load(weights_only=True)``;
-                  a pickle that would build anything but tensors is refused, nothing executed.
+                  checkpoints hold ``weights.pt`` instead, read with
+                  ``torch.load(weights_only=True)``; a pickle that would build anything but
+                  tensors is refused, nothing executed.
   ``config.json`` the fully resolved configuration: data set (with its shape), model, defense and
                   every hyperparameter, optimizer, schedule, seed, epochs, train limit
   ``run.json``    ``"complete": false`` while training; at the end library versions, device,
@@ -146,14 +147,17 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
             "refused (bench loads weights with weights_only=True)"
         ) from None
     except Exception as exc:  # a truncated or foreign file: never fall back to full unpickling
-        raise UsageError(f"checkpoint {path} can't be read as weights: {exc}".splitlines()[0]) from None
+        raise UsageError(
+            f"checkpoint {path} can't be read as weights: {exc}".splitlines()[0]
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UsageError(f"checkpoint {path} does not hold a state_dict of tensors")
     return state
 
 
 def load_state(model: nn.Module, state: dict[str, Any], what: str) -> None:
-    """``load_state_dict`` with a one-line UsageError naming missing, unexpected or misshapen keys."""
+    """``load_state_dict`` with a one-line UsageError naming missing, unexpected or misshapen
+    keys."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -216,7 +220,10 @@ def incomplete_message(run_dir: Path) -> str:
         where = f"stopped after epoch {meta.get('epoch')} of {meta.get('epochs')}"
     else:
         where = "stopped before its first epoch ended"
-    return f"checkpoint {run_dir} is incomplete (training {where}); resume it with: {resume_command(run_dir)}"
+    return (
+        f"checkpoint {run_dir} is incomplete (training {where}); "
+        f"resume it with: {resume_command(run_dir)}"
+    )
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
@@ -297,7 +304,9 @@ def write_final(run_dir: Path, model: nn.Module, run: dict[str, Any]) -> Path:
 
 def write_state(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """The training state: ``tensors`` and the JSON ``meta`` in one safetensors file, atomically."""
-    data = safetensors.torch.save(tensors, metadata={STATE_KEY: json.dumps({"format": STATE_FORMAT, **meta})})
+    data = safetensors.torch.save(
+        tensors, metadata={STATE_KEY: json.dumps({"format": STATE_FORMAT, **meta})}
+    )
     atomic_write_bytes(run_dir / STATE, data)
 
 
@@ -311,7 +320,9 @@ def read_state_meta(run_dir: Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - truncated or foreign: one line
         raise UsageError(f"training state {path} can't be read: {exc}".splitlines()[0]) from None
     if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
-        raise UsageError(f"training state {path} is not a bench training state (format {STATE_FORMAT})")
+        raise UsageError(
+            f"training state {path} is not a bench training state (format {STATE_FORMAT})"
+        )
     return meta
 
 
@@ -321,11 +332,15 @@ def read_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     try:
         tensors = safetensors.torch.load_file(str(run_dir / STATE), device="cpu")
     except Exception as exc:  # noqa: BLE001
-        raise UsageError(f"training state {run_dir / STATE} can't be read: {exc}".splitlines()[0]) from None
+        raise UsageError(
+            f"training state {run_dir / STATE} can't be read: {exc}".splitlines()[0]
+        ) from None
     return tensors, meta
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_tensors(
+    optimizer: torch.optim.Optimizer,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """An optimizer's state split into tensors (``optim/<index>/<key>``) and JSON-able rest."""
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -342,7 +357,9 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
     return tensors, {"param_groups": sd["param_groups"], "state": other, "strides": strides}
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
     """Inverse of :func:`optimizer_tensors`. Each buffer gets its saved memory layout back
     (e.g. channels-last), so the resumed arithmetic runs exactly as it would have."""
     state: dict[int, dict[str, Any]] = {}
@@ -358,4 +375,6 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
         _, index, key = name.split("/", 2)
         entry = optimizer.state[params[int(index)]]
         value = entry[key]  # already on the parameter's device and dtype
-        entry[key] = torch.empty_strided(value.shape, stride, dtype=value.dtype, device=value.device).copy_(value)
+        entry[key] = torch.empty_strided(
+            value.shape, stride, dtype=value.dtype, device=value.device
+        ).copy_(value)

@@ -22,7 +22,11 @@ CHECKPOINT_FILES = (checkpoint.CONFIG, checkpoint.LOG, checkpoint.RUN, checkpoin
 
 def checkpoint_files(run_dir: Path) -> dict[str, bytes]:
     """The bytes of a finished checkpoint's files (those present)."""
-    return {name: (run_dir / name).read_bytes() for name in CHECKPOINT_FILES if (run_dir / name).is_file()}
+    return {
+        name: (run_dir / name).read_bytes()
+        for name in CHECKPOINT_FILES
+        if (run_dir / name).is_file()
+    }
 
 
 def install(run_dir: Path, files: dict[str, bytes]) -> None:

@@ -44,9 +44,16 @@ def start_ray(opts: RayOptions) -> bool:
             check_reachable(address)
             ray.init(address=address, **common)
             return False
-        ray.init(num_cpus=opts.num_cpus, include_dashboard=False, resources=opts.resources or None, **common)
+        ray.init(
+            num_cpus=opts.num_cpus,
+            include_dashboard=False,
+            resources=opts.resources or None,
+            **common,
+        )
     except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise UsageError(f"Ray could not start or join {address or 'a local instance'}: {exc}") from None
+        raise UsageError(
+            f"Ray could not start or join {address or 'a local instance'}: {exc}"
+        ) from None
     return True
 
 
@@ -90,8 +97,14 @@ def timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, dict[str, Any]]:
     ctx = ray.get_runtime_context()
     start = time.time()
     value = fn(*args)
-    meta = {"node": ctx.get_node_id(), "pid": os.getpid(), "resources": ctx.get_assigned_resources(),
-            "threads": torch.get_num_threads(), "start": start, "end": time.time()}
+    meta = {
+        "node": ctx.get_node_id(),
+        "pid": os.getpid(),
+        "resources": ctx.get_assigned_resources(),
+        "threads": torch.get_num_threads(),
+        "start": start,
+        "end": time.time(),
+    }
     return value, meta
 
 
@@ -166,6 +179,13 @@ class Runner:
         """One line per finished task in :attr:`log` (where it ran, when, its error)."""
         if self.log is None:
             return
-        line = {"kind": p.kind, "task": p.label, "job": p.job_id, "ok": error is None, "error": error, **(meta or {})}
+        line = {
+            "kind": p.kind,
+            "task": p.label,
+            "job": p.job_id,
+            "ok": error is None,
+            "error": error,
+            **(meta or {}),
+        }
         with open(self.log, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(line, sort_keys=True, default=str) + "\n")

@@ -306,8 +306,12 @@ def _read_svhn(paths: list[Path], info: DatasetInfo) -> _Arrays:
         raise UsageError(f"cannot read {path}: {exc}") from None
     x, y = mat.get("X"), mat.get("y")
     side = info.image_size
-    if not (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 4
-            and x.shape[:3] == (side, side, 3)):
+    if not (
+        isinstance(x, np.ndarray)
+        and x.dtype == np.uint8
+        and x.ndim == 4
+        and x.shape[:3] == (side, side, 3)
+    ):
         raise UsageError(f"{path}: expected uint8 X of shape [{side}, {side}, 3, N]")
     if not isinstance(y, np.ndarray) or y.size != x.shape[3]:
         raise UsageError(f"{path}: expected {x.shape[3]} labels in y")
@@ -371,8 +375,14 @@ def _read_cached(name: str, files: tuple[tuple[str, int, int], ...]) -> _Arrays:
     return x, y
 
 
-def _load(name: str, split: str, data_dir: str | os.PathLike[str] | None = None, *,
-          limit: int | None = None, download: bool = True) -> ImageSet:
+def _load(
+    name: str,
+    split: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    limit: int | None = None,
+    download: bool = True,
+) -> ImageSet:
     """The loader registered for each data set; see :func:`load_dataset`."""
     if split not in SPLITS:
         raise UsageError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
@@ -454,25 +464,131 @@ def _register(info: DatasetInfo, fmt: _Format, summary: str) -> None:
 _DIGITS = tuple(str(i) for i in range(10))
 
 _CIFAR100_CLASSES = (
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
-    "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle",
-    "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch",
-    "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox",
-    "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion",
-    "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom",
-    "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
-    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
-    "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake",
-    "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank",
-    "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle",
-    "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
 )
 
 _register(
     DatasetInfo(
-        "fashion-mnist", 1, 28, 10, (0.2860,), (0.3530,), 60000, 10000, "none",
-        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-         "Bag", "Ankle boot"),
+        "fashion-mnist",
+        1,
+        28,
+        10,
+        (0.2860,),
+        (0.3530,),
+        60000,
+        10000,
+        "none",
+        (
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
     ),
     _Format(
         folders=_idx_folders("fashion-mnist", "FashionMNIST", system_wide=True),
@@ -502,7 +618,14 @@ _register(
 )
 _register(
     DatasetInfo(
-        "cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), 50000, 10000,
+        "cifar10",
+        3,
+        32,
+        10,
+        (0.4914, 0.4822, 0.4465),
+        (0.2471, 0.2435, 0.2616),
+        50000,
+        10000,
         "crop-flip",
         ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
     ),
@@ -521,8 +644,16 @@ _register(
 )
 _register(
     DatasetInfo(
-        "cifar100", 3, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 50000,
-        10000, "crop-flip", _CIFAR100_CLASSES,
+        "cifar100",
+        3,
+        32,
+        100,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        50000,
+        10000,
+        "crop-flip",
+        _CIFAR100_CLASSES,
     ),
     _Format(
         folders=lambda root: [root / "cifar-100-python"],
@@ -537,8 +668,16 @@ _register(
 )
 _register(
     DatasetInfo(
-        "svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), 73257, 26032,
-        "crop", _DIGITS,
+        "svhn",
+        3,
+        32,
+        10,
+        (0.4377, 0.4438, 0.4728),
+        (0.1980, 0.2010, 0.1970),
+        73257,
+        26032,
+        "crop",
+        _DIGITS,
     ),
     _Format(
         folders=lambda root: [root / "svhn"],

@@ -86,7 +86,8 @@ def pick_device(name: str | None = None) -> torch.device:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """Where ``model`` lives: its first parameter's device, else its first buffer's, else the CPU."""
+    """Where ``model`` lives: its first parameter's device, else its first buffer's, else the
+    CPU."""
     p = next(model.parameters(), None)
     if p is not None:
         return p.device

@@ -15,7 +15,6 @@ from typing import Any
 
 from bench.errors import UsageError
 
-
 MAX_GRID_POINTS = 1000  # an eps grid longer than this is refused (each point is a full attack)
 MAX_EXPONENT = 400  # |exponent| of a typed number: beyond float's range, and 10**huge would hang
 INT_MAX = 2**63 - 1  # whole numbers must fit a signed 64-bit integer (torch, SQLite)
@@ -33,7 +32,9 @@ def _fraction(part: str, text: str, what: str) -> Fraction:
     is refused before ``Fraction`` would compute ``10**exponent``."""
     m = _EXPONENT.search(part)
     if m and abs(int(m.group(1))) > MAX_EXPONENT:
-        raise UsageError(f"{what} {shown(text)} is out of range (exponents beyond +-{MAX_EXPONENT} are refused)")
+        raise UsageError(
+            f"{what} {shown(text)} is out of range (exponents beyond +-{MAX_EXPONENT} are refused)"
+        )
     return Fraction(part.strip())
 
 
@@ -50,7 +51,9 @@ def parse_number(text: str, what: str = "number") -> float:
         else:
             value = float(s)
     except (ValueError, ZeroDivisionError):
-        raise UsageError(f"{what} {shown(text)} is not a number (write e.g. 0.03 or 8/255)") from None
+        raise UsageError(
+            f"{what} {shown(text)} is not a number (write e.g. 0.03 or 8/255)"
+        ) from None
     except OverflowError:
         raise UsageError(f"{what} {shown(text)} is not a finite number") from None
     if not math.isfinite(value):
@@ -93,9 +96,15 @@ def parse_eps_grid(text: str) -> list[float]:
         if stop < start:
             raise UsageError(f"eps grid {shown(text)}: stop is below start")
         ratio = (stop - start) / step  # counted before any list is built (1e-9 steps: 1e9 points)
-        count = int(math.floor(ratio + 1e-9)) + 1 if ratio < 2 * MAX_GRID_POINTS else MAX_GRID_POINTS + 1
+        count = (
+            int(math.floor(ratio + 1e-9)) + 1
+            if ratio < 2 * MAX_GRID_POINTS
+            else MAX_GRID_POINTS + 1
+        )
         if count > MAX_GRID_POINTS:
-            raise UsageError(f"eps grid {shown(text)} has more than {MAX_GRID_POINTS} points; use a larger step")
+            raise UsageError(
+                f"eps grid {shown(text)} has more than {MAX_GRID_POINTS} points; use a larger step"
+            )
         values = [start + i * step for i in range(count)]
         # Land exactly on stop when the step divides the range (floating error otherwise).
         if abs(values[-1] - stop) < 1e-9:

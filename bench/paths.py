@@ -46,7 +46,10 @@ def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The data directory: the flag, else ``$BENCH_DATA_DIR``, else ``<home>/data``.
 
     One that exists but is not a directory (or can't be resolved) is a UsageError."""
-    for given, what in ((explicit, "--data-dir"), (os.environ.get("BENCH_DATA_DIR"), "$BENCH_DATA_DIR")):
+    for given, what in (
+        (explicit, "--data-dir"),
+        (os.environ.get("BENCH_DATA_DIR"), "$BENCH_DATA_DIR"),
+    ):
         if given:
             path = resolve(given, what)
             if path.exists() and not path.is_dir():
@@ -74,7 +77,9 @@ def resolve(path: str | os.PathLike[str], what: str) -> Path:
     except RuntimeError:  # Python < 3.13: "Symlink loop from ..."
         raise UsageError(f"{what} {_short(str(path))} is a symlink loop") from None
     except OSError as exc:  # ELOOP from 3.13 on, or another failure of the system call
-        raise UsageError(f"{what} {_short(str(path))} can't be resolved: {exc.strerror or exc}") from None
+        raise UsageError(
+            f"{what} {_short(str(path))} can't be resolved: {exc.strerror or exc}"
+        ) from None
 
 
 def writable(path: Path) -> bool:

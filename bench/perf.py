@@ -83,7 +83,9 @@ class PerfConfig:
     train_limit: int = 10000  # training images of the models trained here
     epochs: int = 2  # epochs of the models trained here
     memory_n: int = 10000  # points of the memory measurement (0: skip it)
-    epoch_images: int = 0  # images of the whole-epoch timings (0: skip them; the GPU script: 50,000)
+    epoch_images: int = (
+        0  # images of the whole-epoch timings (0: skip them; the GPU script: 50,000)
+    )
     epoch_defenses: tuple[str, ...] = ("pgd-at", "fgsm-rs")  # defenses of the whole-epoch timings
     epoch_batch: int = 512  # batch of the whole-epoch timings
     aa_attacks: str | None = None  # None: standard AutoAttack; else a custom component list
@@ -97,19 +99,36 @@ class PerfConfig:
 
 def quick_config(cfg: PerfConfig) -> PerfConfig:
     """The tiny version of ``cfg`` (``--quick``): every figure, on almost nothing."""
-    return replace(cfg, n=min(cfg.n, 8), repeats=1, grid_repeats=1, batch_size=32,
-                   train_limit=min(cfg.train_limit, 128), epochs=1, memory_n=min(cfg.memory_n, 32),
-                   epoch_images=min(cfg.epoch_images, 64), epoch_batch=min(cfg.epoch_batch, 32),
-                   aa_attacks=cfg.aa_attacks or "apgd-ce", threads=1 if cfg.threads is None else cfg.threads)
+    return replace(
+        cfg,
+        n=min(cfg.n, 8),
+        repeats=1,
+        grid_repeats=1,
+        batch_size=32,
+        train_limit=min(cfg.train_limit, 128),
+        epochs=1,
+        memory_n=min(cfg.memory_n, 32),
+        epoch_images=min(cfg.epoch_images, 64),
+        epoch_batch=min(cfg.epoch_batch, 32),
+        aa_attacks=cfg.aa_attacks or "apgd-ce",
+        threads=1 if cfg.threads is None else cfg.threads,
+    )
 
 
 def check_config(cfg: PerfConfig) -> None:
     """Whole numbers in range and known walks (UsageError)."""
-    for flag, value, low in (("--n", cfg.n, 1), ("--repeats", cfg.repeats, 1), ("--grid-repeats", cfg.grid_repeats, 1),
-                             ("--batch-size", cfg.batch_size, 1), ("--train-limit", cfg.train_limit, 1),
-                             ("--epochs", cfg.epochs, 1), ("--memory-n", cfg.memory_n, 0),
-                             ("--epoch-images", cfg.epoch_images, 0), ("--epoch-batch", cfg.epoch_batch, 1),
-                             ("--threads", 1 if cfg.threads is None else cfg.threads, 1)):
+    for flag, value, low in (
+        ("--n", cfg.n, 1),
+        ("--repeats", cfg.repeats, 1),
+        ("--grid-repeats", cfg.grid_repeats, 1),
+        ("--batch-size", cfg.batch_size, 1),
+        ("--train-limit", cfg.train_limit, 1),
+        ("--epochs", cfg.epochs, 1),
+        ("--memory-n", cfg.memory_n, 0),
+        ("--epoch-images", cfg.epoch_images, 0),
+        ("--epoch-batch", cfg.epoch_batch, 1),
+        ("--threads", 1 if cfg.threads is None else cfg.threads, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 10**8:
             raise UsageError(f"{flag} must be a whole number in {low}..10**8, got {value!r}")
     if not cfg.walks:
@@ -151,7 +170,9 @@ def _real(name: str, split: str, n: int, data_dir: str | None) -> tuple[torch.Te
     return s.images(slice(0, n)).contiguous(), s.y[:n].clone()
 
 
-def points(dataset: str, split: str, n: int, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor, str]:
+def points(
+    dataset: str, split: str, n: int, data_dir: str | None
+) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Images and labels of ``dataset`` (real; on CUDA CIFAR-10 falls back to synthetic tensors
     of its shape when the data directory lacks it) and which they are, in words."""
     info = dataset_info(dataset)
@@ -161,19 +182,26 @@ def points(dataset: str, split: str, n: int, data_dir: str | None) -> tuple[torc
         return (*_real(dataset, split, n, data_dir), "cifar10 (real)")
     except UsageError:
         seed = 1 if split == "train" else 2
-        return (*_synthetic(info, n, seed), "synthetic tensors of CIFAR-10's shape (no CIFAR-10 in the data directory)")
+        return (
+            *_synthetic(info, n, seed),
+            "synthetic tensors of CIFAR-10's shape (no CIFAR-10 in the data directory)",
+        )
 
 
 def make_setup(cfg: PerfConfig, test_n: int) -> Setup:
     """cnn on Fashion-MNIST on the CPU; preact-resnet18 on CIFAR-10's shape on CUDA."""
     device = pick_device(cfg.device)
-    dataset, model = ("cifar10", "preact-resnet18") if device.type == "cuda" else ("fashion-mnist", "cnn")
+    dataset, model = (
+        ("cifar10", "preact-resnet18") if device.type == "cuda" else ("fashion-mnist", "cnn")
+    )
     tx, ty, what = points(dataset, "train", cfg.train_limit, cfg.data_dir)
     ex, ey, _ = points(dataset, "test", test_n, cfg.data_dir)
     if len(ex) < test_n:
         raise UsageError(f"--n/--memory-n ask for {test_n} test points; {dataset} has {len(ex)}")
     if len(tx) < cfg.batch_size:
-        raise UsageError(f"--batch-size {cfg.batch_size} is larger than the {len(tx)} training images")
+        raise UsageError(
+            f"--batch-size {cfg.batch_size} is larger than the {len(tx)} training images"
+        )
     return Setup(device, model, dataset_info(dataset), what, tx.to(device), ty.to(device), ex, ey)
 
 
@@ -181,8 +209,14 @@ def fresh_model(setup: Setup, seed: int = 0) -> nn.Module:
     """The set-up's model, initialised from ``seed``, on its device, in training mode."""
     torch.manual_seed(seed)
     i = setup.info
-    model = create_model(setup.model_name, channels=i.channels, num_classes=i.num_classes,
-                         image_size=i.image_size, mean=i.mean, std=i.std)
+    model = create_model(
+        setup.model_name,
+        channels=i.channels,
+        num_classes=i.num_classes,
+        image_size=i.image_size,
+        mean=i.mean,
+        std=i.std,
+    )
     return model.to(setup.device).train()
 
 
@@ -190,9 +224,11 @@ def _sgd(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4)
 
 
-def sgd_step(defense: Defense, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
-             y: torch.Tensor) -> None:
-    """One training step as bench's loop takes it, in float32 (:func:`bench.train.optimizer_step`)."""
+def sgd_step(
+    defense: Defense, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+) -> None:
+    """One training step as bench's loop takes it, in float32
+    (:func:`bench.train.optimizer_step`)."""
     optimizer_step(defense, model, opt, x, y)
 
 
@@ -207,7 +243,7 @@ def train_quick(setup: Setup, defense_name: str, epochs: int, batch: int, seed: 
         for _ in range(epochs):
             order = torch.randperm(n, generator=g).to(setup.device)
             for start in range(0, n - batch + 1, batch):  # whole batches only
-                idx = order[start:start + batch]
+                idx = order[start : start + batch]
                 sgd_step(defense, model, opt, setup.train_x[idx], setup.train_y[idx])
     finally:
         defense.detach()
@@ -219,7 +255,9 @@ def load_model(path: str, setup: Setup) -> tuple[nn.Module, str]:
     name of its architecture."""
     src = from_checkpoint(paths.resolve(path, "checkpoint"))
     if src.dataset != setup.info.name:
-        raise UsageError(f"checkpoint {path} is of {src.dataset}; bench perf here runs on {setup.info.name}")
+        raise UsageError(
+            f"checkpoint {path} is of {src.dataset}; bench perf here runs on {setup.info.name}"
+        )
     return src.model.to(setup.device).eval(), str(src.config.get("model"))
 
 
@@ -232,8 +270,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleave(sides: dict[str, Callable[[], Any]], repeats: int, device: torch.device,
-               warmup: int = 1) -> tuple[dict[str, float], dict[str, Any]]:
+def interleave(
+    sides: dict[str, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 1
+) -> tuple[dict[str, float], dict[str, Any]]:
     """Each side run ``warmup`` times untimed, then ``repeats`` rounds of every side in turn;
     returns each side's median seconds and its last result."""
     for fn in sides.values():
@@ -268,7 +307,9 @@ def passes(defense: Defense) -> int:
     return 1
 
 
-def _defense_side(setup: Setup, name: str, x: torch.Tensor, y: torch.Tensor) -> tuple[Callable[[], None], Defense]:
+def _defense_side(
+    setup: Setup, name: str, x: torch.Tensor, y: torch.Tensor
+) -> tuple[Callable[[], None], Defense]:
     """A training step of defense ``name`` on its own model (same initialisation for all)."""
     defense, model = build_defense(name), fresh_model(setup)
     opt = _sgd(model)
@@ -276,7 +317,9 @@ def _defense_side(setup: Setup, name: str, x: torch.Tensor, y: torch.Tensor) -> 
     return (lambda: sgd_step(defense, model, opt, x, y)), defense
 
 
-def _bf16_side(setup: Setup, x: torch.Tensor, y: torch.Tensor) -> tuple[Callable[[], None], Defense]:
+def _bf16_side(
+    setup: Setup, x: torch.Tensor, y: torch.Tensor
+) -> tuple[Callable[[], None], Defense]:
     """bench's PGD-AT step under bfloat16 autocast, as ``bench train --amp bf16`` takes it
     (:func:`bench.train.optimizer_step`): the attack and training forward passes in bf16,
     backward and the SGD step outside autocast, weights float32."""
@@ -294,7 +337,10 @@ def _torchattacks_side(setup: Setup, x: torch.Tensor, y: torch.Tensor) -> Callab
     import torchattacks  # here: slow to import (about 0.7 s); only for this comparison
 
     model = fresh_model(setup)
-    opt, atk = _sgd(model), torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True)
+    opt, atk = (
+        _sgd(model),
+        torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True),
+    )
     atk.set_model_training_mode(model_training=True, batchnorm_training=True, dropout_training=True)
 
     def step() -> None:
@@ -303,6 +349,7 @@ def _torchattacks_side(setup: Setup, x: torch.Tensor, y: torch.Tensor) -> Callab
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
     return step
 
 
@@ -311,11 +358,14 @@ def training_costs(setup: Setup, cfg: PerfConfig) -> dict[str, Any]:
     ``cfg.repeats``), then bench's PGD-AT step against the torchattacks loop and against itself
     under bf16, a comparison of its own (three sides, three times the repeats: a ratio near 1 needs
     the tighter median)."""
-    x, y = setup.train_x[:cfg.batch_size], setup.train_y[:cfg.batch_size]
+    x, y = setup.train_x[: cfg.batch_size], setup.train_y[: cfg.batch_size]
     sides, defenses = {}, {}
     for name in DEFENSES.names():
         sides[name], defenses[name] = _defense_side(setup, name, x, y)
-    pair: dict[str, Callable[[], Any]] = {"pgd-at": sides["pgd-at"], "torchattacks-pgd-at": _torchattacks_side(setup, x, y)}
+    pair: dict[str, Callable[[], Any]] = {
+        "pgd-at": sides["pgd-at"],
+        "torchattacks-pgd-at": _torchattacks_side(setup, x, y),
+    }
     pair["pgd-at-bf16"], bf16_defense = _bf16_side(setup, x, y)
     try:
         median, _ = interleave(sides, cfg.repeats, setup.device)
@@ -324,17 +374,35 @@ def training_costs(setup: Setup, cfg: PerfConfig) -> dict[str, Any]:
         for d in (*defenses.values(), bf16_defense):
             d.detach()
     clean = median["standard"]
-    out = {name: {"step_ms": 1000 * median[name], "over_clean": median[name] / clean, "limit": passes(d),
-                  "adversarial": d.adversarial, "images_per_s": cfg.batch_size / median[name]}
-           for name, d in defenses.items()}
+    out = {
+        name: {
+            "step_ms": 1000 * median[name],
+            "over_clean": median[name] / clean,
+            "limit": passes(d),
+            "adversarial": d.adversarial,
+            "images_per_s": cfg.batch_size / median[name],
+        }
+        for name, d in defenses.items()
+    }
     ours, ta, bf16 = vs["pgd-at"], vs["torchattacks-pgd-at"], vs["pgd-at-bf16"]
-    return {"batch": cfg.batch_size, "repeats": cfg.repeats, "clean_step_ms": 1000 * clean, "defenses": out,
-            "torchattacks": {"bench_ms": 1000 * ours, "torchattacks_ms": 1000 * ta, "repeats": 3 * cfg.repeats,
-                             "torchattacks_over_bench": ta / ours},
-            "bf16": {"pgd_at_bf16_ms": 1000 * bf16, "fp32_over_bf16": ours / bf16}}
+    return {
+        "batch": cfg.batch_size,
+        "repeats": cfg.repeats,
+        "clean_step_ms": 1000 * clean,
+        "defenses": out,
+        "torchattacks": {
+            "bench_ms": 1000 * ours,
+            "torchattacks_ms": 1000 * ta,
+            "repeats": 3 * cfg.repeats,
+            "torchattacks_over_bench": ta / ours,
+        },
+        "bf16": {"pgd_at_bf16_ms": 1000 * bf16, "fp32_over_bf16": ours / bf16},
+    }
 
 
-def time_epoch(setup: Setup, name: str, images: int, batch: int, options: dict[str, bool]) -> dict[str, Any]:
+def time_epoch(
+    setup: Setup, name: str, images: int, batch: int, options: dict[str, bool]
+) -> dict[str, Any]:
     """One training epoch of defense ``name`` over ``images`` images (the set-up's training
     images, cycled), as bench's loop takes it: ``options`` bf16 (autocast) and channels_last.
     The device is waited for once, at the end (the loop never syncs inside an epoch)."""
@@ -348,14 +416,27 @@ def time_epoch(setup: Setup, name: str, images: int, batch: int, options: dict[s
         started = time.perf_counter()
         for k in range(steps):  # batch k: images k*batch.. of the cycled training set
             idx = torch.arange(k * batch, min((k + 1) * batch, images), device=setup.device) % n
-            optimizer_step(defense, model, opt, setup.train_x[idx], setup.train_y[idx],
-                           "bf16" if options.get("bf16") else None, bool(options.get("channels_last")))
+            optimizer_step(
+                defense,
+                model,
+                opt,
+                setup.train_x[idx],
+                setup.train_y[idx],
+                "bf16" if options.get("bf16") else None,
+                bool(options.get("channels_last")),
+            )
         _sync(setup.device)
         seconds = time.perf_counter() - started
     finally:
         defense.detach()
-    return {"defense": name, "images": images, "batch": batch, **options, "seconds": seconds,
-            "images_per_s": images / seconds}
+    return {
+        "defense": name,
+        "images": images,
+        "batch": batch,
+        **options,
+        "seconds": seconds,
+        "images_per_s": images / seconds,
+    }
 
 
 def epoch_timings(setup: Setup, cfg: PerfConfig) -> list[dict[str, Any]]:
@@ -363,7 +444,10 @@ def epoch_timings(setup: Setup, cfg: PerfConfig) -> list[dict[str, Any]]:
     (one warm-up epoch of 2 batches first, untimed)."""
     out = []
     for name in cfg.epoch_defenses:
-        for options in ({"bf16": False, "channels_last": False}, {"bf16": True, "channels_last": True}):
+        for options in (
+            {"bf16": False, "channels_last": False},
+            {"bf16": True, "channels_last": True},
+        ):
             time_epoch(setup, name, 2 * cfg.epoch_batch, cfg.epoch_batch, options)  # warm-up
             out.append(time_epoch(setup, name, cfg.epoch_images, cfg.epoch_batch, options))
     return out
@@ -374,7 +458,11 @@ def epoch_timings(setup: Setup, cfg: PerfConfig) -> list[dict[str, Any]]:
 
 def attacks_for(cfg: PerfConfig) -> dict[str, Attack]:
     """PGD-10 and AutoAttack (standard, or the custom components asked for)."""
-    aa = {"version": "standard"} if cfg.aa_attacks is None else {"version": "custom", "attacks": cfg.aa_attacks}
+    aa = (
+        {"version": "standard"}
+        if cfg.aa_attacks is None
+        else {"version": "custom", "attacks": cfg.aa_attacks}
+    )
     return {"pgd": make_attack("pgd"), "autoattack": make_attack("autoattack", aa)}
 
 
@@ -382,33 +470,57 @@ def _estimate(flags: torch.Tensor) -> dict[str, Any]:
     return Estimate(int(flags.sum()), len(flags)).as_dict()
 
 
-def _walk_entry(r: GridResult, seconds: float, single: GridResult, single_s: float) -> dict[str, Any]:
+def _walk_entry(
+    r: GridResult, seconds: float, single: GridResult, single_s: float
+) -> dict[str, Any]:
     """One walk's figures beside the single run's."""
-    return {"seconds": seconds, "over_single": seconds / single_s, "top": _estimate(r.flags[-1]),
-            "top_equals_single": bool(torch.equal(r.flags[-1], single.flags[0])),
-            "attacked_per_eps": r.attacked, "point_attacks": sum(r.attacked),
-            "robust_by_eps": [int(f.sum()) for f in r.flags]}
+    return {
+        "seconds": seconds,
+        "over_single": seconds / single_s,
+        "top": _estimate(r.flags[-1]),
+        "top_equals_single": bool(torch.equal(r.flags[-1], single.flags[0])),
+        "attacked_per_eps": r.attacked,
+        "point_attacks": sum(r.attacked),
+        "robust_by_eps": [int(f.sum()) for f in r.flags],
+    }
 
 
-def grid_against_single(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor,
-                        walks: Sequence[str], repeats: int, device: torch.device, warmup: int = 0) -> dict[str, Any]:
+def grid_against_single(
+    model: nn.Module,
+    attack: Attack,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    walks: Sequence[str],
+    repeats: int,
+    device: torch.device,
+    warmup: int = 0,
+) -> dict[str, Any]:
     """Each walk of :data:`GRID` against one run at its largest eps, interleaved (``warmup``
     untimed rounds first)."""
     clean = predict(model, x) == y
     run = dict(batch_size=EVAL_BATCH, seed=0, clean=clean)
-    sides: dict[str, Callable[[], Any]] = {"single": lambda: grid_walk(model, attack, x, y, [GRID[-1]], **run)}
+    sides: dict[str, Callable[[], Any]] = {
+        "single": lambda: grid_walk(model, attack, x, y, [GRID[-1]], **run)
+    }
     for w in walks:
         sides[w] = lambda w=w: grid_walk(model, attack, x, y, GRID, walk=w, **run)  # type: ignore[misc]
     grid_walk(model, attack, x[:2], y[:2], [GRID[-1]], batch_size=2, seed=0)  # imports, first calls
     median, last = interleave(sides, repeats, device, warmup=warmup)
     single, s = last["single"], median["single"]
-    return {"points": len(y), "clean": int(clean.sum()), "single_seconds": s, "single_top": _estimate(single.flags[0]),
-            "points_per_s": int(clean.sum()) / s, "walks": {w: _walk_entry(last[w], median[w], single, s) for w in walks},
-            "_results": last}
+    return {
+        "points": len(y),
+        "clean": int(clean.sum()),
+        "single_seconds": s,
+        "single_top": _estimate(single.flags[0]),
+        "points_per_s": int(clean.sum()) / s,
+        "walks": {w: _walk_entry(last[w], median[w], single, s) for w in walks},
+        "_results": last,
+    }
 
 
-def inferred_against_direct(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor,
-                            walked: GridResult) -> dict[str, Any]:
+def inferred_against_direct(
+    model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, walked: GridResult
+) -> dict[str, Any]:
     """At each eps of :data:`SMALLER`: the walk's number (robust flags partly inferred from
     larger eps) against a direct single run there, with intervals and per-point differences."""
     out = {}
@@ -417,29 +529,44 @@ def inferred_against_direct(model: nn.Module, attack: Attack, x: torch.Tensor, y
         direct = grid_walk(model, attack, x, y, [GRID[j]], batch_size=EVAL_BATCH, seed=0).flags[0]
         w = walked.flags[j]
         lo, hi = Estimate(int(direct.sum()), len(direct)).interval
-        out[f"{j}/255"] = {"walk": _estimate(w), "direct": _estimate(direct),
-                           "difference_points": int(w.sum()) - int(direct.sum()),
-                           "robust_in_walk_broken_direct": int((w & ~direct).sum()),
-                           "broken_in_walk_robust_direct": int((~w & direct).sum()),
-                           "walk_inside_direct_ci95": lo <= int(w.sum()) / len(w) <= hi}
+        out[f"{j}/255"] = {
+            "walk": _estimate(w),
+            "direct": _estimate(direct),
+            "difference_points": int(w.sum()) - int(direct.sum()),
+            "robust_in_walk_broken_direct": int((w & ~direct).sum()),
+            "broken_in_walk_robust_direct": int((~w & direct).sum()),
+            "walk_inside_direct_ci95": lo <= int(w.sum()) / len(w) <= hi,
+        }
     return out
 
 
-def _model_grids(model: nn.Module, setup: Setup, cfg: PerfConfig, inference: bool) -> dict[str, Any]:
+def _model_grids(
+    model: nn.Module, setup: Setup, cfg: PerfConfig, inference: bool
+) -> dict[str, Any]:
     """PGD with every walk, AutoAttack with ``cfg.walks``; with ``inference`` the check of
     inferred numbers at smaller eps for the default walk."""
-    x, y = setup.test_x[:cfg.n], setup.test_y[:cfg.n]
+    x, y = setup.test_x[: cfg.n], setup.test_y[: cfg.n]
     out = {}
     for key, attack in attacks_for(cfg).items():
         walks = WALKS if key == "pgd" else tuple(dict.fromkeys((DEFAULT_WALK, *cfg.walks)))
         # PGD's walks take a fraction of a second: five times the repeats and a warm-up round,
         # or the first call's costs decide the ratio
         cheap = key == "pgd"
-        entry = grid_against_single(model, attack, x, y, walks, cfg.grid_repeats * (5 if cheap else 1),
-                                    setup.device, warmup=1 if cheap else 0)
+        entry = grid_against_single(
+            model,
+            attack,
+            x,
+            y,
+            walks,
+            cfg.grid_repeats * (5 if cheap else 1),
+            setup.device,
+            warmup=1 if cheap else 0,
+        )
         results = entry.pop("_results")
         if inference:
-            entry["inferred_against_direct"] = inferred_against_direct(model, attack, x, y, results[DEFAULT_WALK])
+            entry["inferred_against_direct"] = inferred_against_direct(
+                model, attack, x, y, results[DEFAULT_WALK]
+            )
         entry["attack"] = attack.display
         out[key] = entry
     return out
@@ -478,8 +605,14 @@ def _peak_rss_mb() -> float:
 
 def _rebuild(model_name: str, dataset: str, state: dict[str, torch.Tensor]) -> nn.Module:
     i = dataset_info(dataset)
-    model = create_model(model_name, channels=i.channels, num_classes=i.num_classes, image_size=i.image_size,
-                         mean=i.mean, std=i.std)
+    model = create_model(
+        model_name,
+        channels=i.channels,
+        num_classes=i.num_classes,
+        image_size=i.image_size,
+        mean=i.mean,
+        std=i.std,
+    )
     model.load_state_dict(state)
     return model.eval()
 
@@ -493,8 +626,15 @@ def memory_child(spec: dict[str, Any]) -> dict[str, Any]:
     robust = _rebuild(spec["robust_model"], spec["dataset"], spec["robust"])
     transfer = _rebuild(spec["standard_model"], spec["dataset"], spec["standard"])
     attacks = [make_attack("fgsm"), make_attack("pgd", {"steps": "2"})]
-    settings = Settings(attacks, [0.0, 4 / 255, 8 / 255], EVAL_BATCH, 0, progress=False, diagnose=True,
-                        transfer_from=transfer)
+    settings = Settings(
+        attacks,
+        [0.0, 4 / 255, 8 / 255],
+        EVAL_BATCH,
+        0,
+        progress=False,
+        diagnose=True,
+        transfer_from=transfer,
+    )
     before = _status_mb("VmRSS") or _peak_rss_mb()
     reset = _reset_peak()
     if device.type == "cuda":
@@ -502,13 +642,28 @@ def memory_child(spec: dict[str, Any]) -> dict[str, Any]:
     tracemalloc.start()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "memory.sqlite") as store:
-        evaluate_target(Target(from_module(robust, spec["dataset"], "memory"), x, y, len(y)), settings, device, store)
+        evaluate_target(
+            Target(from_module(robust, spec["dataset"], "memory"), x, y, len(y)),
+            settings,
+            device,
+            store,
+        )
     python_peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
     cuda = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"n": len(y), "seconds": time.perf_counter() - started, "rss_before_mb": before,
-            "peak_rss_mb": _peak_rss_mb(), "peak_reset": reset, "python_peak_mb": python_peak, "cuda_peak_mb": cuda,
-            "what": "fgsm + pgd[steps=2] over 0, 4/255, 8/255; cheap and costly diagnostics (transfer on); store"}
+    return {
+        "n": len(y),
+        "seconds": time.perf_counter() - started,
+        "rss_before_mb": before,
+        "peak_rss_mb": _peak_rss_mb(),
+        "peak_reset": reset,
+        "python_peak_mb": python_peak,
+        "cuda_peak_mb": cuda,
+        "what": (
+            "fgsm + pgd[steps=2] over 0, 4/255, 8/255; "
+            "cheap and costly diagnostics (transfer on); store"
+        ),
+    }
 
 
 def memory_main(spec_path: str) -> None:
@@ -518,23 +673,37 @@ def memory_main(spec_path: str) -> None:
     Path(spec_path).with_suffix(".json").write_text(json.dumps(memory_child(spec)))
 
 
-def measure_memory(setup: Setup, cfg: PerfConfig, models: dict[str, tuple[nn.Module, str]]) -> dict[str, Any]:
+def measure_memory(
+    setup: Setup, cfg: PerfConfig, models: dict[str, tuple[nn.Module, str]]
+) -> dict[str, Any]:
     """:func:`memory_child` in a fresh Python process (no memory of this one's in its peak);
     ``models``: role (robust, standard) -> (model, architecture name)."""
-    spec: dict[str, Any] = {"threads": torch.get_num_threads(), "device": str(setup.device),
-                            "dataset": setup.info.name, "n": cfg.memory_n, "data_dir": cfg.data_dir}
+    spec: dict[str, Any] = {
+        "threads": torch.get_num_threads(),
+        "device": str(setup.device),
+        "dataset": setup.info.name,
+        "n": cfg.memory_n,
+        "data_dir": cfg.data_dir,
+    }
     for role, (model, name) in models.items():
         spec[role] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         spec[f"{role}_model"] = name
     root = str(Path(__file__).resolve().parent.parent)  # where bench and models are importable
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = Path(tmp) / "spec.pt"
         torch.save(spec, spec_path)
         code = "import sys; from bench.perf import memory_main; memory_main(sys.argv[1])"
-        done = subprocess.run([sys.executable, "-c", code, str(spec_path)], env=env, capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(spec_path)], env=env, capture_output=True, text=True
+        )
         if done.returncode != 0:
-            raise RuntimeError(f"the memory measurement failed: {done.stderr.strip().splitlines()[-1:]}")
+            raise RuntimeError(
+                f"the memory measurement failed: {done.stderr.strip().splitlines()[-1:]}"
+            )
         out: dict[str, Any] = json.loads(spec_path.with_suffix(".json").read_text())
     out["added_mb"] = out["peak_rss_mb"] - out["rss_before_mb"]
     return out
@@ -543,27 +712,42 @@ def measure_memory(setup: Setup, cfg: PerfConfig, models: dict[str, tuple[nn.Mod
 # --------------------------------------------------------------------------- the run
 
 
-def _models(setup: Setup, cfg: PerfConfig) -> tuple[dict[str, tuple[nn.Module, str]], dict[str, Any]]:
+def _models(
+    setup: Setup, cfg: PerfConfig
+) -> tuple[dict[str, tuple[nn.Module, str]], dict[str, Any]]:
     """The robust (PGD-AT) and standard models with their architectures: the checkpoints given,
     else trained here; and what they are, in words."""
     info: dict[str, Any] = {}
     models = {}
-    for role, path, defense in (("robust", cfg.robust, "pgd-at"), ("standard", cfg.standard, "standard")):
+    for role, path, defense in (
+        ("robust", cfg.robust, "pgd-at"),
+        ("standard", cfg.standard, "standard"),
+    ):
         started = time.perf_counter()
         if path:
             models[role] = load_model(path, setup)
             info[role] = {"checkpoint": str(path)}
         else:
-            models[role] = (train_quick(setup, defense, cfg.epochs, cfg.batch_size, cfg.seed), setup.model_name)
-            info[role] = {"trained_here": f"{defense}, {cfg.epochs} epochs on {len(setup.train_x)} images, "
-                                          f"batch {cfg.batch_size}, lr {LR}", "seconds": time.perf_counter() - started}
+            models[role] = (
+                train_quick(setup, defense, cfg.epochs, cfg.batch_size, cfg.seed),
+                setup.model_name,
+            )
+            info[role] = {
+                "trained_here": f"{defense}, {cfg.epochs} epochs on {len(setup.train_x)} images, "
+                f"batch {cfg.batch_size}, lr {LR}",
+                "seconds": time.perf_counter() - started,
+            }
     return models, info
 
 
 def _machine() -> dict[str, Any]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_average_1_5_15": load,
-            "versions": library_versions()}
+    return {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1_5_15": load,
+        "versions": library_versions(),
+    }
 
 
 def targets(result: dict[str, Any]) -> dict[str, Any]:
@@ -580,7 +764,10 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     v = aa["walks"][DEFAULT_WALK]["over_single"]
     checks["autoattack_grid_over_single_at_most_3_robust"] = (v, v <= 3)
     for eps, c in aa.get("inferred_against_direct", {}).items():
-        checks[f"autoattack_walk_inside_direct_ci95_at_{eps}"] = (float(c["difference_points"]), c["walk_inside_direct_ci95"])
+        checks[f"autoattack_walk_inside_direct_ci95_at_{eps}"] = (
+            float(c["difference_points"]),
+            c["walk_inside_direct_ci95"],
+        )
     return {k: {"value": v, "holds": bool(ok)} for k, (v, ok) in checks.items()}
 
 
@@ -600,9 +787,16 @@ def run_perf(cfg: PerfConfig, log: Callable[[str], None] = lambda s: None) -> di
 
 def _measure(cfg: PerfConfig, log: Callable[[str], None]) -> dict[str, Any]:
     setup = make_setup(cfg, max(cfg.n, cfg.memory_n))
-    out: dict[str, Any] = {"config": asdict(cfg), "machine_before": _machine(), "device": device_label(setup.device),
-                           "model": setup.model_name, "dataset": setup.info.name, "data": setup.data,
-                           "grid": {}, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    out: dict[str, Any] = {
+        "config": asdict(cfg),
+        "machine_before": _machine(),
+        "device": device_label(setup.device),
+        "model": setup.model_name,
+        "dataset": setup.info.name,
+        "data": setup.data,
+        "grid": {},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     log("robust and standard models ...")
     models, out["models"] = _models(setup, cfg)
     log("training steps (every defense, and torchattacks' PGD-AT loop) ...")
@@ -630,52 +824,84 @@ def _pct(e: dict[str, Any]) -> str:
 
 
 def _training_lines(t: dict[str, Any]) -> list[str]:
-    lines = [f"training step, batch {t['batch']} (median of {t['repeats']}); clean step {t['clean_step_ms']:.1f} ms",
-             f"  {'defense':<10}{'step ms':>10}{'x clean':>9}{'limit':>7}{'images/s':>10}"]
+    lines = [
+        f"training step, batch {t['batch']} (median of {t['repeats']}); "
+        f"clean step {t['clean_step_ms']:.1f} ms",
+        f"  {'defense':<10}{'step ms':>10}{'x clean':>9}{'limit':>7}{'images/s':>10}",
+    ]
     for name, d in t["defenses"].items():
-        lines.append(f"  {name:<10}{d['step_ms']:>10.1f}{d['over_clean']:>9.2f}{d['limit']:>7}{d['images_per_s']:>10.0f}")
+        lines.append(
+            f"  {name:<10}{d['step_ms']:>10.1f}{d['over_clean']:>9.2f}{d['limit']:>7}"
+            f"{d['images_per_s']:>10.0f}"
+        )
     ta = t["torchattacks"]
-    lines.append(f"  torchattacks PGD-AT loop {ta['torchattacks_ms']:.1f} ms against bench {ta['bench_ms']:.1f} ms: "
-                 f"torchattacks/bench = {ta['torchattacks_over_bench']:.2f}")
+    lines.append(
+        f"  torchattacks PGD-AT loop {ta['torchattacks_ms']:.1f} ms "
+        f"against bench {ta['bench_ms']:.1f} ms: "
+        f"torchattacks/bench = {ta['torchattacks_over_bench']:.2f}"
+    )
     if "bf16" in t:
-        lines.append(f"  PGD-AT under bf16 autocast (--amp bf16) {t['bf16']['pgd_at_bf16_ms']:.1f} ms: "
-                     f"fp32/bf16 = {t['bf16']['fp32_over_bf16']:.2f}")
+        lines.append(
+            f"  PGD-AT under bf16 autocast (--amp bf16) {t['bf16']['pgd_at_bf16_ms']:.1f} ms: "
+            f"fp32/bf16 = {t['bf16']['fp32_over_bf16']:.2f}"
+        )
     return lines
 
 
 def _grid_lines(role: str, key: str, g: dict[str, Any]) -> list[str]:
-    lines = [f"  {role} model, {g['attack']}: {g['points']} points ({g['clean']} clean-correct); single run at 8/255 "
-             f"{g['single_seconds']:.2f} s, {g['points_per_s']:.1f} points/s, robust {_pct(g['single_top'])}"]
+    lines = [
+        f"  {role} model, {g['attack']}: {g['points']} points ({g['clean']} clean-correct); "
+        f"single run at 8/255 {g['single_seconds']:.2f} s, {g['points_per_s']:.1f} points/s, "
+        f"robust {_pct(g['single_top'])}"
+    ]
     for w, e in g["walks"].items():
         same = "= single run" if e["top_equals_single"] else "differs from the single run"
-        lines.append(f"    walk {w:<7}{e['seconds']:>8.2f} s = {e['over_single']:5.2f} single runs; at 8/255 "
-                     f"{_pct(e['top'])} ({same}); {e['point_attacks']} point-attacks")
+        lines.append(
+            f"    walk {w:<7}{e['seconds']:>8.2f} s = {e['over_single']:5.2f} single runs; "
+            "at 8/255 "
+            f"{_pct(e['top'])} ({same}); {e['point_attacks']} point-attacks"
+        )
     for eps, c in g.get("inferred_against_direct", {}).items():
-        lines.append(f"    at {eps}: walk {_pct(c['walk'])} vs direct {_pct(c['direct'])}: "
-                     f"{c['difference_points']:+d} points ({c['robust_in_walk_broken_direct']} robust in the walk but "
-                     f"broken directly); inside the direct 95% interval: {c['walk_inside_direct_ci95']}")
+        lines.append(
+            f"    at {eps}: walk {_pct(c['walk'])} vs direct {_pct(c['direct'])}: "
+            f"{c['difference_points']:+d} points "
+            f"({c['robust_in_walk_broken_direct']} robust in the walk but "
+            f"broken directly); inside the direct 95% interval: {c['walk_inside_direct_ci95']}"
+        )
     return lines
 
 
 def format_report(r: dict[str, Any]) -> str:
     """The terminal table of a :func:`run_perf` result."""
     m = r["machine_before"]
-    lines = [f"bench perf: {r['model']} on {r['data']}, {r['device']}, {m['cpus']} CPUs, load average before "
-             f"{m['load_average_1_5_15']}, after {r['machine_after']['load_average_1_5_15']}"]
+    lines = [
+        f"bench perf: {r['model']} on {r['data']}, {r['device']}, {m['cpus']} CPUs, "
+        "load average before "
+        f"{m['load_average_1_5_15']}, after {r['machine_after']['load_average_1_5_15']}"
+    ]
     lines += _training_lines(r["training"])
     lines.append(f"grid 0..8/255 (9 eps) against one run at 8/255 (default walk {DEFAULT_WALK}):")
     for role, by in r["grid"].items():
         for key, g in by.items():
             lines += _grid_lines(role, key, g)
     for e in r.get("epochs", []):
-        lines.append(f"epoch of {e['defense']}, {e['images']} images, batch {e['batch']}, bf16 {e['bf16']}, channels-last "
-                     f"{e['channels_last']}: {e['seconds']:.1f} s ({e['images_per_s']:.0f} images/s)")
+        lines.append(
+            f"epoch of {e['defense']}, {e['images']} images, batch {e['batch']}, "
+            f"bf16 {e['bf16']}, channels-last "
+            f"{e['channels_last']}: {e['seconds']:.1f} s ({e['images_per_s']:.0f} images/s)"
+        )
     mem = r.get("memory")
     if mem:
-        cuda = f", CUDA peak {mem['cuda_peak_mb']:.0f} MiB" if mem["cuda_peak_mb"] is not None else ""
-        lines.append(f"memory, evaluation of {mem['n']} points ({mem['what']}): peak RSS {mem['peak_rss_mb']:.0f} MiB "
-                     f"(process before it {mem['rss_before_mb']:.0f} MiB, added {mem['added_mb']:.0f} MiB), Python "
-                     f"objects peak {mem['python_peak_mb']:.1f} MiB{cuda}; {mem['seconds']:.1f} s")
+        cuda = (
+            f", CUDA peak {mem['cuda_peak_mb']:.0f} MiB" if mem["cuda_peak_mb"] is not None else ""
+        )
+        lines.append(
+            f"memory, evaluation of {mem['n']} points ({mem['what']}): "
+            f"peak RSS {mem['peak_rss_mb']:.0f} MiB "
+            f"(process before it {mem['rss_before_mb']:.0f} MiB, "
+            f"added {mem['added_mb']:.0f} MiB), Python "
+            f"objects peak {mem['python_peak_mb']:.1f} MiB{cuda}; {mem['seconds']:.1f} s"
+        )
     for k, v in r["targets"].items():
         lines.append(f"target {k}: {v['value']:.2f} -> {'holds' if v['holds'] else 'MISSED'}")
     return "\n".join(lines)

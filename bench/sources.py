@@ -161,8 +161,10 @@ def from_checkpoint(path: str | os.PathLike[str]) -> Source:
     except OSError as exc:  # e.g. config.json is a directory
         raise UsageError(f"checkpoint {path} can't be read: {_one_line(exc)}") from None
     if not isinstance(ckpt.run, dict):
-        raise UsageError(f"{ckpt.path / 'run.json'} holds a JSON {type(ckpt.run).__name__}, not an "
-                         "object: corrupt checkpoint")
+        raise UsageError(
+            f"{ckpt.path / 'run.json'} holds a JSON {type(ckpt.run).__name__}, not an "
+            "object: corrupt checkpoint"
+        )
     _check_recorded_numbers(ckpt.path, ckpt.config, ckpt.run)
     try:
         model = ckpt.load_model("cpu")
@@ -172,9 +174,14 @@ def from_checkpoint(path: str | os.PathLike[str]) -> Source:
     except (TypeError, ValueError, KeyError, AttributeError) as exc:  # wrong-typed config keys
         raise UsageError(f"{ckpt.path / 'config.json'} is corrupt ({_one_line(exc)})") from None
     return _finish(
-        model, info, f"checkpoint {ckpt.path}",
-        run_id=ckpt.run_id, kind=SourceKind.CHECKPOINT, path=str(ckpt.path),
-        config=dict(ckpt.config), run=dict(ckpt.run),
+        model,
+        info,
+        f"checkpoint {ckpt.path}",
+        run_id=ckpt.run_id,
+        kind=SourceKind.CHECKPOINT,
+        path=str(ckpt.path),
+        config=dict(ckpt.config),
+        run=dict(ckpt.run),
     )
 
 
@@ -183,15 +190,23 @@ def _check_recorded_numbers(path: Path, config: Mapping[str, Any], run: Mapping[
     must be absent or usable: whole numbers that fit SQLite's INTEGER, a finite time."""
     for key in ("epochs", "train_limit"):
         value = config.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or not 0 <= value <= INT_MAX):
-            raise UsageError(f"{path / 'config.json'}: {key} {_short_repr(value)} is not a whole "
-                             f"number in 0..{INT_MAX}: corrupt checkpoint")
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT_MAX
+        ):
+            raise UsageError(
+                f"{path / 'config.json'}: {key} {_short_repr(value)} is not a whole "
+                f"number in 0..{INT_MAX}: corrupt checkpoint"
+            )
     seconds = run.get("train_seconds")
-    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
-                                or not math.isfinite(seconds)):
-        raise UsageError(f"{path / 'run.json'}: train_seconds {_short_repr(seconds)} is not a "
-                         "finite number: corrupt checkpoint")
+    if seconds is not None and (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not math.isfinite(seconds)
+    ):
+        raise UsageError(
+            f"{path / 'run.json'}: train_seconds {_short_repr(seconds)} is not a "
+            "finite number: corrupt checkpoint"
+        )
 
 
 def _short_repr(value: Any, limit: int = 40) -> str:
@@ -208,11 +223,22 @@ def from_module(model: nn.Module, dataset: str, name: str) -> Source:
         raise UsageError(f"model {name!r} is a {type(model).__name__}, not a torch.nn.Module")
     cls = type(model)
     config = {
-        "dataset": dataset, "model": cls.__name__, "defense": EXTERNAL,
-        "module": f"{cls.__module__}.{cls.__qualname__}", "run_id": run_id,
+        "dataset": dataset,
+        "model": cls.__name__,
+        "defense": EXTERNAL,
+        "module": f"{cls.__module__}.{cls.__qualname__}",
+        "run_id": run_id,
     }
-    return _finish(model, info, f"model {name!r}", run_id=run_id, kind=SourceKind.MODULE,
-                   path=f"module:{config['module']}", config=config, run={})
+    return _finish(
+        model,
+        info,
+        f"model {name!r}",
+        run_id=run_id,
+        kind=SourceKind.MODULE,
+        path=f"module:{config['module']}",
+        config=config,
+        run={},
+    )
 
 
 # ----------------------------------------------------------------------------- factories
@@ -244,7 +270,9 @@ def _import_module(module: str, attr: str) -> ModuleType:
         return importlib.import_module(module)
     except Exception as exc:  # noqa: BLE001 - ImportError or whatever the module raises
         missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
-        hint = _file_hint(module, attr) if missing and (module + ".").startswith(missing + ".") else ""
+        hint = (
+            _file_hint(module, attr) if missing and (module + ".").startswith(missing + ".") else ""
+        )
         raise UsageError(
             f"model factory module {module!r} can't be imported ({_one_line(exc)}){hint}"
         ) from None
@@ -268,15 +296,20 @@ def _import_file(target: str) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001
         sys.modules.pop(name, None)
-        raise UsageError(f"model factory file {target} can't be imported ({_one_line(exc)})") from None
+        raise UsageError(
+            f"model factory file {target} can't be imported ({_one_line(exc)})"
+        ) from None
     return module
 
 
 def _functions_of(module: ModuleType) -> list[str]:
     """Public callables defined in ``module`` itself (for error messages)."""
     return sorted(
-        k for k, v in vars(module).items()
-        if not k.startswith("_") and callable(v) and getattr(v, "__module__", None) == module.__name__
+        k
+        for k, v in vars(module).items()
+        if not k.startswith("_")
+        and callable(v)
+        and getattr(v, "__module__", None) == module.__name__
     )
 
 
@@ -315,7 +348,9 @@ def call_factory(fn: Callable[..., Any], spec: str, info: DatasetInfo) -> nn.Mod
     except Exception as exc:  # noqa: BLE001 - the factory's own failure, as one line
         raise UsageError(f"model factory {spec!r} raised {_one_line(exc)}") from None
     if not isinstance(model, nn.Module):
-        raise UsageError(f"model factory {spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
+        raise UsageError(
+            f"model factory {spec!r} returned a {type(model).__name__}, not a torch.nn.Module"
+        )
     return model
 
 
@@ -347,8 +382,10 @@ def unpickling_error(exc: pickle.UnpicklingError, what: str) -> UsageError:
 
 
 def _is_state(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, Mapping)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 
@@ -378,7 +415,9 @@ def load_weights_into(model: nn.Module, weights: str | os.PathLike[str], what: s
         raise UsageError(f"weights file {weights} is not a file")
     state = state_dict_of(_read_weights_file(path), path)
     own = model.state_dict()
-    if all(k.startswith("module.") for k in state) and not any(k.startswith("module.") for k in own):
+    if all(k.startswith("module.") for k in state) and not any(
+        k.startswith("module.") for k in own
+    ):
         state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel
     load_state(model, state, what)
     return path.resolve()
@@ -400,11 +439,23 @@ def from_factory(
     model = call_factory(resolve_factory(spec), spec, info)
     resolved = load_weights_into(model, weights, spec) if weights is not None else None
     config = {
-        "factory": spec, "weights": None if resolved is None else str(resolved),
-        "dataset": dataset, "model": spec, "defense": EXTERNAL, "run_id": run_id,
+        "factory": spec,
+        "weights": None if resolved is None else str(resolved),
+        "dataset": dataset,
+        "model": spec,
+        "defense": EXTERNAL,
+        "run_id": run_id,
     }
-    return _finish(model, info, f"model factory {spec!r}", run_id=run_id,
-                   kind=SourceKind.FACTORY, path=spec, config=config, run={})
+    return _finish(
+        model,
+        info,
+        f"model factory {spec!r}",
+        run_id=run_id,
+        kind=SourceKind.FACTORY,
+        path=spec,
+        config=config,
+        run={},
+    )
 
 
 def _default_factory_id(attr: str, weights: str | os.PathLike[str] | None) -> str:
@@ -426,7 +477,8 @@ def robustbench_keys(dataset: str, threat_model: str) -> tuple[str, str]:
     threats = {t.lower(): t for t in ROBUSTBENCH_THREATS}
     if str(threat_model).lower() not in threats:
         raise UsageError(
-            f"unknown RobustBench threat model {threat_model!r}; valid: {', '.join(ROBUSTBENCH_THREATS)}"
+            f"unknown RobustBench threat model {threat_model!r}; "
+            f"valid: {', '.join(ROBUSTBENCH_THREATS)}"
         )
     return ROBUSTBENCH_DATASETS[dataset], threats[str(threat_model).lower()]
 
@@ -471,7 +523,9 @@ def _check_zoo_name(name: str, ds: str, tm: str, entries: Mapping[str, Any]) -> 
     )
 
 
-def zoo_weights_paths(model_dir: Path, ds: str, tm: str, name: str, entry: Mapping[str, Any]) -> list[Path]:
+def zoo_weights_paths(
+    model_dir: Path, ds: str, tm: str, name: str, entry: Mapping[str, Any]
+) -> list[Path]:
     """Where robustbench's load_model reads an entry's weights (ensembles: one file per member)."""
     base = model_dir / ds / tm / f"{name}.pt"
     ids = entry.get("gdrive_id")
@@ -501,12 +555,15 @@ def _load_zoo_model(utils: ModuleType, name: str, model_dir: Path, ds: str, tm: 
     try:
         with _weights_only_loads(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = utils.load_model(model_name=name, model_dir=str(model_dir), dataset=ds, threat_model=tm)
+            model = utils.load_model(
+                model_name=name, model_dir=str(model_dir), dataset=ds, threat_model=tm
+            )
     except pickle.UnpicklingError as exc:
         raise unpickling_error(exc, f"RobustBench weights of {name} in {model_dir}") from None
     except Exception as exc:  # noqa: BLE001 - download failures, misfits, corrupt files
         raise UsageError(
-            f"RobustBench could not load {ds} {tm} model {name} from {model_dir} ({_one_line(exc)}); "
+            f"RobustBench could not load {ds} {tm} model {name} from {model_dir} "
+            f"({_one_line(exc)}); "
             f"offline, put its weights at {model_dir / ds / tm / (name + '.pt')}"
         ) from None
     if not isinstance(model, nn.Module):
@@ -533,7 +590,10 @@ def published_numbers(
     ``./model_info`` of the working directory, so the file is read here, into robustbench's
     own :class:`~robustbench.utils.ModelInfo` (keys it does not know are ignored)."""
     if model_info_dir is None:
-        return None, "no --model-info directory given (the robustbench wheel ships no model_info files)"
+        return (
+            None,
+            "no --model-info directory given (the robustbench wheel ships no model_info files)",
+        )
     root = Path(model_info_dir).expanduser()
     if not root.is_dir():
         raise UsageError(f"--model-info {model_info_dir} is not a directory")
@@ -595,18 +655,33 @@ def from_robustbench(
     files = zoo_weights_paths(root, ds, tm, name, entries[name])
     missing = [str(p) for p in files if not p.is_file()]
     if missing and not download:
-        raise UsageError(f"RobustBench weights of {name} not found at {missing[0]} (download is off)")
+        raise UsageError(
+            f"RobustBench weights of {name} not found at {missing[0]} (download is off)"
+        )
     published, note = published_numbers(model_info_dir, ds, tm, name)
     model = _load_zoo_model(utils, name, root, ds, tm)
     config = {
-        "robustbench": name, "threat_model": tm, "model_dir": str(root.resolve()),
-        "dataset": dataset, "model": name, "defense": EXTERNAL, "run_id": plain_name(name),
+        "robustbench": name,
+        "threat_model": tm,
+        "model_dir": str(root.resolve()),
+        "dataset": dataset,
+        "model": name,
+        "defense": EXTERNAL,
+        "run_id": plain_name(name),
     }
     run: dict[str, Any] = {"published": published, "robustbench_version": _version("robustbench")}
     if note is not None:
         run["published_note"] = note
-    return _finish(model, info, f"RobustBench model {name}", run_id=plain_name(name),
-                   kind=SourceKind.ROBUSTBENCH, path=name, config=config, run=run)
+    return _finish(
+        model,
+        info,
+        f"RobustBench model {name}",
+        run_id=plain_name(name),
+        kind=SourceKind.ROBUSTBENCH,
+        path=name,
+        config=config,
+        run=run,
+    )
 
 
 def _version(dist: str) -> str | None:

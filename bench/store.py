@@ -16,14 +16,15 @@ Tables (schema version :data:`SCHEMA_VERSION`, recorded in ``meta``):
     per-batch flags of an (attack, eps) step still in progress, so that a killed evaluation
     resumes where it stopped; deleted when the step's result row is written.
 ``diagnostics``
-    what each check found for a model (see :mod:`bench.evaluation.diagnostics`), AutoAttack's own warnings
-    included.
+    what each check found for a model (see :mod:`bench.evaluation.diagnostics`), AutoAttack's
+    own warnings included.
 
 The worst case over attacks is not stored: it is derived from the flags
-(:func:`bench.evaluation.results.worst_case`). Every write is one short transaction (``BEGIN IMMEDIATE``);
-the journal is WAL with a busy timeout while writers have the store open, so several ``bench eval``
-processes can share a store (the last writer to close returns the file to a rollback journal, so
-that readers, which open it read-only, create no ``-wal``/``-shm`` files).
+(:func:`bench.evaluation.results.worst_case`). Every write is one short transaction
+(``BEGIN IMMEDIATE``); the journal is WAL with a busy timeout while writers have the store open,
+so several ``bench eval`` processes can share a store (the last writer to close returns the file
+to a rollback journal, so that readers, which open it read-only, create no ``-wal``/``-shm``
+files).
 A store is only created by a writer; readers open it read-only and refuse anything that is not
 a bench store of this layout or of the one before it (:data:`READABLE_VERSIONS`).
 
@@ -102,7 +103,8 @@ CREATE TABLE results (
 );
 CREATE TABLE batches (
     run_id TEXT NOT NULL,
-    step TEXT NOT NULL,             -- the step's identity (fingerprint, attack, eps, n, seed, B, grid, walk)
+    -- the step's identity (fingerprint, attack, eps, n, seed, B, grid, walk)
+    step TEXT NOT NULL,
     batch INTEGER NOT NULL,
     flags TEXT NOT NULL,
     seconds REAL NOT NULL,
@@ -113,7 +115,8 @@ CREATE TABLE diagnostics (
     fingerprint TEXT NOT NULL,
     n INTEGER NOT NULL,
     check_name TEXT NOT NULL,
-    key TEXT NOT NULL,              -- distinguishes findings of one check (e.g. the attacks compared)
+    -- distinguishes findings of one check (e.g. the attacks compared)
+    key TEXT NOT NULL,
     flagged INTEGER NOT NULL,
     source TEXT NOT NULL,
     summary TEXT NOT NULL,
@@ -226,7 +229,9 @@ class Store:
     """The SQLite store at ``path``. Writers create it (``Store(path)``); readers use
     ``Store(path, readonly=True)``, which never creates or changes a file."""
 
-    def __init__(self, path: str | Path, *, must_exist: bool = False, readonly: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, *, must_exist: bool = False, readonly: bool = False
+    ) -> None:
         self.path = resolve(path, "results store")
         self.readonly = readonly
         self.version = str(SCHEMA_VERSION)  # the layout read; a reader may find layout 2
@@ -250,7 +255,9 @@ class Store:
     def _connect(self) -> sqlite3.Connection:
         try:
             if self.readonly:
-                db = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+                db = sqlite3.connect(
+                    f"{self.path.as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S
+                )
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -262,7 +269,9 @@ class Store:
         try:
             rows = self.db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
         except sqlite3.DatabaseError as exc:
-            raise UsageError(f"results store {self.path} is not a usable SQLite file: {exc}") from None
+            raise UsageError(
+                f"results store {self.path} is not a usable SQLite file: {exc}"
+            ) from None
         return {r[0] for r in rows}
 
     def _check_layout(self) -> None:
@@ -286,7 +295,9 @@ class Store:
                 f"versions {', '.join(READABLE_VERSIONS)}: evaluate into a new --db"
             )
         if not set(TABLES) <= tables:
-            raise UsageError(f"results store {self.path} lacks tables {sorted(set(TABLES) - tables)}")
+            raise UsageError(
+                f"results store {self.path} lacks tables {sorted(set(TABLES) - tables)}"
+            )
         self.version = str(version)
         if self.version != str(SCHEMA_VERSION) and not self.readonly:
             self._migrate()
@@ -296,12 +307,20 @@ class Store:
         writer may have migrated since the layout was read: then nothing is done."""
         try:
             with self.transaction():
-                row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                row = self.db.execute(
+                    "SELECT value FROM meta WHERE key='schema_version'"
+                ).fetchone()
                 if row[0] == "2":
-                    self.db.execute("ALTER TABLE results ADD COLUMN walk TEXT NOT NULL DEFAULT 'up'")
-                    self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+                    self.db.execute(
+                        "ALTER TABLE results ADD COLUMN walk TEXT NOT NULL DEFAULT 'up'"
+                    )
+                    self.db.execute(
+                        "UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),)
+                    )
         except sqlite3.Error as exc:
-            raise UsageError(f"results store {self.path} can't be migrated to layout {SCHEMA_VERSION}: {exc}") from None
+            raise UsageError(
+                f"results store {self.path} can't be migrated to layout {SCHEMA_VERSION}: {exc}"
+            ) from None
         self.version = str(SCHEMA_VERSION)
 
     def _create(self) -> None:
@@ -397,9 +416,22 @@ class Store:
                     self.db.execute(f"DELETE FROM {table} WHERE run_id=?", (run.run_id,))
             self.db.execute(
                 f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) VALUES ({','.join('?' * 14)})",
-                (run.run_id, run.fingerprint, run.kind, run.path, run.dataset, run.model,
-                 run.defense, canonical(run.defense_params), run.epochs, run.train_limit,
-                 run.train_seconds, canonical(run.config), canonical(run.run), updated),
+                (
+                    run.run_id,
+                    run.fingerprint,
+                    run.kind,
+                    run.path,
+                    run.dataset,
+                    run.model,
+                    run.defense,
+                    canonical(run.defense_params),
+                    run.epochs,
+                    run.train_limit,
+                    run.train_seconds,
+                    canonical(run.config),
+                    canonical(run.run),
+                    updated,
+                ),
             )
 
     def runs(self) -> list[RunRow]:
@@ -409,9 +441,21 @@ class Store:
     def _runs(self, where: str, args: tuple[Any, ...]) -> list[RunRow]:
         cur = self.db.execute(f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY run_id", args)
         return [
-            RunRow(run_id=r[0], fingerprint=r[1], kind=r[2], path=r[3], dataset=r[4], model=r[5],
-                   defense=r[6], defense_params=json.loads(r[7]), epochs=r[8], train_limit=r[9],
-                   train_seconds=r[10], config=json.loads(r[11]), run=json.loads(r[12]))
+            RunRow(
+                run_id=r[0],
+                fingerprint=r[1],
+                kind=r[2],
+                path=r[3],
+                dataset=r[4],
+                model=r[5],
+                defense=r[6],
+                defense_params=json.loads(r[7]),
+                epochs=r[8],
+                train_limit=r[9],
+                train_seconds=r[10],
+                config=json.loads(r[11]),
+                run=json.loads(r[12]),
+            )
             for r in cur.fetchall()
         ]
 
@@ -421,10 +465,26 @@ class Store:
         with self.transaction():
             self.db.execute(
                 f"INSERT OR REPLACE INTO results ({_RESULT_COLUMNS}) VALUES ({','.join('?' * 18)})",
-                (row.run_id, row.fingerprint, row.attack, canonical(row.params), row.eps,
-                 eps_key(row.eps), row.n, row.seed, row.batch_size, canonical(row.grid),
-                 row.clean_acc, row.robust_acc, row.seconds, row.device, canonical(row.versions),
-                 row.flags, row.created, row.walk),
+                (
+                    row.run_id,
+                    row.fingerprint,
+                    row.attack,
+                    canonical(row.params),
+                    row.eps,
+                    eps_key(row.eps),
+                    row.n,
+                    row.seed,
+                    row.batch_size,
+                    canonical(row.grid),
+                    row.clean_acc,
+                    row.robust_acc,
+                    row.seconds,
+                    row.device,
+                    canonical(row.versions),
+                    row.flags,
+                    row.created,
+                    row.walk,
+                ),
             )
             if step is not None:
                 self.db.execute("DELETE FROM batches WHERE run_id=? AND step=?", (row.run_id, step))
@@ -444,11 +504,14 @@ class Store:
         sql += " ORDER BY run_id, attack, params, n, eps"
         return [_result(r) for r in self.db.execute(sql, args).fetchall()]
 
-    def result(self, run_id: str, attack: str, params: dict[str, Any], eps: float, n: int) -> ResultRow | None:
+    def result(
+        self, run_id: str, attack: str, params: dict[str, Any], eps: float, n: int
+    ) -> ResultRow | None:
         """The one row with this identity (the table's primary key), if stored."""
         row = self.db.execute(
             f"SELECT {self._result_columns} FROM results WHERE run_id=? AND attack=? AND params=?"
-            " AND eps_key=? AND n=?", (run_id, attack, canonical(params), eps_key(eps), n),
+            " AND eps_key=? AND n=?",
+            (run_id, attack, canonical(params), eps_key(eps), n),
         ).fetchone()
         return _result(row) if row else None
 
@@ -465,13 +528,16 @@ class Store:
     def write_batch(self, run_id: str, step: str, batch: int, flags: str, seconds: float) -> None:
         """Keep one finished batch of a step (so that a killed run resumes after it)."""
         with self.transaction():
-            self.db.execute("INSERT OR REPLACE INTO batches VALUES (?,?,?,?,?)",
-                            (run_id, step, batch, flags, seconds))
+            self.db.execute(
+                "INSERT OR REPLACE INTO batches VALUES (?,?,?,?,?)",
+                (run_id, step, batch, flags, seconds),
+            )
 
     def batches(self, run_id: str, step: str) -> dict[int, tuple[str, float]]:
         """The finished batches of a step: batch index -> (flags, seconds)."""
-        cur = self.db.execute("SELECT batch, flags, seconds FROM batches WHERE run_id=? AND step=?",
-                              (run_id, step))
+        cur = self.db.execute(
+            "SELECT batch, flags, seconds FROM batches WHERE run_id=? AND step=?", (run_id, step)
+        )
         return {r[0]: (r[1], r[2]) for r in cur.fetchall()}
 
     # -- diagnostics -----------------------------------------------------------------------
@@ -481,19 +547,35 @@ class Store:
         with self.transaction():
             for d in rows:
                 if d.check in LEGACY_KEYS:
-                    self.db.execute("DELETE FROM diagnostics WHERE run_id=? AND n=? AND check_name=? AND key GLOB ?",
-                                    (d.run_id, d.n, d.check, LEGACY_KEYS[d.check]))
+                    self.db.execute(
+                        "DELETE FROM diagnostics WHERE run_id=? AND n=? AND check_name=? "
+                        "AND key GLOB ?",
+                        (d.run_id, d.n, d.check, LEGACY_KEYS[d.check]),
+                    )
                 self.db.execute(
                     "INSERT OR REPLACE INTO diagnostics VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (d.run_id, d.fingerprint, d.n, d.check, d.key, int(d.flagged), d.source,
-                     d.summary, canonical(d.details), d.advice, d.created),
+                    (
+                        d.run_id,
+                        d.fingerprint,
+                        d.n,
+                        d.check,
+                        d.key,
+                        int(d.flagged),
+                        d.source,
+                        d.summary,
+                        canonical(d.details),
+                        d.advice,
+                        d.created,
+                    ),
                 )
 
     def drop_diagnostic(self, run_id: str, n: int, check: str, key: str) -> None:
         """Delete one finding (whose evaluation's rows were replaced), if stored."""
         with self.transaction():
-            self.db.execute("DELETE FROM diagnostics WHERE run_id=? AND n=? AND check_name=? AND key=?",
-                            (run_id, n, check, key))
+            self.db.execute(
+                "DELETE FROM diagnostics WHERE run_id=? AND n=? AND check_name=? AND key=?",
+                (run_id, n, check, key),
+            )
 
     def diagnostics(self, run_id: str | None = None) -> list[DiagnosticRow]:
         """Findings (of one model if ``run_id``), ordered by run, n, check, key."""
@@ -504,8 +586,9 @@ class Store:
             args = (run_id,)
         sql += " ORDER BY run_id, n, check_name, key"
         return [
-            DiagnosticRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], json.loads(r[8]),
-                          r[9], r[10])
+            DiagnosticRow(
+                r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], json.loads(r[8]), r[9], r[10]
+            )
             for r in self.db.execute(sql, args).fetchall()
         ]
 
@@ -533,9 +616,22 @@ class Store:
 
 def _result(r: tuple[Any, ...]) -> ResultRow:
     return ResultRow(
-        run_id=r[0], fingerprint=r[1], attack=r[2], params=json.loads(r[3]), eps=r[4], n=r[6],
-        seed=r[7], batch_size=r[8], grid=json.loads(r[9]), clean_acc=r[10], robust_acc=r[11],
-        seconds=r[12], device=r[13], versions=json.loads(r[14]), flags=r[15], created=r[16],
+        run_id=r[0],
+        fingerprint=r[1],
+        attack=r[2],
+        params=json.loads(r[3]),
+        eps=r[4],
+        n=r[6],
+        seed=r[7],
+        batch_size=r[8],
+        grid=json.loads(r[9]),
+        clean_acc=r[10],
+        robust_acc=r[11],
+        seconds=r[12],
+        device=r[13],
+        versions=json.loads(r[14]),
+        flags=r[15],
+        created=r[16],
         walk=r[17],
     )
 

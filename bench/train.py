@@ -174,8 +174,11 @@ MAX_EVAL_N = 100_000_000  # test points
 
 def check_numbers(cfg: TrainConfig) -> None:
     """Every number of the configuration is usable: finite, in range; else a UsageError."""
-    for flag, value, top in (("--epochs", cfg.epochs, MAX_EPOCHS), ("--batch-size", cfg.batch_size, MAX_BATCH),
-                             ("--eval-n", cfg.eval_n, MAX_EVAL_N)):
+    for flag, value, top in (
+        ("--epochs", cfg.epochs, MAX_EPOCHS),
+        ("--batch-size", cfg.batch_size, MAX_BATCH),
+        ("--eval-n", cfg.eval_n, MAX_EVAL_N),
+    ):
         if not _whole(value) or not 1 <= value <= top:
             raise UsageError(f"{flag} must be a whole number in 1..{top}, got {value!r}")
     if cfg.train_limit is not None and (not _whole(cfg.train_limit) or cfg.train_limit < 1):
@@ -196,14 +199,18 @@ def check_numbers(cfg: TrainConfig) -> None:
 
 def run_dir_of(cfg: TrainConfig) -> Path:
     """The checkpoint directory of ``cfg`` (a default run id is stamped with the time now)."""
-    if cfg.run_id is not None and (not cfg.run_id or "/" in cfg.run_id or cfg.run_id.startswith(".")):
+    if cfg.run_id is not None and (
+        not cfg.run_id or "/" in cfg.run_id or cfg.run_id.startswith(".")
+    ):
         raise UsageError(f"--run-id {cfg.run_id!r} must be a plain directory name")
     root = paths.resolve(cfg.out_dir, "--out") if cfg.out_dir else paths.checkpoints_dir()
     run_dir = paths.resolve(root / (cfg.run_id or default_run_id(cfg)), "--run-id")
     return run_dir
 
 
-def check(cfg: TrainConfig, resuming: bool = False) -> tuple[DatasetInfo, Defense, nn.Module, Path, torch.device]:
+def check(
+    cfg: TrainConfig, resuming: bool = False
+) -> tuple[DatasetInfo, Defense, nn.Module, Path, torch.device]:
     """Every check that needs no data: numbers, names, parameters, model, run directory, device.
 
     Seeds torch's global generators (the model's initialisation). Raises UsageError."""
@@ -212,8 +219,12 @@ def check(cfg: TrainConfig, resuming: bool = False) -> tuple[DatasetInfo, Defens
     defense = build_defense(cfg.defense, cfg.defense_params)  # unknown defense / key -> UsageError
     torch.manual_seed(cfg.seed)  # the weights' initialisation; seeds CUDA too
     model = create_model(  # unknown model, or one that can't take this data set -> UsageError
-        cfg.model, channels=info.channels, num_classes=info.num_classes,
-        image_size=info.image_size, mean=info.mean, std=info.std,
+        cfg.model,
+        channels=info.channels,
+        num_classes=info.num_classes,
+        image_size=info.image_size,
+        mean=info.mean,
+        std=info.std,
     )
     run_dir = run_dir_of(cfg)
     if run_dir.exists() and not resuming:
@@ -226,17 +237,26 @@ def _train_split(cfg: TrainConfig, single_step: bool) -> tuple[ImageSet, ImageSe
     """The training images and, for single-step defenses, the held-out batch: the last
     ``heldout_size(S)`` images of the split, never trained on (a limit reaching them is cut)."""
     if not single_step:
-        return load_dataset(cfg.dataset, "train", cfg.data_dir, limit=cfg.train_limit, download=cfg.download), None
+        return load_dataset(
+            cfg.dataset, "train", cfg.data_dir, limit=cfg.train_limit, download=cfg.download
+        ), None
     full = load_dataset(cfg.dataset, "train", cfg.data_dir, download=cfg.download)
     size = len(full)
     if cfg.train_limit is not None and cfg.train_limit > size:
-        raise UsageError(f"--train-limit {cfg.train_limit} is larger than the train split of {cfg.dataset} ({size} points)")
+        raise UsageError(
+            f"--train-limit {cfg.train_limit} is larger than the train split of {cfg.dataset} "
+            f"({size} points)"
+        )
     held = heldout_size(size)
     if held < 1:
-        raise UsageError(f"the train split of {cfg.dataset} ({size} points) is too small to hold out a batch")
+        raise UsageError(
+            f"the train split of {cfg.dataset} ({size} points) is too small to hold out a batch"
+        )
     n = min(cfg.train_limit or size, size - held)
     x, y = full.x, full.y
-    return ImageSet(x[:n], y[:n], full.info), ImageSet(x[size - held :], y[size - held :], full.info)
+    return ImageSet(x[:n], y[:n], full.info), ImageSet(
+        x[size - held :], y[size - held :], full.info
+    )
 
 
 def prepare(cfg: TrainConfig, resuming: bool = False) -> Prepared:
@@ -265,7 +285,9 @@ def resolved_config(p: Prepared) -> dict[str, Any]:
     if p.heldout is not None:
         cfg["heldout"] = {
             "n": len(p.heldout),
-            "rule": f"the last {len(p.heldout)} images of the training split, excluded from training",
+            "rule": (
+                f"the last {len(p.heldout)} images of the training split, excluded from training"
+            ),
         }
     return cfg
 
@@ -284,7 +306,9 @@ class Loop:
     progress: Progress
     train_set: ImageSet
     test_set: ImageSet
-    forward: nn.Module | None = None  # what the training passes call: the model, or its compiled form
+    forward: nn.Module | None = (
+        None  # what the training passes call: the model, or its compiled form
+    )
 
     @property
     def steps_per_epoch(self) -> int:
@@ -297,19 +321,36 @@ def _make_loop(p: Prepared) -> Loop:
     model = p.model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
     shuffle = torch.Generator().manual_seed(cfg.seed)
     monitor = None
     if p.heldout is not None:
         held = p.heldout.to(device)
         monitor = Monitor(float(getattr(p.defense, "eps")), held.images(), held.y)
     forward = torch.compile(model) if cfg.compile else model
-    return Loop(p, optimizer, shuffle, monitor, Progress(), p.train_set.to(device), p.test_set.to(device),
-                forward)  # type: ignore[arg-type]
+    return Loop(
+        p,
+        optimizer,
+        shuffle,
+        monitor,
+        Progress(),
+        p.train_set.to(device),
+        p.test_set.to(device),
+        forward,
+    )  # type: ignore[arg-type]
 
 
-def optimizer_step(defense: Any, model: Any, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                   amp: str | None = None, channels_last: bool = False) -> torch.Tensor:
+def optimizer_step(
+    defense: Any,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    amp: str | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
     """One optimizer step of ``defense.loss(model, x, y)`` on pixels ``x`` in [0, 1]: the
     forward pass and the loss under bfloat16 autocast when ``amp == "bf16"``, the batch in
     channels-last memory when asked, backward and step outside autocast (PyTorch's AMP
@@ -317,8 +358,11 @@ def optimizer_step(defense: Any, model: Any, optimizer: torch.optim.Optimizer, x
     ``bench train`` and ``bench perf`` both step through here."""
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast(device_type=x.device.type, dtype=torch.bfloat16) if amp == "bf16" \
+    autocast = (
+        torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
+        if amp == "bf16"
         else contextlib.nullcontext()
+    )
     with autocast:
         loss = defense.loss(model, x, y)
     optimizer.zero_grad(set_to_none=True)
@@ -356,11 +400,15 @@ def _train_epoch(loop: Loop, epoch: int, bar: tqdm) -> tuple[float, int]:
         seen += len(idx)
         bar.update(1)
         if not bar.disable and ((step + 1) % REFRESH_STEPS == 0 or step + 1 == steps):
-            bar.set_postfix(epoch=epoch, loss=f"{float(loss_sum) / seen:.3f}")  # waits for the device
+            bar.set_postfix(
+                epoch=epoch, loss=f"{float(loss_sum) / seen:.3f}"
+            )  # waits for the device
     return float(loss_sum), seen
 
 
-def _epoch_entry(loop: Loop, epoch: int, loss_sum: float, seen: int, seconds: float) -> dict[str, Any]:
+def _epoch_entry(
+    loop: Loop, epoch: int, loss_sum: float, seen: int, seconds: float
+) -> dict[str, Any]:
     """The log entry of an epoch: loss, clean accuracy, and the robust numbers that apply."""
     entry: dict[str, Any] = {
         "epoch": epoch,
@@ -380,10 +428,12 @@ def _epoch_line(entry: dict[str, Any], epochs: int) -> str:
     robust = entry.get("train_robust_acc")
     held = (
         f"  held-out FGSM {entry['heldout_fgsm_acc']:.2%} PGD-10 {entry['heldout_pgd_acc']:.2%}"
-        if "heldout_pgd_acc" in entry else ""
+        if "heldout_pgd_acc" in entry
+        else ""
     )
     return (
-        f"epoch {entry['epoch']}/{epochs}  loss {entry['loss']:.4f}  clean acc {entry['clean_acc']:.2%}"
+        f"epoch {entry['epoch']}/{epochs}  loss {entry['loss']:.4f}  "
+        f"clean acc {entry['clean_acc']:.2%}"
         + (f"  train robust acc {robust:.2%}" if robust is not None else "")
         + held
         + f"  {entry['seconds']:.1f} s ({entry['images_per_s']:.0f} images/s)"
@@ -399,7 +449,10 @@ def _run_epoch(loop: Loop, epoch: int, bar: tqdm, log: Log) -> None:
     if loop.monitor is not None:
         if loop.monitor.update(epoch, loop.p.model):
             warning = loop.monitor.warning(epoch)
-        entry["heldout_fgsm_acc"], entry["heldout_pgd_acc"] = loop.monitor.fgsm[-1], loop.monitor.pgd[-1]
+        entry["heldout_fgsm_acc"], entry["heldout_pgd_acc"] = (
+            loop.monitor.fgsm[-1],
+            loop.monitor.pgd[-1],
+        )
     loop.progress.epoch = epoch
     loop.progress.log.append(entry)
     loop.progress.seconds += time.perf_counter() - started
@@ -414,8 +467,15 @@ def _fit(loop: Loop, show_progress: bool, log: Log) -> Path:
     """Train the remaining epochs, then write the weights and the run record."""
     cfg, p = loop.p.cfg, loop.p
     steps = loop.steps_per_epoch
-    bar = tqdm(total=cfg.epochs * steps, initial=loop.progress.epoch * steps, desc=f"train {cfg.defense}",
-               unit="batch", disable=not show_progress, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.epochs * steps,
+        initial=loop.progress.epoch * steps,
+        desc=f"train {cfg.defense}",
+        unit="batch",
+        disable=not show_progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     p.defense.attach(p.model)
     try:
         for epoch in range(loop.progress.epoch + 1, cfg.epochs + 1):
@@ -495,19 +555,25 @@ def _restore_rng(loop: Loop, tensors: dict[str, torch.Tensor], log: Log) -> None
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
     elif cuda or loop.p.device.type == "cuda":
-        log("note: the saved CUDA generator states don't match this machine; the resumed run "
-            "will not repeat the uninterrupted one exactly")
+        log(
+            "note: the saved CUDA generator states don't match this machine; the resumed run "
+            "will not repeat the uninterrupted one exactly"
+        )
 
 
-def restore_state(loop: Loop, tensors: dict[str, torch.Tensor], meta: dict[str, Any], log: Log) -> None:
+def restore_state(
+    loop: Loop, tensors: dict[str, torch.Tensor], meta: dict[str, Any], log: Log
+) -> None:
     """Put a run back where its training state says: weights, optimizer, generators, progress."""
     if meta["steps_per_epoch"] != loop.steps_per_epoch or meta["epochs"] != loop.p.cfg.epochs:
         raise UsageError(f"training state of {loop.p.run_dir} does not match its config.json")
-    model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    model_state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
     checkpoint.load_state(loop.p.model, model_state, f"{loop.p.cfg.model} ({loop.p.run_dir.name})")
     checkpoint.restore_optimizer(loop.optimizer, tensors, meta["optimizer"])
     _restore_rng(loop, tensors, log)
-    loop.progress = Progress(meta["epoch"], list(meta["log"]), float(meta["train_seconds"]), list(meta["resumes"]))
+    loop.progress = Progress(
+        meta["epoch"], list(meta["log"]), float(meta["train_seconds"]), list(meta["resumes"])
+    )
     if loop.monitor is not None and meta.get("catastrophic_overfitting"):
         loop.monitor.restore(meta["catastrophic_overfitting"])
 
@@ -523,17 +589,40 @@ def _as_text(value: Any) -> str:
 
 # The saved settings a resumed run must reproduce exactly (else its weights would differ).
 _SAME_ON_RESUME = (
-    "dataset", "model", "defense", "defense_params", "defense_resolved", "epochs", "batch_size", "lr",
-    "momentum", "weight_decay", "schedule", "seed", "train_limit", "eval_n", "augment", "dataset_info",
-    "train_size", "augment_mode", "heldout",
+    "dataset",
+    "model",
+    "defense",
+    "defense_params",
+    "defense_resolved",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "seed",
+    "train_limit",
+    "eval_n",
+    "augment",
+    "dataset_info",
+    "train_size",
+    "augment_mode",
+    "heldout",
 )
 
 
 def config_from_saved(saved: dict[str, Any], run_dir: Path, **overrides: Any) -> TrainConfig:
     """The TrainConfig that a run's config.json describes, placed at ``run_dir``."""
-    names = set(TrainConfig.__dataclass_fields__) - {"out_dir", "run_id", "device", "defense_params"}
+    names = set(TrainConfig.__dataclass_fields__) - {
+        "out_dir",
+        "run_id",
+        "device",
+        "defense_params",
+    }
     kwargs = {k: saved[k] for k in names if k in saved}
-    kwargs["defense_params"] = {k: _as_text(v) for k, v in (saved.get("defense_params") or {}).items()}
+    kwargs["defense_params"] = {
+        k: _as_text(v) for k, v in (saved.get("defense_params") or {}).items()
+    }
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return TrainConfig(**kwargs, out_dir=str(run_dir.parent), run_id=run_dir.name)
@@ -552,8 +641,12 @@ def _check_same(saved: dict[str, Any], now: dict[str, Any], run_dir: Path) -> No
             )
 
 
-def prepare_resume(run_dir: str | Path, device: str | None = None, data_dir: str | None = None,
-                   download: bool | None = None) -> tuple[Prepared, dict[str, Any]]:
+def prepare_resume(
+    run_dir: str | Path,
+    device: str | None = None,
+    data_dir: str | None = None,
+    download: bool | None = None,
+) -> tuple[Prepared, dict[str, Any]]:
     """Validate an incomplete run for :func:`resume`: its config.json, data and training
     state; returns the prepared run and its saved configuration. Writes nothing."""
     d = paths.resolve(run_dir, "--resume")
@@ -561,15 +654,23 @@ def prepare_resume(run_dir: str | Path, device: str | None = None, data_dir: str
         raise UsageError(f"--resume {run_dir}: no such run directory")
     saved = checkpoint.read_config(d)
     if checkpoint.is_complete(d):
-        raise UsageError(f"--resume {d}: this run is complete (it has its final weights); nothing to resume")
+        raise UsageError(
+            f"--resume {d}: this run is complete (it has its final weights); nothing to resume"
+        )
     cfg = config_from_saved(saved, d, device=device, data_dir=data_dir, download=download)
     p = prepare(cfg, resuming=True)
     _check_same(saved, resolved_config(p), d)
     return p, saved
 
 
-def resume(run_dir: str | Path, device: str | None = None, data_dir: str | None = None,
-           download: bool | None = None, progress: bool = True, log: Log = _stderr) -> Path:
+def resume(
+    run_dir: str | Path,
+    device: str | None = None,
+    data_dir: str | None = None,
+    download: bool | None = None,
+    progress: bool = True,
+    log: Log = _stderr,
+) -> Path:
     """Continue an interrupted run from its last completed epoch (from the start when it was
     stopped before one ended), with the config.json stored in ``run_dir``; returns the
     checkpoint directory. ``device``, ``data_dir`` and ``download`` may differ from the first

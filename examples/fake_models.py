@@ -19,8 +19,14 @@ from bench.models import create_model
 def honest() -> nn.Module:
     """The plain cnn for Fashion-MNIST."""
     info = dataset_info("fashion-mnist")
-    return create_model("cnn", channels=info.channels, num_classes=info.num_classes,
-                        image_size=info.image_size, mean=info.mean, std=info.std)
+    return create_model(
+        "cnn",
+        channels=info.channels,
+        num_classes=info.num_classes,
+        image_size=info.image_size,
+        mean=info.mean,
+        std=info.std,
+    )
 
 
 def saturated() -> nn.Module:

@@ -14,9 +14,9 @@ from typing import Sequence
 from torch import nn
 
 from bench.errors import UsageError
-from bench.registry import Registry
 from bench.models import cnn, resnet, vgg, wideresnet
 from bench.models.common import Normalize
+from bench.registry import Registry
 
 __all__ = ["MODELS", "Normalize", "create_model"]
 

@@ -3,7 +3,8 @@
     .venv/bin/python scripts/check_cost.py CHECKPOINT [--n 200] [--eps 0,8/255]
 
 Runs one evaluation (no store) and times, inside it, the checks that run on every evaluation
-(bench.evaluation.audit.cheap before the attacks, bench.evaluation.audit.compare after them) against the whole.
+(bench.evaluation.audit.cheap before the attacks, bench.evaluation.audit.compare after them)
+against the whole.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench.evaluation import audit
 from bench.commands.eval import parse_attacks
+from bench.evaluation import audit
 from bench.evaluation.local import evaluate_target
 from bench.evaluation.plan import Settings
 from bench.evaluation.targets import prepare_target
@@ -26,6 +27,7 @@ def timed(fn, spent):  # type: ignore[no-untyped-def]
             return fn(*a, **kw)
         finally:
             spent.append(time.perf_counter() - t0)
+
     return wrapper
 
 
@@ -44,8 +46,10 @@ def main() -> None:
     evaluate_target(target, Settings(attacks, parse_eps_grid(args.eps), 500, 0, progress=False))
     total = time.perf_counter() - t0
     checks = sum(spent)
-    print(f"evaluation {total:.1f} s, always-on checks {checks:.2f} s = {100 * checks / total:.2f}% "
-          f"of the evaluation ({100 * checks / (total - checks):.2f}% added)")
+    print(
+        f"evaluation {total:.1f} s, always-on checks {checks:.2f} s = {100 * checks / total:.2f}% "
+        f"of the evaluation ({100 * checks / (total - checks):.2f}% added)"
+    )
 
 
 if __name__ == "__main__":

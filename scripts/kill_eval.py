@@ -51,10 +51,32 @@ class World:
         four eps steps, walked upwards: every step attacks every still-robust point, so each step
         has many batches for a kill to land in (the default bisect walk's last steps attack a few
         points and end too fast to be hit reliably; its resume is tested in tests/test_walk.py)."""
-        return [sys.executable, "-m", "bench", "eval", "--checkpoint", str(self.checkpoint),
-                "--attack", "fgsm,pgd", "--set", f"pgd.steps={self.steps}", "--eps", "0:8/255:2/255", "--walk", "up",
-                "--n", str(N_TEST), "--batch-size", "4", "--db", str(db), "--no-progress",
-                "--device", "cpu", "--no-download"]
+        return [
+            sys.executable,
+            "-m",
+            "bench",
+            "eval",
+            "--checkpoint",
+            str(self.checkpoint),
+            "--attack",
+            "fgsm,pgd",
+            "--set",
+            f"pgd.steps={self.steps}",
+            "--eps",
+            "0:8/255:2/255",
+            "--walk",
+            "up",
+            "--n",
+            str(N_TEST),
+            "--batch-size",
+            "4",
+            "--db",
+            str(db),
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--no-download",
+        ]
 
 
 def _write_idx(path: Path, data: bytes, dims: tuple[int, ...]) -> None:
@@ -79,13 +101,15 @@ def make_world(root: Path) -> World:
         labels = (np.arange(n) % 10).astype(np.uint8)
         images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
         for i, c in enumerate(labels):
-            images[i, 2 * c: 2 * c + 3, :] = 200
+            images[i, 2 * c : 2 * c + 3, :] = 200
         _write_idx(folder / f"{split}-images-idx3-ubyte.gz", images.tobytes(), images.shape)
         _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels.tobytes(), labels.shape)
         arrays[split] = (images, labels)
     info = dataset_info("fashion-mnist")
     torch.manual_seed(0)
-    model = create_model("cnn", channels=1, num_classes=10, image_size=28, mean=list(info.mean), std=list(info.std))
+    model = create_model(
+        "cnn", channels=1, num_classes=10, image_size=28, mean=list(info.mean), std=list(info.std)
+    )
     x = torch.from_numpy(arrays["t10k"][0]).float().unsqueeze(1) / 255
     y = torch.from_numpy(arrays["t10k"][1]).long()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -96,13 +120,27 @@ def make_world(root: Path) -> World:
         opt.step()
     ckpt = root / "checkpoints" / "killed"
     ckpt.mkdir(parents=True)
-    config = {"run_id": "killed", "dataset": "fashion-mnist", "model": "cnn", "defense": "standard",
-              "defense_params": {}, "dataset_info": asdict(info), "epochs": 1, "train_limit": None, "seed": 0}
+    config = {
+        "run_id": "killed",
+        "dataset": "fashion-mnist",
+        "model": "cnn",
+        "defense": "standard",
+        "defense_params": {},
+        "dataset_info": asdict(info),
+        "epochs": 1,
+        "train_limit": None,
+        "seed": 0,
+    }
     (ckpt / "config.json").write_text(json.dumps(config))
     (ckpt / "run.json").write_text(json.dumps({"train_seconds": 1.0, "complete": True}))
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, ckpt / "weights.pt")
-    env = {**os.environ, "BENCH_HOME": str(root / "home"), "BENCH_DATA_DIR": str(root / "data"),
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "BENCH_HOME": str(root / "home"),
+        "BENCH_DATA_DIR": str(root / "data"),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+    }
     return World(root, ckpt, env)
 
 
@@ -128,7 +166,9 @@ def progress(db: Path) -> tuple[int, int]:
 
 def flags(db: Path) -> dict[tuple, tuple]:
     """Every result row's identity -> (flags, clean accuracy, robust accuracy)."""
-    rows = _query(db, "SELECT run_id, attack, params, eps_key, n, flags, clean_acc, robust_acc FROM results")
+    rows = _query(
+        db, "SELECT run_id, attack, params, eps_key, n, flags, clean_acc, robust_acc FROM results"
+    )
     return {r[:5]: r[5:] for r in rows}
 
 
@@ -143,8 +183,14 @@ def integrity(db: Path) -> str:
 def run_to_end(world: World, db: Path, timeout: float = 300) -> float:
     """The command to its end (status 0 required); its wall time in seconds."""
     t0 = time.perf_counter()
-    proc = subprocess.run(world.command(db), env=world.env, cwd=world.root, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        world.command(db),
+        env=world.env,
+        cwd=world.root,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"bench eval exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
     return time.perf_counter() - t0
@@ -153,8 +199,14 @@ def run_to_end(world: World, db: Path, timeout: float = 300) -> float:
 def first_row_time(world: World, db: Path) -> tuple[float, float]:
     """An undisturbed run: (seconds until its first row is in the store, total seconds)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(world.command(db), env=world.env, cwd=world.root,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        world.command(db),
+        env=world.env,
+        cwd=world.root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     first = None
     while proc.poll() is None:
         if first is None and sum(progress(db)) > 0:
@@ -185,15 +237,27 @@ class Kill:
         return self.same_flags and self.batches_left == 0 and self.integrity == "ok"
 
 
-def kill_and_rerun(world: World, db: Path, delay: float | None, reference: dict[tuple, tuple],
-                   when: Callable[[tuple[int, int]], bool] | None = None) -> Kill:
+def kill_and_rerun(
+    world: World,
+    db: Path,
+    delay: float | None,
+    reference: dict[tuple, tuple],
+    when: Callable[[tuple[int, int]], bool] | None = None,
+) -> Kill:
     """Start the command; SIGKILL it after ``delay`` seconds, or as soon as the store's
     :func:`progress` satisfies ``when``; rerun it to the end; compare with ``reference``."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(world.command(db), env=world.env, cwd=world.root,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        world.command(db),
+        env=world.env,
+        cwd=world.root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     while proc.poll() is None:
-        if (delay is not None and time.perf_counter() - t0 >= delay) or (when is not None and when(progress(db))):
+        if (delay is not None and time.perf_counter() - t0 >= delay) or (
+            when is not None and when(progress(db))
+        ):
             os.kill(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.01)
@@ -203,20 +267,34 @@ def kill_and_rerun(world: World, db: Path, delay: float | None, reference: dict[
     at_kill = progress(db)
     seconds = run_to_end(world, db)
     after = flags(db)
-    return Kill(delay, at_kill[0], at_kill[1], finished, seconds, after == reference, len(after),
-                progress(db)[1], integrity(db))
+    return Kill(
+        delay,
+        at_kill[0],
+        at_kill[1],
+        finished,
+        seconds,
+        after == reference,
+        len(after),
+        progress(db)[1],
+        integrity(db),
+    )
 
 
 def table(kills: list[Kill], reference_seconds: float, rows: int) -> str:
-    lines = [f"undisturbed run: {reference_seconds:.1f} s, {rows} result rows", "",
-             "| # | kill after (s) | result rows at kill | batches at kill | rerun (s) | flags equal "
-             "| rows | batches left | integrity_check |",
-             "| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |"]
+    lines = [
+        f"undisturbed run: {reference_seconds:.1f} s, {rows} result rows",
+        "",
+        "| # | kill after (s) | result rows at kill | batches at kill | rerun (s) | flags equal "
+        "| rows | batches left | integrity_check |",
+        "| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |",
+    ]
     for i, k in enumerate(kills, 1):
         note = " (had finished)" if k.finished_before_kill else ""
-        lines.append(f"| {i} | {k.delay:.2f}{note} | {k.results_at_kill} | {k.batches_at_kill} | "
-                     f"{k.rerun_seconds:.1f} | {'yes' if k.same_flags else 'NO'} | {k.rows} | "
-                     f"{k.batches_left} | {k.integrity} |")
+        lines.append(
+            f"| {i} | {k.delay:.2f}{note} | {k.results_at_kill} | {k.batches_at_kill} | "
+            f"{k.rerun_seconds:.1f} | {'yes' if k.same_flags else 'NO'} | {k.rows} | "
+            f"{k.batches_left} | {k.integrity} |"
+        )
     return "\n".join(lines)
 
 

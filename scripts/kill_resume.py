@@ -32,16 +32,40 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # one thre
 
 
 def train_argv(args: argparse.Namespace, out: Path, run_id: str) -> list[str]:
-    argv = [sys.executable, "-m", "bench", "train", "--defense", args.defense, "--epochs", str(args.epochs),
-            "--train-limit", str(args.train_limit), "--eval-n", "100", "--batch-size", "32",
-            "--seed", str(args.seed), "--out", str(out), "--run-id", run_id, "--no-progress"]
+    argv = [
+        sys.executable,
+        "-m",
+        "bench",
+        "train",
+        "--defense",
+        args.defense,
+        "--epochs",
+        str(args.epochs),
+        "--train-limit",
+        str(args.train_limit),
+        "--eval-n",
+        "100",
+        "--batch-size",
+        "32",
+        "--seed",
+        str(args.seed),
+        "--out",
+        str(out),
+        "--run-id",
+        run_id,
+        "--no-progress",
+    ]
     return argv + (["--data-dir", args.data_dir] if args.data_dir else [])
 
 
 def epochs_done(run_dir: Path) -> int:
     """Completed epochs according to the training state (0 when there is none yet)."""
     try:
-        return int(checkpoint.read_state_meta(run_dir)["epoch"]) if (run_dir / checkpoint.STATE).is_file() else 0
+        return (
+            int(checkpoint.read_state_meta(run_dir)["epoch"])
+            if (run_dir / checkpoint.STATE).is_file()
+            else 0
+        )
     except UsageError:
         return 0
 
@@ -49,7 +73,9 @@ def epochs_done(run_dir: Path) -> int:
 def kill_at(argv: list[str], run_dir: Path, after_epochs: int, delay_s: float) -> str:
     """Start a run; SIGKILL it ``delay_s`` after it completed ``after_epochs`` epochs (after
     config.json appears for 0). Returns 'killed' or 'finished' (it ended before the kill)."""
-    proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     while proc.poll() is None:
         started = (run_dir / checkpoint.CONFIG).is_file()
         if started and epochs_done(run_dir) >= after_epochs:
@@ -67,7 +93,9 @@ def fingerprint(run_dir: Path) -> str:
     return checkpoint.read_checkpoint(run_dir).fingerprint
 
 
-def one_point(args: argparse.Namespace, out: Path, i: int, rng: random.Random, epoch_s: float, reference: str) -> list[str]:
+def one_point(
+    args: argparse.Namespace, out: Path, i: int, rng: random.Random, epoch_s: float, reference: str
+) -> list[str]:
     """Kill, check, resume, compare; returns the table row."""
     run_id = f"kill-{i}"
     run_dir = out / run_id
@@ -77,18 +105,32 @@ def one_point(args: argparse.Namespace, out: Path, i: int, rng: random.Random, e
     if outcome != "killed":
         return [str(i), str(after), f"{frac:.2f}", "-", "finished before the kill", "-", "-"]
     state_epoch = epochs_done(run_dir)
-    listed = run_dir in checkpoint.find_incomplete(out) and run_dir not in checkpoint.find_checkpoints(out)
+    listed = run_dir in checkpoint.find_incomplete(
+        out
+    ) and run_dir not in checkpoint.find_checkpoints(out)
     try:
         checkpoint.read_checkpoint(run_dir)
         refused = False
     except UsageError as exc:
         refused = f"bench train --resume {run_dir}" in str(exc)
-    res = subprocess.run([sys.executable, "-m", "bench", "train", "--resume", str(run_dir), "--no-progress"]
-                         + (["--data-dir", args.data_dir] if args.data_dir else []),
-                         cwd=ROOT, env=ENV, capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "bench", "train", "--resume", str(run_dir), "--no-progress"]
+        + (["--data-dir", args.data_dir] if args.data_dir else []),
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     same = res.returncode == 0 and fingerprint(run_dir) == reference
-    return [str(i), str(after), f"{frac:.2f}", str(state_epoch), "yes" if listed and refused else "NO",
-            "yes" if same else f"NO (rc {res.returncode})", f"{time.perf_counter() - t0:.1f}"]
+    return [
+        str(i),
+        str(after),
+        f"{frac:.2f}",
+        str(state_epoch),
+        "yes" if listed and refused else "NO",
+        "yes" if same else f"NO (rc {res.returncode})",
+        f"{time.perf_counter() - t0:.1f}",
+    ]
 
 
 def main() -> int:
@@ -104,15 +146,30 @@ def main() -> int:
     args = parser.parse_args()
     out = Path(args.keep or tempfile.mkdtemp(prefix="kill-resume-")).resolve()
     t0 = time.perf_counter()
-    subprocess.run(train_argv(args, out, "straight"), cwd=ROOT, env=ENV, check=True, capture_output=True)
+    subprocess.run(
+        train_argv(args, out, "straight"), cwd=ROOT, env=ENV, check=True, capture_output=True
+    )
     straight = checkpoint.read_checkpoint(out / "straight")
     epoch_s = max(e["seconds"] for e in straight.log)
-    print(f"uninterrupted: {straight.fingerprint[:19]}... in {time.perf_counter() - t0:.1f} s "
-          f"({args.defense}, {args.epochs} epochs of {args.train_limit} images, ~{epoch_s:.2f} s per epoch)")
+    print(
+        f"uninterrupted: {straight.fingerprint[:19]}... in {time.perf_counter() - t0:.1f} s "
+        f"({args.defense}, {args.epochs} epochs of {args.train_limit} images, "
+        f"~{epoch_s:.2f} s per epoch)"
+    )
     rng = random.Random(args.rng_seed)
-    head = ["point", "after epochs", "+ epoch fraction", "state epoch at kill", "visibly incomplete",
-            "bit-identical", "seconds"]
-    rows = [one_point(args, out, i, rng, epoch_s, straight.fingerprint) for i in range(1, args.points + 1)]
+    head = [
+        "point",
+        "after epochs",
+        "+ epoch fraction",
+        "state epoch at kill",
+        "visibly incomplete",
+        "bit-identical",
+        "seconds",
+    ]
+    rows = [
+        one_point(args, out, i, rng, epoch_s, straight.fingerprint)
+        for i in range(1, args.points + 1)
+    ]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for row in rows:
         print("| " + " | ".join(row) + " |")

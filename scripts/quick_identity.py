@@ -18,7 +18,10 @@ def rows(db: Path, table: str) -> list[dict[str, object]]:
     """Every row of ``table``, without the volatile columns, sorted."""
     con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
     con.row_factory = sqlite3.Row
-    out = [{k: r[k] for k in r.keys() if k not in VOLATILE} for r in con.execute(f"SELECT * FROM {table}")]
+    out = [
+        {k: r[k] for k in r.keys() if k not in VOLATILE}
+        for r in con.execute(f"SELECT * FROM {table}")
+    ]
     con.close()
     return sorted(out, key=lambda r: json.dumps(r, sort_keys=True, default=str))
 
@@ -33,20 +36,28 @@ def _details(row: dict[str, object]) -> dict[str, object]:
 
 def text(path: Path) -> list[str]:
     """A report file's lines, without the library-version line."""
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if "torch " not in line
-            and "versions" not in line.lower()]
+    return [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if "torch " not in line and "versions" not in line.lower()
+    ]
 
 
 def compare(a: Path, b: Path) -> list[str]:
     problems = []
     for table in ("results", "diagnostics"):
-        ra, rb = rows(a / "reports" / "results.sqlite", table), rows(b / "reports" / "results.sqlite", table)
+        ra, rb = (
+            rows(a / "reports" / "results.sqlite", table),
+            rows(b / "reports" / "results.sqlite", table),
+        )
         if table == "diagnostics":
             ra, rb = [_details(r) for r in ra], [_details(r) for r in rb]
         print(f"{table}: {len(ra)} and {len(rb)} rows", file=sys.stderr)
         if ra != rb:
-            problems.append(f"{table} differ: {len([r for r in ra if r not in rb])} rows of A not in B, "
-                            f"{len([r for r in rb if r not in ra])} of B not in A")
+            problems.append(
+                f"{table} differ: {len([r for r in ra if r not in rb])} rows of A not in B, "
+                f"{len([r for r in rb if r not in ra])} of B not in A"
+            )
     for name in ("leaderboard.md", *sorted(p.name for p in (a / "reports").glob("*.json"))):
         fa, fb = a / "reports" / name, b / "reports" / name
         if not fb.exists():

@@ -28,31 +28,59 @@ def stored(db: Path) -> tuple[list[str], list[str]]:
     """Rows and findings, each as canonical JSON without the volatile fields, sorted."""
     con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
     con.row_factory = sqlite3.Row
-    rows = sorted(json.dumps({k: r[k] for k in r.keys() if k not in VOLATILE}, sort_keys=True)
-                  for r in con.execute("SELECT * FROM results"))
-    found = sorted(json.dumps({k: r[k] for k in r.keys() if k != "created"}, sort_keys=True)
-                   for r in con.execute("SELECT * FROM diagnostics"))
+    rows = sorted(
+        json.dumps({k: r[k] for k in r.keys() if k not in VOLATILE}, sort_keys=True)
+        for r in con.execute("SELECT * FROM results")
+    )
+    found = sorted(
+        json.dumps({k: r[k] for k in r.keys() if k != "created"}, sort_keys=True)
+        for r in con.execute("SELECT * FROM diagnostics")
+    )
     con.close()
     return rows, found
 
 
 def verdicts(found: list[str]) -> list[tuple[str, ...]]:
     """What each finding says, without its float details (which depend on the thread count)."""
-    return sorted(tuple(str(json.loads(f)[k]) for k in ("run_id", "n", "check", "key", "flagged")) for f in found)
+    return sorted(
+        tuple(str(json.loads(f)[k]) for k in ("run_id", "n", "check", "key", "flagged"))
+        for f in found
+    )
 
 
 def timed_eval(args: argparse.Namespace, db: Path, extra: list[str]) -> float:
     """One ``bench eval`` run; its wall time in seconds."""
-    cmd = [sys.executable, "-m", "bench", "eval", "--checkpoint", args.checkpoint, "--attack", args.attack,
-           "--eps", args.eps, "--n", str(args.n), "--batch-size", str(args.batch_size), "--db", str(db),
-           "--no-download", "--no-progress", *(["--data-dir", args.data_dir] if args.data_dir else []), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench",
+        "eval",
+        "--checkpoint",
+        args.checkpoint,
+        "--attack",
+        args.attack,
+        "--eps",
+        args.eps,
+        "--n",
+        str(args.n),
+        "--batch-size",
+        str(args.batch_size),
+        "--db",
+        str(db),
+        "--no-download",
+        "--no-progress",
+        *(["--data-dir", args.data_dir] if args.data_dir else []),
+        *extra,
+    ]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("checkpoint")
     p.add_argument("--data-dir", help="bench's --data-dir (default: bench's own rules)")
     p.add_argument("--n", type=int, default=1000)
@@ -66,12 +94,24 @@ def main() -> int:
         alone = timed_eval(args, Path(tmp) / "alone.sqlite", [])
         spread = timed_eval(args, Path(tmp) / "spread.sqlite", ["--workers", str(args.workers)])
         a, b = stored(Path(tmp) / "alone.sqlite"), stored(Path(tmp) / "spread.sqlite")
-    figures = {"checkpoint": args.checkpoint, "n": args.n, "batch_size": args.batch_size, "attack": args.attack,
-               "eps": args.eps, "workers": args.workers, "in_process_s": round(alone, 1),
-               "workers_s": round(spread, 1), "ratio_in_process_over_workers": round(alone / spread, 3),
-               "rows": len(a[0]), "same_rows": a[0] == b[0], "findings": len(a[1]), "same_findings": a[1] == b[1],
-               "same_verdicts": verdicts(a[1]) == verdicts(b[1]),
-               "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d")}
+    figures = {
+        "checkpoint": args.checkpoint,
+        "n": args.n,
+        "batch_size": args.batch_size,
+        "attack": args.attack,
+        "eps": args.eps,
+        "workers": args.workers,
+        "in_process_s": round(alone, 1),
+        "workers_s": round(spread, 1),
+        "ratio_in_process_over_workers": round(alone / spread, 3),
+        "rows": len(a[0]),
+        "same_rows": a[0] == b[0],
+        "findings": len(a[1]),
+        "same_findings": a[1] == b[1],
+        "same_verdicts": verdicts(a[1]) == verdicts(b[1]),
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs",
+        "date": time.strftime("%Y-%m-%d"),
+    }
     print(json.dumps(figures, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")

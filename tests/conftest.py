@@ -53,7 +53,9 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def tiny_problem(n: int = 40, seed: int = 0, flip: tuple[int, ...] = ()) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+def tiny_problem(
+    n: int = 40, seed: int = 0, flip: tuple[int, ...] = ()
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A small CNN trained (fixed seed) on 1x8x8 images near 0.5 whose class is a faint +-0.03
     pattern: correct when clean, broken between about 3/255 and 8/255. The labels at ``flip``
     are then moved to the next class, so that those points are wrong when clean."""
@@ -62,7 +64,9 @@ def tiny_problem(n: int = 40, seed: int = 0, flip: tuple[int, ...] = ()) -> tupl
     y = torch.arange(n) % 10
     x = (0.5 + 0.03 * protos[y] + 0.04 * torch.randn(n, 1, 8, 8, generator=g)).clamp(0, 1)
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10)
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(60):
         loss = nn.functional.cross_entropy(model(x), y)

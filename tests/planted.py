@@ -180,25 +180,47 @@ def planted() -> list[Planted]:
     base = honest(0)
     blind = frozenset({"gradients", "large-budget", "square-vs-whitebox", "transfer"})
     # randomness makes attack outcomes non-monotone in eps too (walk-inference)
-    noisy = frozenset({"loss-trace", "iterative-vs-single-step", "square-vs-whitebox", "transfer", "walk-inference"})
+    noisy = frozenset(
+        {
+            "loss-trace",
+            "iterative-vs-single-step",
+            "square-vs-whitebox",
+            "transfer",
+            "walk-inference",
+        }
+    )
     return [
         # zero gradients everywhere: PGD never moves, Square and transfer break ~40% more
         Planted("quantize", Quantize(base).eval(), blind),
         # CE gradients 0 on confident points; the margin loss still breaks it at eps 1
-        Planted("saturate", Saturate(base).eval(), blind - {"large-budget"}, frozenset({"large-budget"})),
+        Planted(
+            "saturate", Saturate(base).eval(), blind - {"large-budget"}, frozenset({"large-budget"})
+        ),
         Planted("input-noise", InputNoise(base).eval(), frozenset({"randomized"}), noisy),
         Planted("dropout-on", DropoutOn(base).eval(), frozenset({"randomized"}), noisy),
         # CE on probabilities is flatter but not blind here: only the range check must fire
-        Planted("probabilities", Probabilities(base).eval(), frozenset({"probabilities"}),
-                blind | frozenset({"loss-trace"})),
+        Planted(
+            "probabilities",
+            Probabilities(base).eval(),
+            frozenset({"probabilities"}),
+            blind | frozenset({"loss-trace"}),
+        ),
         Planted("numpy-preprocess", NumpyPreprocess(base).eval(), blind),
         # gradients exist but point nowhere: only comparisons with gradient-free attacks catch
         # it (an eps-1 random walk still breaks ~96%, so large-budget may or may not fire)
-        Planted("shattered", Shattered(base).eval(), frozenset({"square-vs-whitebox", "transfer"}),
-                frozenset({"large-budget", "loss-trace", "iterative-vs-single-step", "walk-inference"})),
+        Planted(
+            "shattered",
+            Shattered(base).eval(),
+            frozenset({"square-vs-whitebox", "transfer"}),
+            frozenset({"large-budget", "loss-trace", "iterative-vs-single-step", "walk-inference"}),
+        ),
         # a walk down from eps = 0.02 would count it robust at 0.01, where PGD breaks it
-        Planted("large-budget-trap", LargeBudgetTrap(base, *test_points(), limit=0.015).eval(),
-                frozenset({"walk-inference"}), blind | noisy | frozenset({"large-budget"})),
+        Planted(
+            "large-budget-trap",
+            LargeBudgetTrap(base, *test_points(), limit=0.015).eval(),
+            frozenset({"walk-inference"}),
+            blind | noisy | frozenset({"large-budget"}),
+        ),
     ]
 
 

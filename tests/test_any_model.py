@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import factories
 import pytest
 import torch
 
-import factories
 from bench.cli import main
 
 FACTORY = str(Path(factories.__file__).resolve()) + ":tiny_fmnist"
@@ -26,16 +26,25 @@ def test_python_api_with_tensors_and_with_the_test_split(fmnist_dir: Path, tmp_p
     model = factories.tiny_fmnist()
     x = torch.rand(12, 1, 28, 28)
     y = torch.arange(12) % 10
-    ev = bench.evaluate_model(model, x=x, y=y, attacks=["fgsm", "pgd"], eps=[0, 4 / 255],
-                              params={"pgd": {"steps": 2}})
+    ev = bench.evaluate_model(
+        model, x=x, y=y, attacks=["fgsm", "pgd"], eps=[0, 4 / 255], params={"pgd": {"steps": 2}}
+    )
     d = ev.as_dict()
     assert d["n"] == 12 and set(d["robust"]) == {"fgsm", "pgd[steps=2]", "any"}
     cell = d["robust"]["any"]["4/255"]
     assert cell["n"] == 12 and cell["ci95"][0] <= cell["acc"] <= cell["ci95"][1]
     assert {f["check"] for f in d["findings"]} >= {"randomized", "probabilities", "gradients"}
     db = tmp_path / "api.sqlite"
-    ev = bench.evaluate_model(model, dataset="fashion-mnist", n=20, attacks="fgsm", eps="0,2/255",
-                              store=db, name="my-net", data_dir=fmnist_dir)
+    ev = bench.evaluate_model(
+        model,
+        dataset="fashion-mnist",
+        n=20,
+        attacks="fgsm",
+        eps="0,2/255",
+        store=db,
+        name="my-net",
+        data_dir=fmnist_dir,
+    )
     from bench.report import write_report
 
     md = write_report(db, tmp_path / "r").leaderboard.read_text()
@@ -44,13 +53,35 @@ def test_python_api_with_tensors_and_with_the_test_split(fmnist_dir: Path, tmp_p
         bench.evaluate_model(model, x=x)
 
 
-def test_model_factory_cli_to_leaderboard(fmnist_dir: Path, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_model_factory_cli_to_leaderboard(
+    fmnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     db, weights = tmp_path / "f.sqlite", tmp_path / "w.pt"
     torch.save(factories.tiny_fmnist().state_dict(), weights)
-    argv = ["eval", "--model-factory", FACTORY, "--weights", str(weights), "--dataset", "fashion-mnist",
-            "--attack", "fgsm,autoattack", "--aa-version", "standard", "--eps", "0,8/255", "--n", "16",
-            "--db", str(db), "--data-dir", str(fmnist_dir), "--no-progress", "--device", "cpu"]
+    argv = [
+        "eval",
+        "--model-factory",
+        FACTORY,
+        "--weights",
+        str(weights),
+        "--dataset",
+        "fashion-mnist",
+        "--attack",
+        "fgsm,autoattack",
+        "--aa-version",
+        "standard",
+        "--eps",
+        "0,8/255",
+        "--n",
+        "16",
+        "--db",
+        str(db),
+        "--data-dir",
+        str(fmnist_dir),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     assert main(["report", "--db", str(db), "--out", str(tmp_path / "r")]) == 0
     md = (tmp_path / "r" / "leaderboard.md").read_text()
@@ -59,22 +90,45 @@ def test_model_factory_cli_to_leaderboard(fmnist_dir: Path, tmp_path: Path,
     assert info["source_kind"] == "factory" and info["fingerprint"].startswith("sha256:")
 
 
-@pytest.mark.parametrize("spec, weights, error", [
-    ("no_such_module_xyz:f", None, "can't be imported|cannot be imported|No module"),
-    ("FACTORIES:missing_fn", None, "missing_fn"),
-    ("FACTORIES:not_a_module", None, "not an nn.Module|nn.Module"),
-    ("FACTORIES:wrong_shape", None, "shape"),
-    ("FACTORIES:raises", None, "raise"),
-    ("FACTORIES:tiny_fmnist", "BAD", "weights|state dict|read"),
-])
-def test_bad_factories(spec: str, weights: str | None, error: str, fmnist_dir: Path, tmp_path: Path,
-                       capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "spec, weights, error",
+    [
+        ("no_such_module_xyz:f", None, "can't be imported|cannot be imported|No module"),
+        ("FACTORIES:missing_fn", None, "missing_fn"),
+        ("FACTORIES:not_a_module", None, "not an nn.Module|nn.Module"),
+        ("FACTORIES:wrong_shape", None, "shape"),
+        ("FACTORIES:raises", None, "raise"),
+        ("FACTORIES:tiny_fmnist", "BAD", "weights|state dict|read"),
+    ],
+)
+def test_bad_factories(
+    spec: str,
+    weights: str | None,
+    error: str,
+    fmnist_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     import re
 
     spec = spec.replace("FACTORIES", str(Path(factories.__file__).resolve()))
     db = tmp_path / "never.sqlite"
-    argv = ["eval", "--model-factory", spec, "--dataset", "fashion-mnist", "--attack", "fgsm",
-            "--n", "8", "--db", str(db), "--data-dir", str(fmnist_dir), "--no-progress"]
+    argv = [
+        "eval",
+        "--model-factory",
+        spec,
+        "--dataset",
+        "fashion-mnist",
+        "--attack",
+        "fgsm",
+        "--n",
+        "8",
+        "--db",
+        str(db),
+        "--data-dir",
+        str(fmnist_dir),
+        "--no-progress",
+    ]
     if weights:
         bad = tmp_path / "bad.pt"
         bad.write_bytes(b"not a checkpoint")

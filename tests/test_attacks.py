@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
+from conftest import tiny_problem
 from torch import nn
 
 from bench.attacks import (
@@ -16,8 +16,6 @@ from bench.attacks import (
     make_attack,
     project_linf,
 )
-from conftest import tiny_problem
-
 from bench.errors import UsageError
 from bench.evaluation.walk import check_budget
 
@@ -49,7 +47,18 @@ def problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 
 
 def test_registry_shape() -> None:
-    required = {"fgsm", "pgd", "cw", "deepfool", "mifgsm", "apgd", "square", "fab", "eotpgd", "autoattack"}
+    required = {
+        "fgsm",
+        "pgd",
+        "cw",
+        "deepfool",
+        "mifgsm",
+        "apgd",
+        "square",
+        "fab",
+        "eotpgd",
+        "autoattack",
+    }
     assert required <= set(ATTACKS.names())
     assert set(CHEAP) == set(ATTACKS.names())  # a new attack must be added to the run-all test
     for entry in ATTACKS:
@@ -88,9 +97,14 @@ def test_autoattack_is_the_official_one(
     monkeypatch.undo()
     assert "official" in ATTACKS["autoattack"].summary
     for version, expected in AA_VERSION_ATTACKS.items():
-        aa = pyautoattack.AutoAttack(model, norm="Linf", eps=EPS, version=version, seed=0, device="cpu")
+        aa = pyautoattack.AutoAttack(
+            model, norm="Linf", eps=EPS, version=version, seed=0, device="cpu"
+        )
         assert tuple(aa.attacks_to_run) == expected
-    assert make_attack("autoattack").params == {"version": "standard", "attacks": list(AA_VERSION_ATTACKS["standard"])}
+    assert make_attack("autoattack").params == {
+        "version": "standard",
+        "attacks": list(AA_VERSION_ATTACKS["standard"]),
+    }
 
 
 @pytest.mark.parametrize("name", sorted(CHEAP))
@@ -116,7 +130,9 @@ def test_attacks_break_points(problem: tuple[nn.Module, torch.Tensor, torch.Tens
         assert acc < 0.5, name
 
 
-def test_minimum_norm_output_is_projected(problem: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
+def test_minimum_norm_output_is_projected(
+    problem: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
     """CW's raw L2 output leaves a tiny Linf ball; the harness projects it back in."""
     model, x, y = problem
     eps = 1 / 255
@@ -134,7 +150,9 @@ def test_eps_zero_returns_the_input(problem: tuple[nn.Module, torch.Tensor, torc
     assert torch.equal(make_attack("pgd").run(model, x, y, 0.0, seed=0), x)
 
 
-def test_seeded_runs_are_reproducible(problem: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
+def test_seeded_runs_are_reproducible(
+    problem: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
     model, x, y = problem
     pgd = make_attack("pgd", {"steps": "2"})
     a = pgd.run(model, x, y, EPS, seed=3)
@@ -151,14 +169,22 @@ def test_step_sizes_scale_with_eps() -> None:
             assert attack.concrete(eps)["alpha"] == pytest.approx(rule * eps)
             assert attack.concrete(eps)["eps"] == eps
         fixed = make_attack(name, {"alpha": "1/255"})
-        assert fixed.concrete(2 / 255)["alpha"] == fixed.concrete(8 / 255)["alpha"] == pytest.approx(1 / 255)
+        assert (
+            fixed.concrete(2 / 255)["alpha"]
+            == fixed.concrete(8 / 255)["alpha"]
+            == pytest.approx(1 / 255)
+        )
         assert fixed.params["alpha"] == pytest.approx(1 / 255)
-    assert make_attack("pgd", {"steps": "20"}).concrete(8 / 255)["alpha"] == pytest.approx(2.5 * 8 / 255 / 20)
+    assert make_attack("pgd", {"steps": "20"}).concrete(8 / 255)["alpha"] == pytest.approx(
+        2.5 * 8 / 255 / 20
+    )
     assert make_attack("pgd").params["alpha"] == "2.5*eps/steps"
     assert make_attack("fgsm").concrete(3 / 255) == {"eps": 3 / 255}
 
 
-def test_single_step_mifgsm_moves_exactly_eps(problem: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
+def test_single_step_mifgsm_moves_exactly_eps(
+    problem: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
     """With one step the step size is eps itself: the perturbation scales with the budget."""
     model, x, y = problem
     attack = make_attack("mifgsm", {"steps": "1"})
@@ -180,7 +206,11 @@ def test_single_step_mifgsm_moves_exactly_eps(problem: tuple[nn.Module, torch.Te
         ("autoattack", {"version": "fast"}, "standard, plus, rand, custom"),
         ("autoattack", {"attacks": "apgd-ce"}, "only .* with version custom"),
         ("autoattack", {"version": "custom"}, "needs attacks"),
-        ("autoattack", {"version": "custom", "attacks": "apgd-ce,pgd"}, "unknown AutoAttack component 'pgd'"),
+        (
+            "autoattack",
+            {"version": "custom", "attacks": "apgd-ce,pgd"},
+            "unknown AutoAttack component 'pgd'",
+        ),
         ("autoattack", {"version": "custom", "attacks": "fab,fab"}, "twice"),
     ],
 )

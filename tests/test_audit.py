@@ -7,11 +7,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import planted
 import pytest
 import torch
 from torch import nn
 
-import planted
 from bench.attacks import make_attack
 from bench.evaluation.audit import adapt_for_randomized, classify_aa_warning
 from bench.evaluation.local import evaluate_target
@@ -29,17 +29,34 @@ def _single_thread(one_thread: None) -> None:
 
 def _target(model: nn.Module, name: str) -> Target:
     x, y = planted.test_points()
-    src = SimpleNamespace(model=model, run_id=name, dataset="fashion-mnist", kind="module",
-                          fingerprint=fingerprint_model(model), path=name,
-                          config={"model": "planted", "defense": name}, run={})
+    src = SimpleNamespace(
+        model=model,
+        run_id=name,
+        dataset="fashion-mnist",
+        kind="module",
+        fingerprint=fingerprint_model(model),
+        path=name,
+        config={"model": "planted", "defense": name},
+        run={},
+    )
     return Target(src, x, y, len(y))
 
 
 def _evaluate(model: nn.Module, name: str) -> Any:
-    attacks = [make_attack("fgsm"), make_attack("pgd", {"steps": "20"}),
-               make_attack("square", {"n_queries": "300"})]
-    s = Settings(attacks, EPS, 100, 0, progress=False, diagnose=True,
-                 transfer_from=planted.honest(1) if name != "seed-1" else planted.honest(0))
+    attacks = [
+        make_attack("fgsm"),
+        make_attack("pgd", {"steps": "20"}),
+        make_attack("square", {"n_queries": "300"}),
+    ]
+    s = Settings(
+        attacks,
+        EPS,
+        100,
+        0,
+        progress=False,
+        diagnose=True,
+        transfer_from=planted.honest(1) if name != "seed-1" else planted.honest(0),
+    )
     return evaluate_target(_target(model, name), s)
 
 
@@ -57,9 +74,17 @@ def test_no_honest_model_is_flagged(name: str) -> None:
     model = dict(planted.honest_models())[name]
     ev = _evaluate(model, name)
     assert not ev.unreliable, [f.summary for f in ev.findings if f.flagged]
-    assert {f.check for f in ev.findings} >= {"randomized", "probabilities", "gradients",
-                                              "iterative-vs-single-step", "square-vs-whitebox",
-                                              "large-budget", "loss-trace", "transfer", "walk-inference"}
+    assert {f.check for f in ev.findings} >= {
+        "randomized",
+        "probabilities",
+        "gradients",
+        "iterative-vs-single-step",
+        "square-vs-whitebox",
+        "large-budget",
+        "loss-trace",
+        "transfer",
+        "walk-inference",
+    }
 
 
 def test_randomized_model_gets_rand_and_eot() -> None:
@@ -67,8 +92,11 @@ def test_randomized_model_gets_rand_and_eot() -> None:
     x, y = planted.test_points()
     attacks = [make_attack("fgsm"), make_attack("autoattack", {"version": "standard"})]
     adapted, note = adapt_for_randomized(attacks)
-    assert [a.display for a in adapted] == ["fgsm", "autoattack[version=rand,attacks=apgd-ce+apgd-dlr]",
-                                          "eotpgd[eot_iter=10]"]
+    assert [a.display for a in adapted] == [
+        "fgsm",
+        "autoattack[version=rand,attacks=apgd-ce+apgd-dlr]",
+        "eotpgd[eot_iter=10]",
+    ]
     assert "rand" in note
     s = Settings([make_attack("fgsm")], EPS, 100, 0, progress=False)
     ev = evaluate_target(_target(noisy, "noisy"), s)

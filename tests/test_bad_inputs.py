@@ -29,9 +29,9 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 import torch
+from conftest import write_idx
 
 from bench.cli import main
-from conftest import write_idx
 
 LONG = "a" * 300  # a path component longer than 255 bytes
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -47,16 +47,26 @@ def _write_data(root: Path) -> None:
     d.mkdir(parents=True)
     for split, n in (("train", 64), ("t10k", 32)):
         labels = (np.arange(n) % 10).astype(np.uint8)
-        write_idx(d / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28), dtype=np.uint8))
+        write_idx(
+            d / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
+        )
         write_idx(d / f"{split}-labels-idx1-ubyte.gz", labels)
 
 
 def _config(run_id: str) -> dict[str, Any]:
     from bench.data import dataset_info
 
-    return {"run_id": run_id, "dataset": "fashion-mnist", "model": "cnn", "defense": "standard",
-            "defense_params": {}, "dataset_info": asdict(dataset_info("fashion-mnist")),
-            "epochs": 1, "train_limit": None, "seed": 0}
+    return {
+        "run_id": run_id,
+        "dataset": "fashion-mnist",
+        "model": "cnn",
+        "defense": "standard",
+        "defense_params": {},
+        "dataset_info": asdict(dataset_info("fashion-mnist")),
+        "epochs": 1,
+        "train_limit": None,
+        "seed": 0,
+    }
 
 
 def write_checkpoint(d: Path, run_id: str, weights: bytes | None = None) -> Path:
@@ -71,8 +81,14 @@ def write_checkpoint(d: Path, run_id: str, weights: bytes | None = None) -> Path
     if weights is None:
         info = dataset_info("fashion-mnist")
         torch.manual_seed(0)
-        model = create_model("cnn", channels=1, num_classes=10, image_size=28, mean=list(info.mean),
-                             std=list(info.std))
+        model = create_model(
+            "cnn",
+            channels=1,
+            num_classes=10,
+            image_size=28,
+            mean=list(info.mean),
+            std=list(info.std),
+        )
         torch.save(model.state_dict(), d / "weights.pt")
     else:
         (d / "weights.pt").write_bytes(weights)
@@ -83,7 +99,8 @@ def _broken_checkpoints(bad: Path, good: Path) -> None:
     """Checkpoints broken in one way each (tiny weights where they are never reached)."""
     cfg = _config("x")
     configs: dict[str, Any] = {
-        "cfg-number": 42, "cfg-list": [1, 2],
+        "cfg-number": 42,
+        "cfg-list": [1, 2],
         "cfg-missing": {k: v for k, v in cfg.items() if k != "dataset_info"},
         "cfg-info-type": {**cfg, "dataset_info": "x"},
         "cfg-model-type": {**cfg, "model": 5},
@@ -99,10 +116,14 @@ def _broken_checkpoints(bad: Path, good: Path) -> None:
     (d / "config.json").mkdir()
     weights = (good / "weights.pt").read_bytes()
     write_checkpoint(bad / "truncated", "x", weights=weights[:1000])
-    write_checkpoint(bad / "foreign", "x", weights=b"PK\x03\x04" + bytes(range(256)) * 8)  # a broken zip
+    write_checkpoint(
+        bad / "foreign", "x", weights=b"PK\x03\x04" + bytes(range(256)) * 8
+    )  # a broken zip
     write_checkpoint(bad / "text", "x", weights=b'{"not": "weights"}\n')
     write_checkpoint(bad / "malicious", "x", weights=pickle.dumps(os.system))
-    d = write_checkpoint(bad / "incomplete", "x", weights=b"x")  # killed before its first epoch ended
+    d = write_checkpoint(
+        bad / "incomplete", "x", weights=b"x"
+    )  # killed before its first epoch ended
     (d / "weights.pt").unlink()
     (d / "run.json").write_text(json.dumps({"complete": False}))
     (bad / "no-config").mkdir()
@@ -121,7 +142,9 @@ def _stores(d: Path, good: Path) -> None:
         db.execute("CREATE TABLE t (x)")
     with sqlite3.connect(d / "old.sqlite") as db:
         db.execute("CREATE TABLE meta (key TEXT, value TEXT)")
-        db.executemany("INSERT INTO meta VALUES (?, ?)", [("application", "bench"), ("schema_version", "1")])
+        db.executemany(
+            "INSERT INTO meta VALUES (?, ?)", [("application", "bench"), ("schema_version", "1")]
+        )
     (d / "not-sqlite.sqlite").write_text("hello, not a database\n")
     (d / "a-directory.sqlite").mkdir()
     shutil.copy(good, d / "read-only.sqlite")
@@ -144,9 +167,29 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        assert main(["eval", "--attack", "fgsm", "--checkpoint", str(good), "--n", "8",
-                     "--batch-size", "8", "--eps", "0,8/255", "--db", str(store), "--no-progress",
-                     "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--attack",
+                    "fgsm",
+                    "--checkpoint",
+                    str(good),
+                    "--n",
+                    "8",
+                    "--batch-size",
+                    "8",
+                    "--eps",
+                    "0,8/255",
+                    "--db",
+                    str(store),
+                    "--no-progress",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
     finally:
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
@@ -185,8 +228,22 @@ def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
 
 CK = "{w}/home/checkpoints/ok"
 GOOD = "{w}/stores/good.sqlite"
-EVAL = ["eval", "--checkpoint", CK, "--n", "8", "--batch-size", "8", "--eps", "0,8/255",
-        "--db", GOOD, "--no-progress", "--device", "cpu"]
+EVAL = [
+    "eval",
+    "--checkpoint",
+    CK,
+    "--n",
+    "8",
+    "--batch-size",
+    "8",
+    "--eps",
+    "0,8/255",
+    "--db",
+    GOOD,
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 
 
 def ev(*extra: str, attack: str = "fgsm") -> list[str]:
@@ -196,7 +253,19 @@ def ev(*extra: str, attack: str = "fgsm") -> list[str]:
 
 
 def ev_ckpt(path: str) -> list[str]:
-    return ["eval", "--attack", "fgsm", "--checkpoint", path, "--n", "8", "--db", GOOD, "--device", "cpu"]
+    return [
+        "eval",
+        "--attack",
+        "fgsm",
+        "--checkpoint",
+        path,
+        "--n",
+        "8",
+        "--db",
+        GOOD,
+        "--device",
+        "cpu",
+    ]
 
 
 def ev_db(path: str) -> list[str]:
@@ -238,9 +307,15 @@ CASES: dict[str, tuple[list[str], str]] = {
     "eval-batch-huge": (ev("--batch-size", "99999999999999999999999"), "--batch-size must be in"),
     "eval-seed-negative": (ev("--seed", "-1"), "--seed must be in"),
     "eval-seed-huge": (ev("--seed", str(2**64)), "--seed must be in"),
-    "eval-set-negative-steps": (ev("--set", "pgd.steps=-3", attack="pgd"), "steps must be positive"),
+    "eval-set-negative-steps": (
+        ev("--set", "pgd.steps=-3", attack="pgd"),
+        "steps must be positive",
+    ),
     "eval-set-int-overflow": (ev("--set", "pgd.steps=" + "9" * 30, attack="pgd"), "out of range"),
-    "eval-set-int-digits": (ev("--set", "pgd.steps=" + "9" * 5000, attack="pgd"), "not a whole number"),
+    "eval-set-int-digits": (
+        ev("--set", "pgd.steps=" + "9" * 5000, attack="pgd"),
+        "not a whole number",
+    ),
     "eval-set-float-overflow": (ev("--set", "pgd.alpha=1e999/1", attack="pgd"), "out of range"),
     "eval-set-bool": (ev("--set", "pgd.random_start=maybe", attack="pgd"), "not a boolean"),
     "eval-set-unknown-key": (ev("--set", "pgd.nope=1", attack="pgd"), "has no parameter 'nope'"),
@@ -252,7 +327,10 @@ CASES: dict[str, tuple[list[str], str]] = {
     "eval-dataset-mismatch": (ev("--dataset", "mnist"), "not on --dataset mnist"),
     "eval-unknown-flag": (ev("--bogus"), "unrecognized arguments: --bogus"),
     "eval-name-without-factory": (ev("--name", "x"), "--name goes with --model-factory"),
-    "eval-weights-without-factory": (ev("--weights", "{w}/a-file"), "--weights goes with --model-factory"),
+    "eval-weights-without-factory": (
+        ev("--weights", "{w}/a-file"),
+        "--weights goes with --model-factory",
+    ),
     "eval-transfer-without-diagnose": (ev("--transfer-from", CK), "goes with --diagnose"),
     "eval-transfer-missing": (ev("--transfer-from", "{w}/nope", "--diagnose"), "does not exist"),
     "eval-transfer-loop": (ev("--transfer-from", "{w}/loop1", "--diagnose"), "symlink loop"),
@@ -273,33 +351,122 @@ CASES: dict[str, tuple[list[str], str]] = {
     "eval-cfg-broken-json": (ev_ckpt("{w}/bad/cfg-broken-json"), "corrupt"),
     "eval-cfg-info-wrong-type": (ev_ckpt("{w}/bad/cfg-info-type"), "config.json is corrupt"),
     "eval-cfg-model-wrong-type": (ev_ckpt("{w}/bad/cfg-model-type"), "unknown model"),
-    "eval-cfg-epochs-overflow": (ev_ckpt("{w}/bad/cfg-epochs-huge"), "epochs .* is not a whole number"),
+    "eval-cfg-epochs-overflow": (
+        ev_ckpt("{w}/bad/cfg-epochs-huge"),
+        "epochs .* is not a whole number",
+    ),
     "eval-cfg-is-directory": (ev_ckpt("{w}/bad/cfg-dir"), "is a directory"),
     "eval-run-json-list": (ev_ckpt("{w}/bad/run-list"), "run.json holds a JSON list"),
-    "eval-all-empty-dir": (["eval", "--attack", "fgsm", "--all", "--checkpoints-dir", "{w}/empty-dir",
-                            "--db", GOOD], "no finished checkpoints"),
-    "eval-all-dir-is-file": (["eval", "--attack", "fgsm", "--all", "--checkpoints-dir", "{w}/a-file",
-                              "--db", GOOD], "is not a directory"),
-    "eval-all-dir-loop": (["eval", "--attack", "fgsm", "--all", "--checkpoints-dir", "{w}/loop1",
-                           "--db", GOOD], "symlink loop"),
-    "eval-checkpoints-dir-with-checkpoint": (ev("--checkpoints-dir", "{w}/home"), "goes with --all"),
+    "eval-all-empty-dir": (
+        ["eval", "--attack", "fgsm", "--all", "--checkpoints-dir", "{w}/empty-dir", "--db", GOOD],
+        "no finished checkpoints",
+    ),
+    "eval-all-dir-is-file": (
+        ["eval", "--attack", "fgsm", "--all", "--checkpoints-dir", "{w}/a-file", "--db", GOOD],
+        "is not a directory",
+    ),
+    "eval-all-dir-loop": (
+        ["eval", "--attack", "fgsm", "--all", "--checkpoints-dir", "{w}/loop1", "--db", GOOD],
+        "symlink loop",
+    ),
+    "eval-checkpoints-dir-with-checkpoint": (
+        ev("--checkpoints-dir", "{w}/home"),
+        "goes with --all",
+    ),
     "eval-data-dir-is-file": (ev("--data-dir", "{w}/a-file"), "--data-dir .* is not a directory"),
     # ---- bench eval: other model sources
-    "eval-factory-spec": (["eval", "--attack", "fgsm", "--model-factory", "nocolon", "--dataset",
-                           "fashion-mnist", "--db", GOOD], "must be written"),
-    "eval-factory-not-a-model": (["eval", "--attack", "fgsm", "--model-factory", "{w}/factory.py:not_a_model",
-                                  "--dataset", "fashion-mnist", "--db", GOOD], "returned a int"),
-    "eval-factory-name-dotdot": (["eval", "--attack", "fgsm", "--model-factory", "{w}/factory.py:not_a_model",
-                                  "--name", "../x", "--dataset", "fashion-mnist", "--db", GOOD],
-                                 "run id '../x' must be a plain name"),
-    "eval-factory-without-dataset": (["eval", "--attack", "fgsm", "--model-factory", "x:y", "--db", GOOD],
-                                     "need --dataset"),
-    "eval-robustbench-dataset": (["eval", "--attack", "fgsm", "--robustbench", "Wong2020Fast", "--dataset",
-                                  "fashion-mnist", "--db", GOOD], "no fashion-mnist models"),
-    "eval-robustbench-threat": (["eval", "--attack", "fgsm", "--robustbench", "Wong2020Fast", "--dataset",
-                                 "cifar10", "--threat-model", "L7", "--db", GOOD], "threat model 'L7'"),
-    "eval-robustbench-unknown": (["eval", "--attack", "fgsm", "--robustbench", "Nope2099", "--dataset",
-                                  "cifar10", "--db", GOOD], "unknown RobustBench cifar10 Linf model"),
+    "eval-factory-spec": (
+        [
+            "eval",
+            "--attack",
+            "fgsm",
+            "--model-factory",
+            "nocolon",
+            "--dataset",
+            "fashion-mnist",
+            "--db",
+            GOOD,
+        ],
+        "must be written",
+    ),
+    "eval-factory-not-a-model": (
+        [
+            "eval",
+            "--attack",
+            "fgsm",
+            "--model-factory",
+            "{w}/factory.py:not_a_model",
+            "--dataset",
+            "fashion-mnist",
+            "--db",
+            GOOD,
+        ],
+        "returned a int",
+    ),
+    "eval-factory-name-dotdot": (
+        [
+            "eval",
+            "--attack",
+            "fgsm",
+            "--model-factory",
+            "{w}/factory.py:not_a_model",
+            "--name",
+            "../x",
+            "--dataset",
+            "fashion-mnist",
+            "--db",
+            GOOD,
+        ],
+        "run id '../x' must be a plain name",
+    ),
+    "eval-factory-without-dataset": (
+        ["eval", "--attack", "fgsm", "--model-factory", "x:y", "--db", GOOD],
+        "need --dataset",
+    ),
+    "eval-robustbench-dataset": (
+        [
+            "eval",
+            "--attack",
+            "fgsm",
+            "--robustbench",
+            "Wong2020Fast",
+            "--dataset",
+            "fashion-mnist",
+            "--db",
+            GOOD,
+        ],
+        "no fashion-mnist models",
+    ),
+    "eval-robustbench-threat": (
+        [
+            "eval",
+            "--attack",
+            "fgsm",
+            "--robustbench",
+            "Wong2020Fast",
+            "--dataset",
+            "cifar10",
+            "--threat-model",
+            "L7",
+            "--db",
+            GOOD,
+        ],
+        "threat model 'L7'",
+    ),
+    "eval-robustbench-unknown": (
+        [
+            "eval",
+            "--attack",
+            "fgsm",
+            "--robustbench",
+            "Nope2099",
+            "--dataset",
+            "cifar10",
+            "--db",
+            GOOD,
+        ],
+        "unknown RobustBench cifar10 Linf model",
+    ),
     # ---- bench eval: results stores
     "eval-db-directory": (ev_db("{w}/stores/a-directory.sqlite"), "is a directory"),
     "eval-db-not-sqlite": (ev_db("{w}/stores/not-sqlite.sqlite"), "not a usable SQLite file"),
@@ -312,9 +479,15 @@ CASES: dict[str, tuple[list[str], str]] = {
     "eval-db-loop": (ev_db("{w}/loop1"), "symlink loop"),
     "eval-db-long-name": (ev_db("{w}/" + LONG + ".sqlite"), "longer than 255 bytes"),
     # ---- bench report
-    "report-db-missing": (["report", "--db", "{w}/nope.sqlite", "--out", "{w}/report-out"], "does not exist"),
+    "report-db-missing": (
+        ["report", "--db", "{w}/nope.sqlite", "--out", "{w}/report-out"],
+        "does not exist",
+    ),
     "report-db-directory": (rep("--db", "{w}/stores/a-directory.sqlite"), "is not a file"),
-    "report-db-not-sqlite": (rep("--db", "{w}/stores/not-sqlite.sqlite"), "not a usable SQLite file"),
+    "report-db-not-sqlite": (
+        rep("--db", "{w}/stores/not-sqlite.sqlite"),
+        "not a usable SQLite file",
+    ),
     "report-db-foreign": (rep("--db", "{w}/stores/foreign.sqlite"), "not a bench results store"),
     "report-db-old-layout": (rep("--db", "{w}/stores/old.sqlite"), "layout version 1"),
     "report-db-empty": (rep("--db", "{w}/stores/empty.sqlite"), "empty store"),
@@ -332,12 +505,17 @@ CASES: dict[str, tuple[list[str], str]] = {
     # ---- bench quick: everything is checked before a checkpoint is deleted or trained
     "quick-n-negative": (["quick", "--n", "-5"], "--n must be in 1..2\\*\\*63-1"),
     "quick-epochs-huge": (["quick", "--epochs", "9" * 30], "--epochs must be in"),
-    "quick-n-above-test-split": (["quick", "--n", "1000", "--defenses", "standard", "--train-limit", "16"], "--n 1000 is larger"),
+    "quick-n-above-test-split": (
+        ["quick", "--n", "1000", "--defenses", "standard", "--train-limit", "16"],
+        "--n 1000 is larger",
+    ),
     "quick-unknown-defense": (["quick", "--defenses", "nope"], "unknown defense 'nope'"),
     "quick-no-defense": (["quick", "--defenses", ","], "names no defense"),
     "quick-epochs-zero": (["quick", "--epochs", "0"], "--epochs must be in"),
-    "quick-train-limit-above-split": (["quick", "--train-limit", "100000", "--defenses", "standard"],
-                                      "larger than the"),
+    "quick-train-limit-above-split": (
+        ["quick", "--train-limit", "100000", "--defenses", "standard"],
+        "larger than the",
+    ),
     "quick-grid-1e-9": (["quick", "--eps", "0:1:1e-9"], "more than 1000 points"),
     "quick-train-eps-overflow": (["quick", "--train-eps", "1e999/1"], "out of range"),
     "quick-rank-eps-word": (["quick", "--rank-eps", "abc"], "is not a number"),
@@ -345,12 +523,20 @@ CASES: dict[str, tuple[list[str], str]] = {
     "quick-seed-negative": (["quick", "--seed", "-1"], "--seed must be"),
     "quick-out-is-file": (["quick", "--out", "{w}/a-file"], "exists and is not a directory"),
     "quick-out-read-only": (["quick", "--out", "{w}/ro-out"], "is read-only"),
-    "quick-checkpoints-is-file": (["quick", "--checkpoints", "{w}/a-file"], "exists and is not a directory"),
+    "quick-checkpoints-is-file": (
+        ["quick", "--checkpoints", "{w}/a-file"],
+        "exists and is not a directory",
+    ),
     "quick-checkpoints-loop": (["quick", "--checkpoints", "{w}/loop1"], "symlink loop"),
-    "quick-db-foreign": (["quick", "--db", "{w}/stores/foreign.sqlite"], "not a bench results store"),
+    "quick-db-foreign": (
+        ["quick", "--db", "{w}/stores/foreign.sqlite"],
+        "not a bench results store",
+    ),
     "quick-db-read-only": (["quick", "--db", "{w}/stores/read-only.sqlite"], "is read-only"),
-    "quick-data-dir-is-file": (["quick", "--data-dir", "{w}/a-file", "--defenses", "standard"],
-                               "is not a directory"),
+    "quick-data-dir-is-file": (
+        ["quick", "--data-dir", "{w}/a-file", "--defenses", "standard"],
+        "is not a directory",
+    ),
     "quick-device": (["quick", "--device", "tpu"], "--device 'tpu'"),
     # ---- bench list and the top level
     "list-unknown-flag": (["list", "--bogus"], "unrecognized arguments"),
@@ -368,23 +554,43 @@ CASES: dict[str, tuple[list[str], str]] = {
     "train-seeds-huge": (["train", "--seeds", str(2**64)], "outside 0..2\\*\\*63-1"),
     "train-unknown-param": (["train", "--set", "nope=1"], "has no parameter 'nope'"),
     "train-param-overflow": (["train", "--defense", "pgd-at", "--eps", "1e999/1"], "out of range"),
-    "train-param-int-overflow": (["train", "--defense", "pgd-at", "--steps", "9" * 30], "out of range"),
-    "train-data-dir-is-file": (["train", "--data-dir", "{w}/a-file", "--epochs", "1"], "is not a directory"),
+    "train-param-int-overflow": (
+        ["train", "--defense", "pgd-at", "--steps", "9" * 30],
+        "out of range",
+    ),
+    "train-data-dir-is-file": (
+        ["train", "--data-dir", "{w}/a-file", "--epochs", "1"],
+        "is not a directory",
+    ),
     "train-resume-missing": (["train", "--resume", "{w}/nope"], "no such run directory"),
     "train-resume-broken-config": (["train", "--resume", "{w}/bad/cfg-list"], "config.json lacks"),
-    "train-run-id-too-long": (["train", "--run-id", LONG, "--out", "{w}/train-out", "--epochs", "1"],
-                              "255"),
+    "train-run-id-too-long": (
+        ["train", "--run-id", LONG, "--out", "{w}/train-out", "--epochs", "1"],
+        "255",
+    ),
     "train-out-is-file": (["train", "--out", "{w}/a-file", "--epochs", "1"], "not a directory"),
-    "train-out-read-only": (["train", "--out", "{w}/ro-train", "--epochs", "1", "--train-limit", "16"],
-                            "read-only"),
+    "train-out-read-only": (
+        ["train", "--out", "{w}/ro-train", "--epochs", "1", "--train-limit", "16"],
+        "read-only",
+    ),
     "train-out-loop": (["train", "--out", "{w}/loop1", "--epochs", "1"], "symlink loop"),
     "train-resume-config-dir": (["train", "--resume", "{w}/bad/cfg-dir"], "directory"),
     "train-resume-loop": (["train", "--resume", "{w}/loop1"], "symlink loop"),
     "train-epochs-huge": (["train", "--epochs", "9" * 30, "--out", "{w}/train-out"], "--epochs"),
-    "train-epochs-too-many": (["train", "--epochs", "1000001", "--out", "{w}/train-out"], "--epochs must be"),
-    "train-batch-huge": (["train", "--batch-size", "10000001", "--out", "{w}/train-out"], "--batch-size must be"),
-    "train-eval-n-huge": (["train", "--eval-n", "1000000000", "--out", "{w}/train-out"], "--eval-n must be"),
+    "train-epochs-too-many": (
+        ["train", "--epochs", "1000001", "--out", "{w}/train-out"],
+        "--epochs must be",
+    ),
+    "train-batch-huge": (
+        ["train", "--batch-size", "10000001", "--out", "{w}/train-out"],
+        "--batch-size must be",
+    ),
+    "train-eval-n-huge": (
+        ["train", "--eval-n", "1000000000", "--out", "{w}/train-out"],
+        "--eval-n must be",
+    ),
 }
+
 
 def _fill(argv: list[str], w: Path) -> list[str]:
     return [a.replace("{w}", str(w)) for a in argv]
@@ -413,7 +619,9 @@ def test_enough_cases() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input(name: str, bench_env: Path, capsys: pytest.CaptureFixture[str], one_thread: None) -> None:
+def test_bad_input(
+    name: str, bench_env: Path, capsys: pytest.CaptureFixture[str], one_thread: None
+) -> None:
     """One line on stderr naming what is wrong, exit 2, nothing written or changed."""
     import re
 
@@ -427,13 +635,17 @@ def test_bad_input(name: str, bench_env: Path, capsys: pytest.CaptureFixture[str
     assert snapshot(bench_env) == before
 
 
-def test_quick_bad_defense_keeps_the_last_quick_checkpoint(bench_env: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_quick_bad_defense_keeps_the_last_quick_checkpoint(
+    bench_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``bench quick --defenses nope`` neither deletes nor retrains the last quick run."""
     old = bench_env / "home" / "checkpoints" / "quick" / "quick-standard"
     files = {p.name: p.read_bytes() for p in old.iterdir()}
-    for argv in (["quick", "--defenses", "standard,nope"], ["quick", "--n", "-5"],
-                 ["quick", "--defenses", "standard", "--n", "1000", "--train-limit", "16"]):
+    for argv in (
+        ["quick", "--defenses", "standard,nope"],
+        ["quick", "--n", "-5"],
+        ["quick", "--defenses", "standard", "--n", "1000", "--train-limit", "16"],
+    ):
         rc, lines = run_cli(argv, capsys)
         assert rc == 2 and len(lines) == 1, lines
         assert {p.name: p.read_bytes() for p in old.iterdir()} == files
@@ -465,16 +677,33 @@ def test_a_real_process_prints_one_line(world: Path) -> None:
     import sys
 
     env = {**os.environ, "BENCH_HOME": str(world / "home"), "BENCH_DATA_DIR": str(world / "data")}
-    proc = subprocess.run([sys.executable, "-m", "bench", "eval", "--attack", "fgsm", "--eps", "0:1:1e-9",
-                           "--checkpoint", str(world / "home" / "checkpoints" / "ok")],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "eval",
+            "--attack",
+            "fgsm",
+            "--eps",
+            "0:1:1e-9",
+            "--checkpoint",
+            str(world / "home" / "checkpoints" / "ok"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.splitlines() == ["bench: error: eps grid '0:1:1e-9' has more than 1000 points; "
-                                        "use a larger step"]
+    assert proc.stderr.splitlines() == [
+        "bench: error: eps grid '0:1:1e-9' has more than 1000 points; use a larger step"
+    ]
 
 
 def test_api_refuses_a_grid_over_the_limit() -> None:
-    """A list given to the Python API never went through the eps parser: the grid limit holds there too."""
+    """A list given to the Python API never went through the eps parser: the grid limit holds
+    there too."""
     from bench.errors import UsageError
     from bench.params import MAX_GRID_POINTS
 

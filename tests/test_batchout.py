@@ -24,16 +24,24 @@ from bench.models import create_model
 
 
 class TinyNet(nn.Module):
-    """``blocks`` conv blocks (each output [N, C, H, W]) then a linear head; exposes feature_layers."""
+    """``blocks`` conv blocks (each output [N, C, H, W]) then a linear head; exposes
+    feature_layers."""
 
     def __init__(
-        self, blocks: int = 4, channels: int = 4, in_channels: int = 1, num_classes: int = 3, norm: bool = False
+        self,
+        blocks: int = 4,
+        channels: int = 4,
+        in_channels: int = 1,
+        num_classes: int = 3,
+        norm: bool = False,
     ) -> None:
         super().__init__()
         layers = []
         for i in range(blocks):
             conv = nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1)
-            layers.append(nn.Sequential(conv, nn.BatchNorm2d(channels) if norm else nn.Identity(), nn.ReLU()))
+            layers.append(
+                nn.Sequential(conv, nn.BatchNorm2d(channels) if norm else nn.Identity(), nn.ReLU())
+            )
         self.blocks = nn.Sequential(*layers)
         self.head = nn.Linear(channels, num_classes)
         self.feature_layers = [f"blocks.{i}" for i in range(blocks)]
@@ -60,7 +68,8 @@ def _capture(module: nn.Module, store: dict[str, torch.Tensor], key: str) -> Any
 
 def _all_hooks(model: nn.Module) -> int:
     return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in model.modules()
     )
 
 
@@ -112,7 +121,9 @@ def test_eval_mode_is_bitwise_unchanged_and_draws_nothing(pairing: str) -> None:
 # --- which samples are perturbed ---------------------------------------------------------------
 
 
-def _hooked_outputs(defense: BatchOut, layer: str, m: int = 8) -> tuple[torch.Tensor, torch.Tensor, TinyNet]:
+def _hooked_outputs(
+    defense: BatchOut, layer: str, m: int = 8
+) -> tuple[torch.Tensor, torch.Tensor, TinyNet]:
     """Clean and perturbed outputs of ``layer`` in one training-mode pass (batch of ``m``)."""
     model = _model().train()
     store: dict[str, torch.Tensor] = {}
@@ -135,7 +146,8 @@ def test_first_k_perturbs_exactly_k_count(k: float, m: int) -> None:
     torch.manual_seed(2)
     # Mutual pairing with an even batch: nobody is its own partner, so every selected row moves.
     defense = build_defense(
-        "batchout", {"k": str(k), "pairing": "mutual", "magnitude": "0.3", "layers": "names:blocks.2"}
+        "batchout",
+        {"k": str(k), "pairing": "mutual", "magnitude": "0.3", "layers": "names:blocks.2"},
     )
     clean, out, _ = _hooked_outputs(defense, "blocks.2", m)
     changed = _changed(out, clean)
@@ -150,7 +162,8 @@ def test_first_k_perturbs_exactly_k_count(k: float, m: int) -> None:
 def test_hooked_output_is_exact_formula_with_identity_gradient(samples: str, pairing: str) -> None:
     torch.manual_seed(3)
     defense = build_defense(
-        "batchout", {"samples": samples, "pairing": pairing, "magnitude": "0.3", "layers": "names:blocks.1"}
+        "batchout",
+        {"samples": samples, "pairing": pairing, "magnitude": "0.3", "layers": "names:blocks.1"},
     )
     clean, out, _ = _hooked_outputs(defense, "blocks.1", 9)
     r = defense.last_partners["blocks.1"]
@@ -165,7 +178,9 @@ def test_hooked_output_is_exact_formula_with_identity_gradient(samples: str, pai
 
 def test_all_perturbs_every_sample_with_another_partner() -> None:
     torch.manual_seed(4)
-    defense = build_defense("batchout", {"samples": "all", "magnitude": "0.3", "layers": "names:blocks.3"})
+    defense = build_defense(
+        "batchout", {"samples": "all", "magnitude": "0.3", "layers": "names:blocks.3"}
+    )
     clean, out, _ = _hooked_outputs(defense, "blocks.3", 16)
     r = defense.last_partners["blocks.3"]
     assert (r != torch.arange(16)).sum() >= 8  # the seeded draw has plenty of non-self partners
@@ -237,7 +252,9 @@ def test_same_class_partners_share_the_label(pairing: str) -> None:
 def test_same_class_through_loss_uses_the_labels(pairing: str) -> None:
     torch.manual_seed(10)
     model = _model().train()
-    defense = build_defense("batchout", {"pairing": pairing, "partners": "same-class", "layers": "all"})
+    defense = build_defense(
+        "batchout", {"pairing": pairing, "partners": "same-class", "layers": "all"}
+    )
     defense.attach(model)
     y = torch.tensor([0, 1, 0, 2, 1, 0, 1, 0, 2, 2, 1])
     defense.loss(model, torch.randn(11, 1, 6, 6), y)
@@ -257,10 +274,14 @@ def test_fixed_magnitude(text: str, value: float) -> None:
     assert all(draw_magnitude(spec) == value for _ in range(10))
 
 
-@pytest.mark.parametrize("text,lo,hi", [("uniform:0:0.15", 0.0, 0.15), ("uniform:-1/5:3/10", -0.2, 0.3)])
+@pytest.mark.parametrize(
+    "text,lo,hi", [("uniform:0:0.15", 0.0, 0.15), ("uniform:-1/5:3/10", -0.2, 0.3)]
+)
 def test_uniform_magnitude(text: str, lo: float, hi: float) -> None:
     torch.manual_seed(11)
-    draws = torch.tensor([draw_magnitude(parse_magnitude(text)) for _ in range(500)], dtype=torch.float64)
+    draws = torch.tensor(
+        [draw_magnitude(parse_magnitude(text)) for _ in range(500)], dtype=torch.float64
+    )
     assert draws.min() >= lo and draws.max() <= hi
     mid = (lo + hi) / 2
     assert (draws < mid).any() and (draws > mid).any()
@@ -277,7 +298,8 @@ def test_magnitude_drawn_once_per_pass_and_shared() -> None:
     torch.manual_seed(13)
     model = _model().train()
     defense = build_defense(
-        "batchout", {"samples": "all", "magnitude": "choice:-0.2,0.3", "layers": "names:blocks.1,blocks.3"}
+        "batchout",
+        {"samples": "all", "magnitude": "choice:-0.2,0.3", "layers": "names:blocks.1,blocks.3"},
     )
     store: dict[str, torch.Tensor] = {}
     modules = dict(model.named_modules())
@@ -320,7 +342,9 @@ def test_select_layers(spec: str, expected: list[str]) -> None:
     assert select_layers(spec, SIX) == expected
 
 
-@pytest.mark.parametrize("spec,needle", [("after:6", "depth 6"), ("alternate:9", "depth 9"), ("names:a,zz", "'zz'")])
+@pytest.mark.parametrize(
+    "spec,needle", [("after:6", "depth 6"), ("alternate:9", "depth 9"), ("names:a,zz", "'zz'")]
+)
 def test_select_layers_rejects_with_the_valid_list(spec: str, needle: str) -> None:
     with pytest.raises(UsageError, match=needle) as info:
         select_layers(spec, SIX)
@@ -346,7 +370,12 @@ def test_attach_hooks_the_selected_layers() -> None:
 def test_defaults_are_algorithm_1() -> None:
     d = build_defense("batchout")
     assert (d.samples, d.k, d.pairing, d.partners, d.magnitude, d.layers) == (
-        "first-k", 0.5, "random", "any", "uniform:0:0.15", "after:1"
+        "first-k",
+        0.5,
+        "random",
+        "any",
+        "uniform:0:0.15",
+        "after:1",
     )
 
 
@@ -384,7 +413,9 @@ def test_direct_construction_raises_value_error() -> None:
         BatchOut(magnitude="uniform:x:1")
 
 
-@pytest.mark.parametrize("layers,needle", [("after:99", "99"), ("alternate:4", "4"), ("names:blocks.9", "blocks.9")])
+@pytest.mark.parametrize(
+    "layers,needle", [("after:99", "99"), ("alternate:4", "4"), ("names:blocks.9", "blocks.9")]
+)
 def test_bad_placement_fails_at_attach(layers: str, needle: str) -> None:
     model = _model(4)
     defense = build_defense("batchout", {"layers": layers})
@@ -424,7 +455,12 @@ def test_detach_removes_every_hook() -> None:
     "values",
     [
         {},
-        {"samples": "all", "pairing": "mutual", "magnitude": "choice:-0.2,0,0.3", "layers": "alternate:1"},
+        {
+            "samples": "all",
+            "pairing": "mutual",
+            "magnitude": "choice:-0.2,0,0.3",
+            "layers": "alternate:1",
+        },
         {"partners": "same-class", "magnitude": "0.3", "layers": "all"},
     ],
 )
@@ -433,7 +469,9 @@ def test_sgd_steps_lower_the_clean_loss(values: dict[str, str]) -> None:
     y = torch.arange(64) % 2
     # Easy: class 1 images are bright, class 0 dark, plus a little noise.
     x = 0.2 * torch.rand(64, 1, 6, 6) + 0.6 * y.view(-1, 1, 1, 1)
-    model = TinyNet(4, channels=8, num_classes=2, norm=True)  # BatchNorm: trains reliably in 30 steps
+    model = TinyNet(
+        4, channels=8, num_classes=2, norm=True
+    )  # BatchNorm: trains reliably in 30 steps
     defense = build_defense("batchout", values)
     defense.attach(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

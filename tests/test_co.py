@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_idx
 
 from bench import checkpoint
 from bench.cli import main
-from conftest import write_idx
 from bench.data import load_dataset
 from bench.defenses import DEFENSES
 from bench.defenses.overfitting import COLLAPSE_RULE, Monitor, collapsed, heldout_size
@@ -52,7 +52,10 @@ def test_monitor_measures_with_a_fixed_start_and_leaves_global_rng_alone(tiny_mo
     fgsm, pgd = first
     assert 0.0 <= pgd <= 1.0 and 0.0 <= fgsm <= 1.0
     clean = float((tiny_model.eval()(x).argmax(1) == y).float().mean())
-    assert Monitor(0.0, x, y).measure(tiny_model) == (clean, clean)  # eps 0: both are clean accuracy
+    assert Monitor(0.0, x, y).measure(tiny_model) == (
+        clean,
+        clean,
+    )  # eps 0: both are clean accuracy
 
 
 # --- real runs ------------------------------------------------------------------------------
@@ -74,11 +77,35 @@ def _band_data(root: Path, n: int = 512) -> Path:
     return root
 
 
-def _train(tmp_path: Path, data: Path, defense: str, run_id: str, *extra: str) -> checkpoint.Checkpoint:
-    argv = ["train", "--defense", defense, "--dataset", "fashion-mnist", "--model", "cnn",
-            "--train-limit", "384", "--batch-size", "32", "--eval-n", "64", "--schedule", "cosine",
-            "--data-dir", str(data), "--no-download", "--no-progress", "--out", str(tmp_path / "ckpt"),
-            "--run-id", run_id, *extra]
+def _train(
+    tmp_path: Path, data: Path, defense: str, run_id: str, *extra: str
+) -> checkpoint.Checkpoint:
+    argv = [
+        "train",
+        "--defense",
+        defense,
+        "--dataset",
+        "fashion-mnist",
+        "--model",
+        "cnn",
+        "--train-limit",
+        "384",
+        "--batch-size",
+        "32",
+        "--eval-n",
+        "64",
+        "--schedule",
+        "cosine",
+        "--data-dir",
+        str(data),
+        "--no-download",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "ckpt"),
+        "--run-id",
+        run_id,
+        *extra,
+    ]
     assert main(argv) == 0
     return checkpoint.read_checkpoint(tmp_path / "ckpt" / run_id)
 
@@ -91,8 +118,20 @@ def test_a_real_collapse_is_detected(tmp_path, capsys, one_thread):
     4 and 6); the second is tried only if the first does not."""
     data = _band_data(tmp_path / "data")
     for seed in ("2", "0"):
-        ck = _train(tmp_path, data, "fgsm-at", f"co-{seed}", "--eps", "0.3", "--lr", "0.1",
-                       "--epochs", "10", "--seed", seed)
+        ck = _train(
+            tmp_path,
+            data,
+            "fgsm-at",
+            f"co-{seed}",
+            "--eps",
+            "0.3",
+            "--lr",
+            "0.1",
+            "--epochs",
+            "10",
+            "--seed",
+            seed,
+        )
         co = ck.run["catastrophic_overfitting"]
         if co["detected"]:
             break
@@ -123,10 +162,33 @@ def test_a_healthy_run_is_not_flagged(tmp_path, capsys, one_thread):
 
 
 def test_only_single_step_defenses_are_watched(tmp_path, fmnist_dir, capsys):
-    assert [n for n in DEFENSES.names() if DEFENSES[n].factory.single_step] == ["fgsm-at", "fgsm-rs"]
-    argv = ["train", "--defense", "pgd-at", "--steps", "1", "--alpha", "8/255", "--epochs", "1",
-            "--train-limit", "64", "--eval-n", "32", "--data-dir", str(fmnist_dir), "--no-download",
-            "--no-progress", "--out", str(tmp_path / "ckpt"), "--run-id", "p"]
+    assert [n for n in DEFENSES.names() if DEFENSES[n].factory.single_step] == [
+        "fgsm-at",
+        "fgsm-rs",
+    ]
+    argv = [
+        "train",
+        "--defense",
+        "pgd-at",
+        "--steps",
+        "1",
+        "--alpha",
+        "8/255",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "64",
+        "--eval-n",
+        "32",
+        "--data-dir",
+        str(fmnist_dir),
+        "--no-download",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "ckpt"),
+        "--run-id",
+        "p",
+    ]
     assert main(argv) == 0
     ck = checkpoint.read_checkpoint(tmp_path / "ckpt" / "p")
     assert "catastrophic_overfitting" not in ck.run and "heldout_pgd_acc" not in ck.log[0]
@@ -138,6 +200,8 @@ def test_the_heldout_batch_is_never_trained_on(fmnist_dir):
 
     full = load_dataset("fashion-mnist", "train", fmnist_dir, download=False)
     # A limit reaching into the last quarter is cut short of it.
-    p = prepare(TrainConfig(defense="fgsm-at", train_limit=250, data_dir=str(fmnist_dir), download=False))
+    p = prepare(
+        TrainConfig(defense="fgsm-at", train_limit=250, data_dir=str(fmnist_dir), download=False)
+    )
     assert p.heldout is not None and len(p.heldout) == 64 and len(p.train_set) == 192
     assert torch.equal(p.heldout.x, full.x[192:]) and torch.equal(p.train_set.x, full.x[:192])

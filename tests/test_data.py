@@ -83,16 +83,28 @@ def write_cifar10(root: Path, protocol: int = 2) -> Expected:
     xs, ys = [], []
     for i, n in enumerate((2, 1, 2, 1, 1), start=1):  # 7 train points over five batches
         x, y = _cifar_split(rng, n, 10)
-        batch = {b"batch_label": f"training batch {i} of 5".encode(), b"labels": y, b"data": x,
-                 b"filenames": [f"img{i}_{j}.png".encode() for j in range(n)]}
+        batch = {
+            b"batch_label": f"training batch {i} of 5".encode(),
+            b"labels": y,
+            b"data": x,
+            b"filenames": [f"img{i}_{j}.png".encode() for j in range(n)],
+        }
         with open(folder / f"data_batch_{i}", "wb") as fh:
             pickle.dump(batch, fh, protocol=protocol)
         xs.append(x)
         ys += y
     xt, yt = _cifar_split(rng, SIZES["test"], 10)
     with open(folder / "test_batch", "wb") as fh:
-        pickle.dump({b"batch_label": b"testing batch 1 of 1", b"labels": yt, b"data": xt,
-                     b"filenames": [b"t.png"] * len(yt)}, fh, protocol=protocol)
+        pickle.dump(
+            {
+                b"batch_label": b"testing batch 1 of 1",
+                b"labels": yt,
+                b"data": xt,
+                b"filenames": [b"t.png"] * len(yt),
+            },
+            fh,
+            protocol=protocol,
+        )
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"airplane"]}))
     return {
         "train": (np.concatenate(xs).reshape(-1, 3, 32, 32), np.array(ys, dtype=np.int64)),
@@ -111,9 +123,17 @@ def write_cifar100(root: Path, protocol: int = 2) -> Expected:
         fine[0] = 99  # the top class must be accepted
         coarse = [v // 5 for v in fine]
         with open(folder / split, "wb") as fh:
-            pickle.dump({b"filenames": [b"f.png"] * len(fine), b"batch_label": split.encode(),
-                         b"fine_labels": fine, b"coarse_labels": coarse, b"data": x}, fh,
-                        protocol=protocol)
+            pickle.dump(
+                {
+                    b"filenames": [b"f.png"] * len(fine),
+                    b"batch_label": split.encode(),
+                    b"fine_labels": fine,
+                    b"coarse_labels": coarse,
+                    b"data": x,
+                },
+                fh,
+                protocol=protocol,
+            )
         out[split] = (x.reshape(-1, 3, 32, 32), np.array(fine, dtype=np.int64))
     return out
 

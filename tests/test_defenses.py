@@ -14,7 +14,9 @@ ADVERSARIAL = ["pgd-at", "fgsm-at", "fgsm-rs", "trades"]
 
 
 def _perturb(defense, model, x, y):
-    return defense.perturb(model, x) if isinstance(defense, TRADES) else defense.perturb(model, x, y)
+    return (
+        defense.perturb(model, x) if isinstance(defense, TRADES) else defense.perturb(model, x, y)
+    )
 
 
 @pytest.mark.parametrize("name", ADVERSARIAL)
@@ -125,13 +127,21 @@ def test_the_step_rule_reaches_the_attack(tiny_model, tiny_data):
 @pytest.mark.parametrize("name", ["pgd-at", "trades"])
 @pytest.mark.parametrize(
     "values",
-    [{"eps": "0.1", "alpha": "2/255"}, {"eps": "8/255", "alpha": "0.5/255"}, {"eps": "8/255", "alpha": "2/255", "steps": "3"}],
+    [
+        {"eps": "0.1", "alpha": "2/255"},
+        {"eps": "8/255", "alpha": "0.5/255"},
+        {"eps": "8/255", "alpha": "2/255", "steps": "3"},
+    ],
 )
 def test_an_alpha_that_cannot_reach_eps_is_refused(name, values):
     with pytest.raises(UsageError) as info:
         build_defense(name, values)
     message = str(info.value)
-    assert "\n" not in message and "can't reach the edge of the ball" in message and "steps*alpha" in message
+    assert (
+        "\n" not in message
+        and "can't reach the edge of the ball" in message
+        and "steps*alpha" in message
+    )
 
 
 def test_bench_list_shows_the_step_rules():
@@ -141,7 +151,9 @@ def test_bench_list_shows_the_step_rules():
 
 def test_alpha_exactly_reaching_eps_is_accepted():
     assert build_defense("pgd-at", {"eps": "8/255", "alpha": "2/255", "steps": "4"}).step == 2 / 255
-    assert build_defense("trades", {"eps": "0.1", "alpha": "0.025"}).step == 0.025  # the README's example
+    assert (
+        build_defense("trades", {"eps": "0.1", "alpha": "0.025"}).step == 0.025
+    )  # the README's example
 
 
 def test_mixup_mixes_labels_with_the_same_lambda(tiny_model, tiny_data, monkeypatch):

@@ -1,5 +1,6 @@
-"""Attack-failure diagnostics (bench.evaluation.diagnostics) against planted models that fake robustness
-(tests/planted.py) and honest ones: every planted model gets its flags, no honest model any."""
+"""Attack-failure diagnostics (bench.evaluation.diagnostics) against planted models that fake
+robustness (tests/planted.py) and honest ones: every planted model gets its flags, no honest
+model any."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import functools
 import json
 import math
 
+import planted as P
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import planted as P
 from bench.evaluation import diagnostics as D
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,7 +25,9 @@ STEPS = 100
 # --------------------------------------------------------------- a mini evaluation
 
 
-def _robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+def _robust(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor
+) -> torch.Tensor:
     with torch.no_grad():
         return (model(x).argmax(1) == y) & (model(x_adv).argmax(1) == y)
 
@@ -34,8 +37,12 @@ def _fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> tor
     return x.clone() if g is None else (x + eps * g.sign()).clamp(0, 1)
 
 
-def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return D.pgd_with_trace(model, x, y, eps, STEPS, alpha, generator=torch.Generator().manual_seed(0))
+def _pgd(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return D.pgd_with_trace(
+        model, x, y, eps, STEPS, alpha, generator=torch.Generator().manual_seed(0)
+    )
 
 
 def _square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
@@ -73,17 +80,23 @@ def findings(name: str) -> dict[str, D.Finding]:
     pgd = _robust(model, x, y, x_pgd)
     whitebox = fgsm & pgd
     square = _robust(model, x, y, _square(model, x, y, EPS))
-    out["iterative-vs-single-step"] = D.compare_attacks("iterative-vs-single-step", "fgsm", fgsm, "pgd", pgd)
-    out["square-vs-whitebox"] = D.compare_attacks("square-vs-whitebox", "square", square, "white-box", whitebox)
+    out["iterative-vs-single-step"] = D.compare_attacks(
+        "iterative-vs-single-step", "fgsm", fgsm, "pgd", pgd
+    )
+    out["square-vs-whitebox"] = D.compare_attacks(
+        "square-vs-whitebox", "square", square, "white-box", whitebox
+    )
     out["loss-trace"] = D.check_loss_trace(losses, robust=pgd)
     out["transfer"] = D.check_transfer(model, x, y, _transfer_examples(), whitebox, eps=EPS)
     out["walk-inference"] = _inference(model, x, y, whitebox)
     return out
 
 
-def _inference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, robust: torch.Tensor) -> D.Finding:
-    """As bench.evaluation.audit.inference on a walk down from EPS: the points robust at EPS, attacked by
-    PGD directly at EPS / 2."""
+def _inference(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, robust: torch.Tensor
+) -> D.Finding:
+    """As bench.evaluation.audit.inference on a walk down from EPS: the points robust at EPS,
+    attacked by PGD directly at EPS / 2."""
     idx = robust.nonzero().flatten()
     x_half = _pgd(model, x[idx], y[idx], EPS / 2, 2.5 * EPS / 2 / STEPS)[0]
     return D.check_inference(EPS / 2, EPS, _robust(model, x[idx], y[idx], x_half))
@@ -102,7 +115,14 @@ def _flags(name: str) -> set[str]:
 
 def test_planted_catalogue_covers_the_cheap_checks() -> None:
     must = set().union(*(p.must for p in P.planted()))
-    assert {"randomized", "probabilities", "gradients", "large-budget", "transfer", "square-vs-whitebox"} <= must
+    assert {
+        "randomized",
+        "probabilities",
+        "gradients",
+        "large-budget",
+        "transfer",
+        "square-vs-whitebox",
+    } <= must
     assert all(p.must <= set(D.CHECKS) and p.may <= set(D.CHECKS) for p in P.planted())
 
 
@@ -131,7 +151,9 @@ def test_honest_model_gets_no_flag(name: str) -> None:
 def test_findings_are_json_with_source_and_numbers(name: str) -> None:
     for check, f in findings(name).items():
         d = json.loads(json.dumps(f.as_dict()))
-        assert d["check"] == check and d["source"] == D.SOURCES[check] and d["summary"] and d["advice"]
+        assert (
+            d["check"] == check and d["source"] == D.SOURCES[check] and d["summary"] and d["advice"]
+        )
         assert isinstance(d["details"], dict) and d["details"]
         assert any(ch.isdigit() for ch in d["summary"])
 
@@ -216,6 +238,7 @@ def test_gradient_threshold_allows_one_point_in_a_hundred() -> None:
             keep = torch.ones(len(t), 1, 1, 1)
             keep[:k] = 0  # the first k points' gradients are cut
             return base(t * keep + t.detach() * (1 - keep))
+
         return f
 
     one = D.check_gradients(lambda_model(zero_first(1)), x, y)
@@ -240,8 +263,18 @@ class lambda_model(nn.Module):  # noqa: N801 - used like a function
 
 @pytest.mark.parametrize(
     "b, c, p",
-    [(0, 0, 1.0), (0, 1, 1.0), (5, 5, 1.0), (0, 5, 0.0625), (0, 7, 0.015625), (0, 8, 0.0078125),
-     (0, 10, 2 / 1024), (1, 9, 22 / 1024), (2, 8, 112 / 1024), (10, 0, 2 / 1024)],
+    [
+        (0, 0, 1.0),
+        (0, 1, 1.0),
+        (5, 5, 1.0),
+        (0, 5, 0.0625),
+        (0, 7, 0.015625),
+        (0, 8, 0.0078125),
+        (0, 10, 2 / 1024),
+        (1, 9, 22 / 1024),
+        (2, 8, 112 / 1024),
+        (10, 0, 2 / 1024),
+    ],
 )
 def test_mcnemar_known_values(b: int, c: int, p: float) -> None:
     assert D.mcnemar(b, c) == pytest.approx(p, rel=1e-12)
@@ -259,7 +292,9 @@ def test_mcnemar_matches_binomial_test() -> None:
         D.mcnemar(-1, 3)
 
 
-def _flags_pair(n: int, weak_only: int, strong_only: int, both_broken: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+def _flags_pair(
+    n: int, weak_only: int, strong_only: int, both_broken: int = 20
+) -> tuple[torch.Tensor, torch.Tensor]:
     weak, strong = torch.ones(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)
     weak[:both_broken] = strong[:both_broken] = False
     weak[both_broken : both_broken + weak_only] = False
@@ -307,7 +342,9 @@ def test_transfer_rejects_examples_outside_the_budget() -> None:
     model = P.honest(0)
     x, y = P.test_points()
     with pytest.raises(ValueError):
-        D.check_transfer(model, x, y, (x + 0.1).clamp(0, 1), torch.ones(len(x), dtype=torch.bool), eps=EPS)
+        D.check_transfer(
+            model, x, y, (x + 0.1).clamp(0, 1), torch.ones(len(x), dtype=torch.bool), eps=EPS
+        )
 
 
 # ------------------------------------------------------------------------- loss trace
@@ -322,7 +359,7 @@ def _ioaf_reference(trace: list[float], window: int = 10, tol: float = 0.05) -> 
     for v in scaled:
         run = max(run, v)
         best.append(run)
-    last = best[-min(window, len(best)):]
+    last = best[-min(window, len(best)) :]
     return max(last) - min(last) > tol
 
 

@@ -1,4 +1,5 @@
-"""The evaluator: budget checks, the monotone grid walk, AutoAttack parity, the store and the CLI."""
+"""The evaluator: budget checks, the monotone grid walk, AutoAttack parity, the store and the
+CLI."""
 
 from __future__ import annotations
 
@@ -12,15 +13,14 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_problem
 from torch import nn
 
 from bench.attacks import ATTACKS, Attack, make_attack
-from conftest import tiny_problem
-
 from bench.errors import BudgetViolation, UsageError
 from bench.evaluation.local import evaluate_checkpoint
-from bench.evaluation.walk import check_budget, grid_walk, predict
 from bench.evaluation.results import worst_case
+from bench.evaluation.walk import check_budget, grid_walk, predict
 from bench.store import Store
 
 GRID = [i / 255 for i in range(9)]
@@ -49,7 +49,13 @@ def broken_attacks() -> Iterator[None]:
         "nan": lambda m, x, y, kw, seed, idx: x * float("nan"),
     }
     for name, fn in bad.items():
-        ATTACKS.add(name, lambda params=None, n=name, f=fn: _fixed_attack(n, f), "broken", {}, kind="bounded")
+        ATTACKS.add(
+            name,
+            lambda params=None, n=name, f=fn: _fixed_attack(n, f),
+            "broken",
+            {},
+            kind="bounded",
+        )
     yield
     for name in bad:
         ATTACKS.remove(name)
@@ -79,12 +85,21 @@ def test_check_budget() -> None:
 # ---------------------------------------------------------------------------- grid walk
 
 
-@pytest.mark.parametrize(("name", "params"), [("fgsm", {}), ("pgd", {"steps": "3"}), ("autoattack", {"version": "custom", "attacks": "apgd-ce"})])
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("fgsm", {}),
+        ("pgd", {"steps": "3"}),
+        ("autoattack", {"version": "custom", "attacks": "apgd-ce"}),
+    ],
+)
 def test_grid_walk_is_monotone_and_starts_clean(
     name: str, params: dict[str, str], problem: tuple[nn.Module, torch.Tensor, torch.Tensor]
 ) -> None:
     model, x, y = problem
-    r = grid_walk(model, make_attack(name, params), x, y, list(reversed(GRID)), batch_size=16, seed=0)
+    r = grid_walk(
+        model, make_attack(name, params), x, y, list(reversed(GRID)), batch_size=16, seed=0
+    )
     assert r.eps == GRID  # sorted ascending
     clean = predict(model, x) == y
     assert torch.equal(r.flags[0], clean) and r.seconds[0] == 0.0
@@ -95,7 +110,9 @@ def test_grid_walk_is_monotone_and_starts_clean(
     assert acc == sorted(acc, reverse=True) and acc[-1] < acc[0]  # and something breaks
 
 
-@pytest.mark.parametrize(("name", "params"), [("fgsm", {}), ("pgd", {"steps": "4", "random_start": "false"})])
+@pytest.mark.parametrize(
+    ("name", "params"), [("fgsm", {}), ("pgd", {"steps": "4", "random_start": "false"})]
+)
 def test_grid_equals_intersection_of_single_eps_runs(
     name: str, params: dict[str, str], problem: tuple[nn.Module, torch.Tensor, torch.Tensor]
 ) -> None:
@@ -113,12 +130,20 @@ def test_grid_equals_intersection_of_single_eps_runs(
         assert torch.equal(grid.flags[k], running), f"eps {eps * 255:.0f}/255"
 
 
-def test_nothing_robust_skips_the_attack(problem: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
+def test_nothing_robust_skips_the_attack(
+    problem: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
     model, x, y = problem
     calls: list[int] = []
 
-    def perturb(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor, kw: dict[str, Any], seed: int,
-                idx: torch.Tensor) -> torch.Tensor:
+    def perturb(
+        m: nn.Module,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        kw: dict[str, Any],
+        seed: int,
+        idx: torch.Tensor,
+    ) -> torch.Tensor:
         calls.append(len(xb))
         return xb
 
@@ -143,11 +168,18 @@ def test_budget_violation_is_an_error(
 
 
 def _direct_autoattack(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, version: str, attacks: list[str] | None
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    version: str,
+    attacks: list[str] | None,
 ) -> torch.Tensor:
     from pyautoattack import AutoAttack
 
-    aa = AutoAttack(model, norm="Linf", eps=eps, version=version, attacks=attacks, seed=0, device="cpu")
+    aa = AutoAttack(
+        model, norm="Linf", eps=eps, version=version, attacks=attacks, seed=0, device="cpu"
+    )
     aa.verbose = False
     x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))
     check_budget(x, x_adv, eps)
@@ -160,7 +192,9 @@ def _direct_autoattack(
     [("custom", ["apgd-ce", "apgd-t"], 4 / 255), ("standard", None, 5 / 255)],
 )
 def test_autoattack_matches_the_official_run(
-    version: str, attacks: list[str] | None, eps: float,
+    version: str,
+    attacks: list[str] | None,
+    eps: float,
     problem: tuple[nn.Module, torch.Tensor, torch.Tensor],
 ) -> None:
     model, x, y = problem
@@ -177,7 +211,9 @@ def test_autoattack_matches_the_official_run(
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     """A gzipped IDX file: magic 0x0800 + ndim, big-endian dims, then the bytes."""
-    header = struct.pack(">I", 0x0800 + array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    header = struct.pack(">I", 0x0800 + array.ndim) + b"".join(
+        struct.pack(">I", d) for d in array.shape
+    )
     with gzip.open(path, "wb") as fh:
         fh.write(header + array.astype(np.uint8).tobytes())
 
@@ -212,7 +248,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     info = dataset_info("fashion-mnist")
     torch.manual_seed(0)
-    model = create_model("cnn", channels=1, num_classes=10, image_size=28, mean=list(info.mean), std=list(info.std))
+    model = create_model(
+        "cnn", channels=1, num_classes=10, image_size=28, mean=list(info.mean), std=list(info.std)
+    )
     xf = torch.from_numpy(x_test).float().unsqueeze(1) / 255
     yt = torch.from_numpy(y_test).long()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -227,9 +265,15 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         d = ckpts / run_id
         d.mkdir(parents=True)
         config = {
-            "run_id": run_id, "dataset": dataset, "model": "cnn", "defense": "standard",
-            "defense_params": {}, "dataset_info": asdict(dataset_info(dataset)), "epochs": 1,
-            "train_limit": None, "seed": 0,
+            "run_id": run_id,
+            "dataset": dataset,
+            "model": "cnn",
+            "defense": "standard",
+            "defense_params": {},
+            "dataset_info": asdict(dataset_info(dataset)),
+            "epochs": 1,
+            "train_limit": None,
+            "seed": 0,
         }
         (d / "config.json").write_text(json.dumps(config))
         (d / "run.json").write_text(json.dumps({"train_seconds": 1.5}))
@@ -237,16 +281,31 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     only = root / "only-fmnist"
     only.mkdir()
     (only / "cnn-fmnist").symlink_to(ckpts / "cnn-fmnist")
-    return {"root": root, "data": root / "data", "ckpts": ckpts, "fmnist": ckpts / "cnn-fmnist",
-            "mnist": ckpts / "cnn-mnist", "only": only}
+    return {
+        "root": root,
+        "data": root / "data",
+        "ckpts": ckpts,
+        "fmnist": ckpts / "cnn-fmnist",
+        "mnist": ckpts / "cnn-mnist",
+        "only": only,
+    }
 
 
 CHEAP = [make_attack("fgsm"), make_attack("pgd", {"steps": "3"})]
 
 
-def _evaluate(env: dict[str, Path], store: Store | Path, attacks: list[Attack] = CHEAP, **kw: Any) -> list[Any]:
-    args: dict[str, Any] = dict(n=N_TEST, batch_size=16, seed=0, device="cpu", data_dir=env["data"],
-                                progress=False, download=False)
+def _evaluate(
+    env: dict[str, Path], store: Store | Path, attacks: list[Attack] = CHEAP, **kw: Any
+) -> list[Any]:
+    args: dict[str, Any] = dict(
+        n=N_TEST,
+        batch_size=16,
+        seed=0,
+        device="cpu",
+        data_dir=env["data"],
+        progress=False,
+        download=False,
+    )
     args.update(kw)
     return evaluate_checkpoint(env["fmnist"], attacks, GRID, store=store, **args)
 
@@ -294,10 +353,14 @@ def test_worst_case_covers_every_attack_stored(env: dict[str, Path], tmp_path: P
     for w in worst_case(rows):
         at = [r for r in rows if r.eps == w.eps]
         assert len(at) == 2 and len(w.covered) == 2
-        assert w.flags == "".join("1" if all(r.flags[i] == "1" for r in at) else "0" for i in range(N_TEST))
+        assert w.flags == "".join(
+            "1" if all(r.flags[i] == "1" for r in at) else "0" for i in range(N_TEST)
+        )
 
 
-def test_violation_stores_nothing(env: dict[str, Path], tmp_path: Path, broken_attacks: None) -> None:
+def test_violation_stores_nothing(
+    env: dict[str, Path], tmp_path: Path, broken_attacks: None
+) -> None:
     db = tmp_path / "r.sqlite"
     with pytest.raises(BudgetViolation):
         _evaluate(env, db, [make_attack("pgd", {"steps": "2"}), make_attack("too-far")])
@@ -313,7 +376,9 @@ def test_bad_input_leaves_the_store_alone(env: dict[str, Path], tmp_path: Path) 
     with pytest.raises(UsageError, match="trained on fashion-mnist, not on --dataset mnist"):
         _evaluate(env, db, dataset="mnist")
     with pytest.raises(UsageError, match="outside"):
-        evaluate_checkpoint(env["fmnist"], CHEAP, [0.0, 1.5], N_TEST, 16, 0, "cpu", env["data"], db, progress=False)
+        evaluate_checkpoint(
+            env["fmnist"], CHEAP, [0.0, 1.5], N_TEST, 16, 0, "cpu", env["data"], db, progress=False
+        )
     with pytest.raises(UsageError, match="twice"):
         _evaluate(env, db, [make_attack("fgsm"), make_attack("fgsm")])
     assert not db.exists()
@@ -330,12 +395,37 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     return rc, cap.out, cap.err
 
 
-def test_cli_end_to_end(env: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_end_to_end(
+    env: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     db = tmp_path / "cli.sqlite"
-    base = ["eval", "--data-dir", str(env["data"]), "--db", str(db), "--n", "20", "--no-progress",
-            "--no-download", "--device", "cpu"]
-    rc, out, err = _cli(base + ["--attack", "fgsm,pgd", "--set", "pgd.steps=2", "--eps", "0,4/255,8/255",
-                                "--checkpoint", str(env["fmnist"])], capsys)
+    base = [
+        "eval",
+        "--data-dir",
+        str(env["data"]),
+        "--db",
+        str(db),
+        "--n",
+        "20",
+        "--no-progress",
+        "--no-download",
+        "--device",
+        "cpu",
+    ]
+    rc, out, err = _cli(
+        base
+        + [
+            "--attack",
+            "fgsm,pgd",
+            "--set",
+            "pgd.steps=2",
+            "--eps",
+            "0,4/255,8/255",
+            "--checkpoint",
+            str(env["fmnist"]),
+        ],
+        capsys,
+    )
     assert rc == 0, err
     assert "pgd[steps=2]" in out and "any" in out and "  4  " in out
     with Store(db) as store:
@@ -344,8 +434,20 @@ def test_cli_end_to_end(env: dict[str, Path], tmp_path: Path, capsys: pytest.Cap
         assert next(r for r in rows if r.attack == "pgd").params["steps"] == 2
 
     # The card's command: no model named means every checkpoint under the checkpoints directory.
-    rc, out, err = _cli(base + ["--attack", "autoattack", "--aa-attacks", "apgd-ce", "--eps", "0,8/255",
-                                "--checkpoints-dir", str(env["only"])], capsys)
+    rc, out, err = _cli(
+        base
+        + [
+            "--attack",
+            "autoattack",
+            "--aa-attacks",
+            "apgd-ce",
+            "--eps",
+            "0,8/255",
+            "--checkpoints-dir",
+            str(env["only"]),
+        ],
+        capsys,
+    )
     assert rc == 0, err
     with Store(db) as store:
         aa = [r for r in store.results() if r.attack == "autoattack"]
@@ -357,7 +459,15 @@ def test_cli_end_to_end(env: dict[str, Path], tmp_path: Path, capsys: pytest.Cap
         "unknown attack": ["--attack", "pgdd", "--checkpoint", str(env["fmnist"])],
         "eps > 1": ["--attack", "fgsm", "--eps", "0,2", "--checkpoint", str(env["fmnist"])],
         "eps junk": ["--attack", "fgsm", "--eps", "0:x:1", "--checkpoint", str(env["fmnist"])],
-        "dataset": ["--attack", "fgsm", "--dataset", "fashion-mnist", "--checkpoint", str(env["fmnist"]), str(env["mnist"])],
+        "dataset": [
+            "--attack",
+            "fgsm",
+            "--dataset",
+            "fashion-mnist",
+            "--checkpoint",
+            str(env["fmnist"]),
+            str(env["mnist"]),
+        ],
         "n too big": ["--attack", "fgsm", "--n", "41", "--checkpoint", str(env["fmnist"])],
         "n zero": ["--attack", "fgsm", "--n", "0", "--checkpoint", str(env["fmnist"])],
         "seed": ["--attack", "fgsm", "--seed", "-1", "--checkpoint", str(env["fmnist"])],
@@ -365,11 +475,40 @@ def test_cli_end_to_end(env: dict[str, Path], tmp_path: Path, capsys: pytest.Cap
         "corrupt": ["--attack", "fgsm", "--checkpoint", str(_corrupt(tmp_path))],
         "no checkpoint": ["--attack", "fgsm", "--checkpoints-dir", str(tmp_path / "empty")],
         "empty --all": ["--attack", "fgsm", "--all", "--checkpoints-dir", str(tmp_path / "empty")],
-        "unknown key": ["--attack", "pgd", "--set", "pgd.stepz=3", "--checkpoint", str(env["fmnist"])],
-        "set other": ["--attack", "pgd", "--set", "fgsm.steps=3", "--checkpoint", str(env["fmnist"])],
-        "aa without aa": ["--attack", "pgd", "--aa-version", "plus", "--checkpoint", str(env["fmnist"])],
-        "aa attacks non-custom": ["--attack", "autoattack", "--aa-version", "standard", "--aa-attacks",
-                                  "apgd-ce", "--checkpoint", str(env["fmnist"])],
+        "unknown key": [
+            "--attack",
+            "pgd",
+            "--set",
+            "pgd.stepz=3",
+            "--checkpoint",
+            str(env["fmnist"]),
+        ],
+        "set other": [
+            "--attack",
+            "pgd",
+            "--set",
+            "fgsm.steps=3",
+            "--checkpoint",
+            str(env["fmnist"]),
+        ],
+        "aa without aa": [
+            "--attack",
+            "pgd",
+            "--aa-version",
+            "plus",
+            "--checkpoint",
+            str(env["fmnist"]),
+        ],
+        "aa attacks non-custom": [
+            "--attack",
+            "autoattack",
+            "--aa-version",
+            "standard",
+            "--aa-attacks",
+            "apgd-ce",
+            "--checkpoint",
+            str(env["fmnist"]),
+        ],
     }
     (tmp_path / "empty").mkdir()
     for what, extra in bad.items():
@@ -382,12 +521,30 @@ def test_cli_end_to_end(env: dict[str, Path], tmp_path: Path, capsys: pytest.Cap
         assert not fresh.exists(), what
 
 
-def test_cli_walk_option(env: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_walk_option(
+    env: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``--walk`` reaches the rows (default bisect); an unknown walk is one line, exit 2."""
     db = tmp_path / "walk.sqlite"
-    base = ["eval", "--data-dir", str(env["data"]), "--db", str(db), "--n", "20", "--no-progress",
-            "--no-download", "--device", "cpu", "--attack", "fgsm", "--eps", "0,4/255,8/255",
-            "--checkpoint", str(env["fmnist"])]
+    base = [
+        "eval",
+        "--data-dir",
+        str(env["data"]),
+        "--db",
+        str(db),
+        "--n",
+        "20",
+        "--no-progress",
+        "--no-download",
+        "--device",
+        "cpu",
+        "--attack",
+        "fgsm",
+        "--eps",
+        "0,4/255,8/255",
+        "--checkpoint",
+        str(env["fmnist"]),
+    ]
     for extra, walk in (([], "bisect"), (["--walk", "up"], "up"), (["--walk", "down"], "down")):
         rc, out, err = _cli(base + extra, capsys)
         assert rc == 0, err
@@ -410,8 +567,25 @@ def test_cli_budget_violation_exits_nonzero(
     env: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], broken_attacks: None
 ) -> None:
     db = tmp_path / "v.sqlite"
-    rc, out, err = _cli(["eval", "--attack", "out-of-range", "--checkpoint", str(env["fmnist"]), "--db", str(db),
-                         "--data-dir", str(env["data"]), "--n", "10", "--no-progress", "--device", "cpu"], capsys)
+    rc, out, err = _cli(
+        [
+            "eval",
+            "--attack",
+            "out-of-range",
+            "--checkpoint",
+            str(env["fmnist"]),
+            "--db",
+            str(db),
+            "--data-dir",
+            str(env["data"]),
+            "--n",
+            "10",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert rc == 1 and "out-of-range left the budget" in err
     with Store(db) as store:
         assert store.count() == 0
@@ -426,9 +600,16 @@ def _target(model: nn.Module, x: torch.Tensor, y: torch.Tensor, run_id: str = "m
     from bench.evaluation.targets import Target
     from bench.weights import fingerprint_model
 
-    src = SimpleNamespace(model=model, run_id=run_id, dataset="fashion-mnist", kind="module",
-                          fingerprint=fingerprint_model(model), path=run_id,
-                          config={"model": "tiny", "defense": "standard"}, run={})
+    src = SimpleNamespace(
+        model=model,
+        run_id=run_id,
+        dataset="fashion-mnist",
+        kind="module",
+        fingerprint=fingerprint_model(model),
+        path=run_id,
+        config={"model": "tiny", "defense": "standard"},
+        run={},
+    )
     return Target(src, x, y, len(y))
 
 
@@ -437,7 +618,7 @@ def _flags(ev: Any) -> list[list[bool]]:
 
 
 def test_pgd_flags_nearly_independent_of_batch_size(
-    problem: tuple[nn.Module, torch.Tensor, torch.Tensor]
+    problem: tuple[nn.Module, torch.Tensor, torch.Tensor],
 ) -> None:
     """bench's PGD seeds each point's start from (seed, eps, point index): another batch size
     changes only float rounding in the batched forward pass (a point or two at the boundary);
@@ -452,7 +633,10 @@ def test_pgd_flags_nearly_independent_of_batch_size(
     assert differ <= 0.02 * len(y) * len(GRID), differ
 
 
-@pytest.mark.parametrize(("name", "params"), [("pgd", {"steps": "3"}), ("autoattack", {"version": "custom", "attacks": "apgd-ce"})])
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("pgd", {"steps": "3"}), ("autoattack", {"version": "custom", "attacks": "apgd-ce"})],
+)
 def test_same_settings_same_flags_and_grid_never_above_single_run(
     name: str, params: dict[str, str], problem: tuple[nn.Module, torch.Tensor, torch.Tensor]
 ) -> None:
@@ -503,14 +687,23 @@ def test_killed_evaluation_resumes_with_the_same_flags(
 
     with Store(tmp_path / "r.sqlite") as store:
         with pytest.raises(_Interrupt):
-            evaluate_target(_target(model, x, y), Settings([replace(pgd, perturb=dying)], GRID, 8, 0,
-                                                          progress=False), store=store)
-        kept_rows, kept_batches = store.count(), store.db.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
+            evaluate_target(
+                _target(model, x, y),
+                Settings([replace(pgd, perturb=dying)], GRID, 8, 0, progress=False),
+                store=store,
+            )
+        kept_rows, kept_batches = (
+            store.count(),
+            store.db.execute("SELECT COUNT(*) FROM batches").fetchone()[0],
+        )
         assert kept_rows >= 2 and kept_batches >= 1
         assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        calls["n"] = -10**9  # the resumed run must not be interrupted
-        resumed = evaluate_target(_target(model, x, y), Settings([replace(pgd, perturb=dying)], GRID, 8, 0,
-                                                                 progress=False), store=store)
+        calls["n"] = -(10**9)  # the resumed run must not be interrupted
+        resumed = evaluate_target(
+            _target(model, x, y),
+            Settings([replace(pgd, perturb=dying)], GRID, 8, 0, progress=False),
+            store=store,
+        )
         assert _flags(resumed) == _flags(whole)
         assert resumed.results[0].reused == kept_rows - 1  # eps 0 is not an attack step
         assert store.count() == len(GRID)
@@ -529,8 +722,11 @@ def test_autoattack_warnings_are_stored_for_every_model(
     aa = [make_attack("autoattack", {"version": "custom", "attacks": "apgd-ce"})]
     with Store(tmp_path / "r.sqlite") as store:
         for run_id in ("first", "second"):
-            evaluate_target(_target(probs, x[:16], y[:16], run_id), Settings(aa, [0.0, 4 / 255], 16, 0,
-                                                                            progress=False), store=store)
+            evaluate_target(
+                _target(probs, x[:16], y[:16], run_id),
+                Settings(aa, [0.0, 4 / 255], 16, 0, progress=False),
+                store=store,
+            )
         found = store.diagnostics()
     aa = [d for d in found if d.check == "autoattack-checks"]
     assert {d.run_id for d in aa} == {"first", "second"}  # not once per process: per model
@@ -546,6 +742,8 @@ def test_time_estimate_after_the_first_batch(
     from bench.evaluation.plan import Settings
 
     model, x, y = problem
-    evaluate_target(_target(model, x, y), Settings([make_attack("fgsm")], GRID, 8, 0, progress=True))
+    evaluate_target(
+        _target(model, x, y), Settings([make_attack("fgsm")], GRID, 8, 0, progress=True)
+    )
     err = capsys.readouterr().err
     assert "first batch" in err and "left for this attack" in err

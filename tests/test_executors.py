@@ -16,12 +16,13 @@ from types import SimpleNamespace
 from typing import Any, Iterator
 
 import numpy as np
+import planted
 import pytest
 import ray
 import torch
+from conftest import write_idx
 from torch import nn
 
-import planted
 from bench.attacks import Attack, make_attack
 from bench.cluster import RayOptions
 from bench.evaluation.local import evaluate_target
@@ -30,7 +31,6 @@ from bench.evaluation.ray_executor import evaluate_on_ray
 from bench.evaluation.targets import Target
 from bench.store import Store
 from bench.weights import fingerprint_model
-from conftest import write_idx
 
 GRID = [0.0, 0.005, 0.01, 0.02]
 VOLATILE = ("seconds", "created", "device", "versions")  # when, how fast, where: not results
@@ -45,7 +45,13 @@ def _single_thread(one_thread: None) -> None:
 def local_ray() -> Iterator[None]:
     """One local Ray instance for this module's API calls (evaluate_on_ray uses it as it is)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=3, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    ray.init(
+        num_cpus=3,
+        num_gpus=0,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
     # Workers can't import tests/*.py: the planted models and this module's attacks go by value.
     ray.cloudpickle.register_pickle_by_value(planted)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -57,9 +63,16 @@ def local_ray() -> Iterator[None]:
 
 def _target(model: nn.Module, run_id: str) -> Target:
     x, y = planted.test_points()
-    src = SimpleNamespace(model=model, run_id=run_id, dataset="fashion-mnist", kind="module",
-                          fingerprint=fingerprint_model(model), path=run_id,
-                          config={"model": "tiny", "defense": "standard"}, run={})
+    src = SimpleNamespace(
+        model=model,
+        run_id=run_id,
+        dataset="fashion-mnist",
+        kind="module",
+        fingerprint=fingerprint_model(model),
+        path=run_id,
+        config={"model": "tiny", "defense": "standard"},
+        run={},
+    )
     return Target(src, x, y, len(y))
 
 
@@ -72,7 +85,9 @@ def _stored(db: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return sorted(rows, key=key), sorted(found, key=key)
 
 
-def test_both_executors_give_the_same_rows_flags_and_findings(tmp_path: Path, local_ray: None) -> None:
+def test_both_executors_give_the_same_rows_flags_and_findings(
+    tmp_path: Path, local_ray: None
+) -> None:
     """An honest model and a planted one that a walk's inference would overstate (flagged),
     with the costly checks: in process, and on Ray in 3 shards of 7 batches; run again on Ray,
     nothing is computed and the same evaluation comes back from the store."""
@@ -80,13 +95,26 @@ def test_both_executors_give_the_same_rows_flags_and_findings(tmp_path: Path, lo
     trap = planted.LargeBudgetTrap(base, *planted.test_points(), limit=0.015).eval()
     targets = [_target(base, "honest"), _target(trap, "trap")]
     attacks = [make_attack("fgsm"), make_attack("pgd", {"steps": "5"})]
-    s = Settings(attacks, GRID, batch_size=16, seed=3, progress=False, diagnose=True,
-                 transfer_from=planted.honest(1))
+    s = Settings(
+        attacks,
+        GRID,
+        batch_size=16,
+        seed=3,
+        progress=False,
+        diagnose=True,
+        transfer_from=planted.honest(1),
+    )
     with Store(tmp_path / "local.sqlite") as store:
         local = [evaluate_target(t, replace(s), "cpu", store) for t in targets]
     with Store(tmp_path / "ray.sqlite") as store:
-        remote, failed = evaluate_on_ray([_target(base, "honest"), _target(trap, "trap")], replace(s), store,
-                                         RayOptions(progress=False), workers=3, device="cpu")
+        remote, failed = evaluate_on_ray(
+            [_target(base, "honest"), _target(trap, "trap")],
+            replace(s),
+            store,
+            RayOptions(progress=False),
+            workers=3,
+            device="cpu",
+        )
     assert failed == []
     assert [e.as_dict() for e in remote] == [e.as_dict() for e in local]
     rows, found = _stored(tmp_path / "local.sqlite")
@@ -97,15 +125,18 @@ def test_both_executors_give_the_same_rows_flags_and_findings(tmp_path: Path, lo
     assert {"large-budget", "loss-trace", "transfer", "gradients"} <= {c for _, c in checks}
     assert [len(r.flags) for r in remote[1].results] == [len(GRID)] * 2
     with Store(tmp_path / "ray.sqlite") as store:
-        again, _ = evaluate_on_ray(targets, replace(s), store, RayOptions(progress=False), workers=3, device="cpu")
+        again, _ = evaluate_on_ray(
+            targets, replace(s), store, RayOptions(progress=False), workers=3, device="cpu"
+        )
     assert [e.ran for e in remote] == [["cheap", "walk", "inference", "costly"]] * 2
     assert [e.ran for e in again] == [["costly"]] * 2  # the --diagnose checks always run again
     assert [e.as_dict() for e in again] == [e.as_dict() for e in local]
     assert _stored(tmp_path / "ray.sqlite") == (rows, found)
 
 
-def _too_far(m: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int,
-             idx: torch.Tensor) -> torch.Tensor:
+def _too_far(
+    m: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, idx: torch.Tensor
+) -> torch.Tensor:
     return (x + 2 * kw["eps"]).clamp(0, 1)
 
 
@@ -115,8 +146,14 @@ def test_a_failed_shard_is_reported_with_its_error(tmp_path: Path, local_ray: No
     bad = Attack("too-far", "bounded", {}, lambda eps: {"eps": eps}, _too_far)
     s = Settings([make_attack("fgsm"), bad], GRID, batch_size=16, seed=0, progress=False)
     with Store(tmp_path / "r.sqlite") as store:
-        done, failed = evaluate_on_ray([_target(planted.honest(0), "m")], s, store, RayOptions(progress=False),
-                                       workers=2, device="cpu")
+        done, failed = evaluate_on_ray(
+            [_target(planted.honest(0), "m")],
+            s,
+            store,
+            RayOptions(progress=False),
+            workers=2,
+            device="cpu",
+        )
         assert store.results() == []
     assert done == [] and len(failed) == 1
     run_id, error = failed[0]
@@ -143,7 +180,9 @@ def _bench(*args: str) -> subprocess.CompletedProcess[str]:
     """``bench ...`` with one torch thread, as each Ray task of --cpus-per-task 1 has: the flags
     agree whatever the threads, the checks' float details only with the same thread count."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args], capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 def test_bench_eval_workers_gives_the_in_process_rows(tmp_path: Path) -> None:
@@ -151,11 +190,41 @@ def test_bench_eval_workers_gives_the_in_process_rows(tmp_path: Path) -> None:
     in-process run stores, and prints the same table."""
     data = _fmnist(tmp_path / "data", 300)
     common = ["--data-dir", str(data), "--no-download"]
-    done = _bench("train", "--defense", "standard", "--epochs", "3", "--train-limit", "256", "--eval-n", "10",
-                  "--out", str(tmp_path / "ck"), "--run-id", "m", "--no-progress", *common)
+    done = _bench(
+        "train",
+        "--defense",
+        "standard",
+        "--epochs",
+        "3",
+        "--train-limit",
+        "256",
+        "--eval-n",
+        "10",
+        "--out",
+        str(tmp_path / "ck"),
+        "--run-id",
+        "m",
+        "--no-progress",
+        *common,
+    )
     assert done.returncode == 0, done.stderr
-    ev = ["eval", "--checkpoint", str(tmp_path / "ck" / "m"), "--attack", "fgsm,pgd", "--set", "pgd.steps=3",
-          "--eps", "0,1/255,2/255,8/255", "--n", "300", "--batch-size", "50", "--no-progress", *common]
+    ev = [
+        "eval",
+        "--checkpoint",
+        str(tmp_path / "ck" / "m"),
+        "--attack",
+        "fgsm,pgd",
+        "--set",
+        "pgd.steps=3",
+        "--eps",
+        "0,1/255,2/255,8/255",
+        "--n",
+        "300",
+        "--batch-size",
+        "50",
+        "--no-progress",
+        *common,
+    ]
     alone = _bench(*ev, "--db", str(tmp_path / "a.sqlite"))
     spread = _bench(*ev, "--db", str(tmp_path / "b.sqlite"), "--workers", "2")
     assert alone.returncode == 0 and spread.returncode == 0, alone.stderr + spread.stderr
@@ -166,4 +235,5 @@ def test_bench_eval_workers_gives_the_in_process_rows(tmp_path: Path) -> None:
     assert strip(spread.stdout) == strip(alone.stdout)
     nobody = _bench(*ev, "--db", str(tmp_path / "c.sqlite"), "--address", "127.0.0.1:9")
     assert nobody.returncode == 2 and nobody.stderr.strip().splitlines() == [
-        "bench: error: no Ray cluster answers at 127.0.0.1:9: Connection refused"]
+        "bench: error: no Ray cluster answers at 127.0.0.1:9: Connection refused"
+    ]

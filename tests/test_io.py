@@ -10,7 +10,9 @@ import torch
 from bench.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
 
 
-def test_atomic_writes_give_ordinary_permissions_and_leave_no_temporary_files(tmp_path: Path) -> None:
+def test_atomic_writes_give_ordinary_permissions_and_leave_no_temporary_files(
+    tmp_path: Path,
+) -> None:
     old = os.umask(0o022)
     try:
         atomic_write_bytes(tmp_path / "a.bin", b"abc")

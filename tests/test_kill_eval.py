@@ -51,7 +51,9 @@ STAGES: dict[str, Callable[[tuple[int, int]], bool]] = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", list(STAGES))
-def test_kill_mid_eval_then_rerun(stage: str, setup: tuple[ModuleType, Any, dict[tuple, tuple]]) -> None:
+def test_kill_mid_eval_then_rerun(
+    stage: str, setup: tuple[ModuleType, Any, dict[tuple, tuple]]
+) -> None:
     ke, world, reference = setup
     db = world.root / f"killed-{stage}.sqlite"
     kill = ke.kill_and_rerun(world, db, None, reference, when=STAGES[stage])

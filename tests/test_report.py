@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from bench.errors import UsageError
-from bench.report import MANIFEST, write_report
 from bench.evaluation.results import wilson
+from bench.report import MANIFEST, write_report
 from bench.store import ResultRow, RunRow, Store
 
 VERSIONS = {"python": "3.11.7", "torch": "2.14.1"}
@@ -27,22 +27,78 @@ def flags(n: int, robust: list[int] | range) -> str:
     return "".join("1" if i in keep else "0" for i in range(n))
 
 
-def add_run(store: Store, run_id: str, fp: str = "sha256:aa", dataset: str = "fashion-mnist",
-            defense: str = "standard", seed: int = 0, path: str | None = None, **cfg: object) -> None:
-    config = {"model": "cnn", "defense": defense, "dataset": dataset, "seed": seed, "epochs": 3, **cfg}
-    store.claim_run(RunRow(run_id, path or f"/ckpt/{run_id}", dataset, "cnn", defense, {}, 3, None,
-                           12.5, config, {}, fp, "checkpoint"), "2026-01-01T00:00:00")
+def add_run(
+    store: Store,
+    run_id: str,
+    fp: str = "sha256:aa",
+    dataset: str = "fashion-mnist",
+    defense: str = "standard",
+    seed: int = 0,
+    path: str | None = None,
+    **cfg: object,
+) -> None:
+    config = {
+        "model": "cnn",
+        "defense": defense,
+        "dataset": dataset,
+        "seed": seed,
+        "epochs": 3,
+        **cfg,
+    }
+    store.claim_run(
+        RunRow(
+            run_id,
+            path or f"/ckpt/{run_id}",
+            dataset,
+            "cnn",
+            defense,
+            {},
+            3,
+            None,
+            12.5,
+            config,
+            {},
+            fp,
+            "checkpoint",
+        ),
+        "2026-01-01T00:00:00",
+    )
 
 
-def add(store: Store, run_id: str, attack: str, params: dict, grid: list[float],
-        robust: dict[float, list[int] | range], n: int, fp: str = "sha256:aa") -> None:
+def add(
+    store: Store,
+    run_id: str,
+    attack: str,
+    params: dict,
+    grid: list[float],
+    robust: dict[float, list[int] | range],
+    n: int,
+    fp: str = "sha256:aa",
+) -> None:
     """Rows of one attack's walk: ``robust[eps]`` are the robust points at that eps."""
     clean = robust.get(0.0, robust[min(robust)])
     for eps in grid:
         f = flags(n, robust[eps])
-        store.write_result(ResultRow(run_id, attack, params, eps, n, len(set(clean)) / n,
-                                     f.count("1") / n, 1.0, "cpu", VERSIONS, f, 0, 500, grid, fp,
-                                     "2026-01-01T00:00:00"))
+        store.write_result(
+            ResultRow(
+                run_id,
+                attack,
+                params,
+                eps,
+                n,
+                len(set(clean)) / n,
+                f.count("1") / n,
+                1.0,
+                "cpu",
+                VERSIONS,
+                f,
+                0,
+                500,
+                grid,
+                fp,
+                "2026-01-01T00:00:00",
+            )
+        )
 
 
 def section(md: str, title: str) -> list[dict[str, str]]:
@@ -50,7 +106,7 @@ def section(md: str, title: str) -> list[dict[str, str]]:
     lines = md.splitlines()
     start = lines.index(f"## {title}")
     table: list[list[str]] = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if line.startswith("|"):
             table.append([c.strip() for c in line.strip("|").split(" | ")])
         elif table:
@@ -72,12 +128,27 @@ def report(db: Path, tmp_path: Path, **kw: object) -> str:
     return write_report(db, tmp_path / "out", **kw).leaderboard.read_text()  # type: ignore[arg-type]
 
 
-def test_ranking_needs_standard_autoattack_and_custom_never_outranks(db: Path, tmp_path: Path) -> None:
+def test_ranking_needs_standard_autoattack_and_custom_never_outranks(
+    db: Path, tmp_path: Path
+) -> None:
     n = 20
     with Store(db) as s:
-        for rid, aa, params in (("std", range(8), STD), ("cust", range(2), CUSTOM), ("none", None, None)):
+        for rid, aa, params in (
+            ("std", range(8), STD),
+            ("cust", range(2), CUSTOM),
+            ("none", None, None),
+        ):
             add_run(s, rid, fp=f"sha256:{rid}", defense=rid)
-            add(s, rid, "pgd", PGD, [0.0, E8], {0.0: range(18), E8: range(10)}, n, fp=f"sha256:{rid}")
+            add(
+                s,
+                rid,
+                "pgd",
+                PGD,
+                [0.0, E8],
+                {0.0: range(18), E8: range(10)},
+                n,
+                fp=f"sha256:{rid}",
+            )
             if aa is not None:
                 add(s, rid, "autoattack", params, [E8], {E8: aa}, n, fp=f"sha256:{rid}")
     rows = section(report(db, tmp_path), "fashion-mnist")
@@ -87,7 +158,10 @@ def test_ranking_needs_standard_autoattack_and_custom_never_outranks(db: Path, t
         assert r["rank"] == "–" and "no standard AutoAttack" in r["flags"]
     info = json.loads((tmp_path / "out" / "json" / "cust.json").read_text())
     assert info["autoattack_acc"] is None and info["autoattack_custom_acc"] == "10.00"
-    assert json.loads((tmp_path / "out" / "json" / "std.json").read_text())["autoattack_acc"] == "40.00"
+    assert (
+        json.loads((tmp_path / "out" / "json" / "std.json").read_text())["autoattack_acc"]
+        == "40.00"
+    )
 
 
 def test_one_n_per_row(db: Path, tmp_path: Path) -> None:
@@ -103,12 +177,22 @@ def test_one_n_per_row(db: Path, tmp_path: Path) -> None:
     assert "also evaluated at n = 10" in md
 
 
-def test_worst_case_over_mismatched_grids_carries_and_shows_missing(db: Path, tmp_path: Path) -> None:
+def test_worst_case_over_mismatched_grids_carries_and_shows_missing(
+    db: Path, tmp_path: Path
+) -> None:
     n = 10
     with Store(db) as s:
         add_run(s, "m")
         # PGD breaks points 0-4 at 4/255, then nothing more: robust 5..9 at 8/255.
-        add(s, "m", "pgd", PGD, [0.0, 4 / 255, E8], {0.0: range(10), 4 / 255: range(5, 10), E8: range(5, 10)}, n)
+        add(
+            s,
+            "m",
+            "pgd",
+            PGD,
+            [0.0, 4 / 255, E8],
+            {0.0: range(10), 4 / 255: range(5, 10), E8: range(5, 10)},
+            n,
+        )
         # AutoAttack only at 8/255, breaks 8 and 9 but (alone) leaves 0-4 standing.
         add(s, "m", "autoattack", STD, [E8], {E8: range(8)}, n)
     md = report(db, tmp_path)
@@ -117,7 +201,7 @@ def test_worst_case_over_mismatched_grids_carries_and_shows_missing(db: Path, tm
     worst = next(line for line in md.splitlines() if line.startswith("| `m` | 10 |"))
     cells = [c.strip() for c in worst.strip("|").split(" | ")]
     assert [pct(c) for c in cells[2:]] == [100.0, 50.0, 30.0]  # monotone: never 100 / 20 / 60
-    curves = md[md.index("## Full curves"):]
+    curves = md[md.index("## Full curves") :]
     assert "| worst case |" in curves
     info = json.loads((tmp_path / "out" / "json" / "m.json").read_text())
     assert info["worst_case_missing"] == [] and info["curves"]["any"]["4"]["acc"] == 50.0
@@ -132,7 +216,9 @@ def test_missing_attack_at_rank_eps_is_marked(db: Path, tmp_path: Path) -> None:
     assert "missing: pgd" in row["worst case"]
 
 
-def test_retrained_checkpoint_under_reused_run_id_replaces_its_rows(db: Path, tmp_path: Path) -> None:
+def test_retrained_checkpoint_under_reused_run_id_replaces_its_rows(
+    db: Path, tmp_path: Path
+) -> None:
     with Store(db) as s:
         add_run(s, "quick-pgd-at", fp="sha256:old")
         add(s, "quick-pgd-at", "autoattack", STD, [E8], {E8: range(12)}, 20, fp="sha256:old")
@@ -151,12 +237,24 @@ def test_intervals_everywhere_and_overlap_marked(db: Path, tmp_path: Path) -> No
     with Store(db) as s:
         for rid, k in (("a", 30), ("b", 28), ("c", 5)):
             add_run(s, rid, fp=f"sha256:{rid}", defense=rid)
-            add(s, rid, "autoattack", STD, [0.0, E8], {0.0: range(45), E8: range(k)}, n, fp=f"sha256:{rid}")
+            add(
+                s,
+                rid,
+                "autoattack",
+                STD,
+                [0.0, E8],
+                {0.0: range(45), E8: range(k)},
+                n,
+                fp=f"sha256:{rid}",
+            )
     md = report(db, tmp_path)
     rows = {r["run id"]: r for r in section(md, "fashion-mnist")}
     lo, hi = wilson(30, 50)
     assert rows["`a`"]["worst case"] == f"60.0 ({100 * lo:.1f}–{100 * hi:.1f})"
-    assert rows["`a`"]["intervals overlap with rank"] == "2" and rows["`c`"]["intervals overlap with rank"] == "none"
+    assert (
+        rows["`a`"]["intervals overlap with rank"] == "2"
+        and rows["`c`"]["intervals overlap with rank"] == "none"
+    )
     info = json.loads((tmp_path / "out" / "json" / "a.json").read_text())
     assert info["worst_case"]["ci95"] == [round(100 * lo, 2), round(100 * hi, 2)]
     assert info["clean_ci95"][0] < 90.0 < info["clean_ci95"][1]
@@ -168,9 +266,27 @@ def test_seeds_grouped_into_one_entry(db: Path, tmp_path: Path) -> None:
         for seed, k in ((0, 10), (1, 12), (2, 14)):
             rid = f"pgd-at-s{seed}"
             add_run(s, rid, fp=f"sha256:{seed}", defense="pgd-at", seed=seed)
-            add(s, rid, "autoattack", STD, [0.0, E8], {0.0: range(18), E8: range(k)}, n, fp=f"sha256:{seed}")
+            add(
+                s,
+                rid,
+                "autoattack",
+                STD,
+                [0.0, E8],
+                {0.0: range(18), E8: range(k)},
+                n,
+                fp=f"sha256:{seed}",
+            )
         add_run(s, "other-lr", fp="sha256:x", defense="pgd-at", lr=0.1)
-        add(s, "other-lr", "autoattack", STD, [0.0, E8], {0.0: range(18), E8: range(3)}, n, fp="sha256:x")
+        add(
+            s,
+            "other-lr",
+            "autoattack",
+            STD,
+            [0.0, E8],
+            {0.0: range(18), E8: range(3)},
+            n,
+            fp="sha256:x",
+        )
     rows = section(report(db, tmp_path), "fashion-mnist")
     assert len(rows) == 2
     group = next(r for r in rows if "pgd-at-s0" in r["run id"])
@@ -185,8 +301,16 @@ def test_rank_by_and_rank_eps(db: Path, tmp_path: Path) -> None:
     with Store(db) as s:
         for rid, k4, k8 in (("a", 9, 1), ("b", 6, 5)):
             add_run(s, rid, fp=f"sha256:{rid}", defense=rid)
-            add(s, rid, "autoattack", STD, [0.0, 4 / 255, E8], {0.0: range(10), 4 / 255: range(k4), E8: range(k8)},
-                10, fp=f"sha256:{rid}")
+            add(
+                s,
+                rid,
+                "autoattack",
+                STD,
+                [0.0, 4 / 255, E8],
+                {0.0: range(10), 4 / 255: range(k4), E8: range(k8)},
+                10,
+                fp=f"sha256:{rid}",
+            )
     assert [r["run id"] for r in section(report(db, tmp_path), "fashion-mnist")] == ["`b`", "`a`"]
     md = report(db, tmp_path, rank_eps=4 / 255)
     assert [r["run id"] for r in section(md, "fashion-mnist")] == ["`a`", "`b`"]
@@ -201,7 +325,11 @@ def test_deterministic_and_only_own_files_deleted(db: Path, tmp_path: Path) -> N
         add(s, "b", "pgd", PGD, [0.0, E8], {0.0: range(8), E8: range(3)}, 10, fp="sha256:b")
     out = tmp_path / "out"
     (out / "json").mkdir(parents=True)
-    mine = {out / "plot-mine.png": b"user", out / "json" / "user.json": b"{}", out / "notes.txt": b"x"}
+    mine = {
+        out / "plot-mine.png": b"user",
+        out / "json" / "user.json": b"{}",
+        out / "notes.txt": b"x",
+    }
     for p, data in mine.items():
         p.write_bytes(data)
     write_report(db, out)
@@ -226,8 +354,10 @@ def test_reading_never_writes(db: Path, tmp_path: Path) -> None:
     assert db.read_bytes() == before
 
 
-@pytest.mark.parametrize("case", ["missing", "empty-store", "zero-bytes", "foreign", "directory",
-                                  "out-is-file", "old-layout"])
+@pytest.mark.parametrize(
+    "case",
+    ["missing", "empty-store", "zero-bytes", "foreign", "directory", "out-is-file", "old-layout"],
+)
 def test_errors(case: str, db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from bench.cli import main
 

@@ -28,9 +28,27 @@ EPOCHS = 3
 def _argv(data_dir: Path, out: Path, run_id: str) -> list[str]:
     """fgsm-rs draws from every generator the state saves: the shuffle and torch's global one
     (random starts); its held-out monitor is restored too."""
-    return ["train", "--defense", "fgsm-rs", "--epochs", str(EPOCHS), "--train-limit", "192",
-            "--batch-size", "16", "--eval-n", "32", "--data-dir", str(data_dir), "--no-download",
-            "--no-progress", "--out", str(out), "--run-id", run_id]
+    return [
+        "train",
+        "--defense",
+        "fgsm-rs",
+        "--epochs",
+        str(EPOCHS),
+        "--train-limit",
+        "192",
+        "--batch-size",
+        "16",
+        "--eval-n",
+        "32",
+        "--data-dir",
+        str(data_dir),
+        "--no-download",
+        "--no-progress",
+        "--out",
+        str(out),
+        "--run-id",
+        run_id,
+    ]
 
 
 def _epochs_done(run_dir: Path) -> int:
@@ -47,8 +65,14 @@ def _kill_after(argv: list[str], run_dir: Path, epochs: int, fraction: float) ->
     completed (0: once config.json appeared, which is when training starts). The epoch's length
     is the run's own first epoch, so the kill lands where meant however loaded the machine is.
     Returns the epochs its training state holds."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench", *argv], cwd=ROOT, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", *argv],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     started = first_epoch = None
     try:
         while True:
@@ -79,7 +103,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def straight(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> checkpoint.Checkpoint:
+def straight(
+    data_dir: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: None
+) -> checkpoint.Checkpoint:
     """The uninterrupted run, in this process (one thread, as the subprocesses)."""
     out = tmp_path_factory.mktemp("straight")
     assert main(_argv(data_dir, out, "straight")) == 0
@@ -92,7 +118,9 @@ def straight(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, one_threa
     [(0, 0.0), (1, 0.0), (1, 0.5)],
     ids=["before-epoch-1-ends", "right-after-epoch-1", "mid-epoch-2"],
 )
-def test_killed_and_resumed_equals_uninterrupted(after, fraction, straight, data_dir, tmp_path, capsys, one_thread):
+def test_killed_and_resumed_equals_uninterrupted(
+    after, fraction, straight, data_dir, tmp_path, capsys, one_thread
+):
     """Killed for real (a ``python -m bench train`` subprocess, SIGKILL), resumed here through
     the command line with the same single thread as the uninterrupted run."""
     out = tmp_path / "ckpt"
@@ -110,7 +138,9 @@ def test_killed_and_resumed_equals_uninterrupted(after, fraction, straight, data
     assert "\n" not in str(info.value)
 
     capsys.readouterr()
-    assert main(["train", "--resume", str(run_dir), "--no-progress", "--data-dir", str(data_dir)]) == 0
+    assert (
+        main(["train", "--resume", str(run_dir), "--no-progress", "--data-dir", str(data_dir)]) == 0
+    )
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(run_dir)
     resumed = checkpoint.read_checkpoint(run_dir)
     assert resumed.fingerprint == straight.fingerprint  # bit-identical weights
@@ -125,16 +155,33 @@ def test_killed_and_resumed_equals_uninterrupted(after, fraction, straight, data
 
 def _finished(fmnist_dir: Path, out: Path, run_id: str = "r", epochs: int = 2) -> Path:
     """A small finished run; tests cut files from it to make it look interrupted."""
-    cfg = TrainConfig(epochs=epochs, train_limit=64, eval_n=32, batch_size=32, data_dir=str(fmnist_dir),
-                      download=False, out_dir=str(out), run_id=run_id)
+    cfg = TrainConfig(
+        epochs=epochs,
+        train_limit=64,
+        eval_n=32,
+        batch_size=32,
+        data_dir=str(fmnist_dir),
+        download=False,
+        out_dir=str(out),
+        run_id=run_id,
+    )
     return train(cfg, progress=False, log=lambda s: None)
 
 
 def test_the_state_file_holds_no_pickle_and_says_where_it_is(fmnist_dir, tmp_path, one_thread):
     out = tmp_path / "ckpt"
     # Kill-free way to see a mid-run state: train 1 epoch of 2 by stopping after the first save.
-    cfg = TrainConfig(defense="fgsm-rs", epochs=2, train_limit=64, eval_n=32, batch_size=32,
-                      data_dir=str(fmnist_dir), download=False, out_dir=str(out), run_id="r")
+    cfg = TrainConfig(
+        defense="fgsm-rs",
+        epochs=2,
+        train_limit=64,
+        eval_n=32,
+        batch_size=32,
+        data_dir=str(fmnist_dir),
+        download=False,
+        out_dir=str(out),
+        run_id="r",
+    )
     lines: list[str] = []
 
     def stop_after_first_epoch(line: str) -> None:
@@ -148,18 +195,27 @@ def test_the_state_file_holds_no_pickle_and_says_where_it_is(fmnist_dir, tmp_pat
     (header_len,) = struct.unpack("<Q", state[:8])
     header = json.loads(state[8 : 8 + header_len])  # safetensors: a JSON header, then raw bytes
     meta = json.loads(header["__metadata__"]["bench_state"])
-    assert meta["epoch"] == 1 and meta["epochs"] == 2 and meta["iteration"] == 2 and len(meta["log"]) == 1
+    assert (
+        meta["epoch"] == 1
+        and meta["epochs"] == 2
+        and meta["iteration"] == 2
+        and len(meta["log"]) == 1
+    )
     assert meta["catastrophic_overfitting"]["heldout_n"] == 64
     names = set(header) - {"__metadata__"}
     assert {"rng/cpu", "rng/shuffle"} <= names
-    assert any(n.startswith("model/") for n in names) and any(n.endswith("/momentum_buffer") for n in names)
+    assert any(n.startswith("model/") for n in names) and any(
+        n.endswith("/momentum_buffer") for n in names
+    )
     assert all(header[n]["dtype"] == "U8" for n in names if n.startswith("rng/"))
     assert b"\x80\x02" not in state[: 8 + header_len]  # no pickle protocol marker in the header
     with pytest.raises(UsageError, match="stopped after epoch 1 of 2"):
         checkpoint.read_checkpoint(out / "r")
 
 
-def test_resume_of_a_run_killed_before_its_first_epoch_starts_it_over(fmnist_dir, tmp_path, one_thread):
+def test_resume_of_a_run_killed_before_its_first_epoch_starts_it_over(
+    fmnist_dir, tmp_path, one_thread
+):
     out = tmp_path / "ckpt"
     a = _finished(fmnist_dir, out, "a")
     b = _finished(fmnist_dir, out, "b")
@@ -211,7 +267,9 @@ def test_resume_refuses_a_finished_or_missing_run(fmnist_dir, tmp_path, capsys, 
     assert "no such run directory" in capsys.readouterr().err
 
 
-def test_resume_refuses_a_state_from_another_configuration(fmnist_dir, tmp_path, capsys, one_thread):
+def test_resume_refuses_a_state_from_another_configuration(
+    fmnist_dir, tmp_path, capsys, one_thread
+):
     run_dir = _finished(fmnist_dir, tmp_path / "ckpt")
     (run_dir / "weights.safetensors").unlink()
     cfg = json.loads((run_dir / "config.json").read_text())

@@ -38,21 +38,79 @@ def _flags(n: int, robust: int) -> str:
     return "1" * robust + "0" * (n - robust)
 
 
-def add_model(store: Store, run_id: str, *, dataset: str = "cifar10", n: int = 10_000,
-              eps: float = E8, aa: dict[str, Any] = STANDARD, kind: str = "checkpoint",
-              run: dict[str, Any] | None = None, flagged: bool = False) -> None:
+def add_model(
+    store: Store,
+    run_id: str,
+    *,
+    dataset: str = "cifar10",
+    n: int = 10_000,
+    eps: float = E8,
+    aa: dict[str, Any] = STANDARD,
+    kind: str = "checkpoint",
+    run: dict[str, Any] | None = None,
+    flagged: bool = False,
+) -> None:
     """A model with clean and AutoAttack rows at ``eps`` on ``n`` points (60% clean, 40% robust)."""
     fp = f"sha256:{run_id}"
-    store.claim_run(RunRow(run_id, f"/m/{run_id}", dataset, "net", "external", {}, None, None, None,
-                           {"dataset": dataset, "model": "net"}, run or {}, fp, kind), "2026-01-01")
+    store.claim_run(
+        RunRow(
+            run_id,
+            f"/m/{run_id}",
+            dataset,
+            "net",
+            "external",
+            {},
+            None,
+            None,
+            None,
+            {"dataset": dataset, "model": "net"},
+            run or {},
+            fp,
+            kind,
+        ),
+        "2026-01-01",
+    )
     grid = [0.0, eps]
     for e, robust in ((0.0, int(0.6 * n)), (eps, int(0.4 * n))):
         f = _flags(n, robust)
-        store.write_result(ResultRow(run_id, "autoattack", aa, e, n, 0.6, f.count("1") / n, 1.0, "cpu",
-                                     {"torch": "2"}, f, 0, 500, grid, fp, "2026-01-01"))
+        store.write_result(
+            ResultRow(
+                run_id,
+                "autoattack",
+                aa,
+                e,
+                n,
+                0.6,
+                f.count("1") / n,
+                1.0,
+                "cpu",
+                {"torch": "2"},
+                f,
+                0,
+                500,
+                grid,
+                fp,
+                "2026-01-01",
+            )
+        )
     if flagged:
-        store.write_diagnostics([DiagnosticRow(run_id, fp, n, "gradients", "", True, "test",
-                                               "zero gradients", {}, "adaptive attack", "2026-01-01")])
+        store.write_diagnostics(
+            [
+                DiagnosticRow(
+                    run_id,
+                    fp,
+                    n,
+                    "gradients",
+                    "",
+                    True,
+                    "test",
+                    "zero gradients",
+                    {},
+                    "adaptive attack",
+                    "2026-01-01",
+                )
+            ]
+        )
 
 
 def _json(out: Path, run_id: str) -> dict[str, Any]:
@@ -71,16 +129,26 @@ def test_submission_says_why_not(tmp_path: Path) -> None:
         add_model(s, "svhn", dataset="svhn", eps=E4)
     out = tmp_path / "out"
     write_report(db, out)
-    sub = {rid: _json(out, rid)["robustbench_submission"]
-           for rid in ("ready", "few-points", "custom-aa", "flagged", "c100-ready", "fmnist", "svhn")}
+    sub = {
+        rid: _json(out, rid)["robustbench_submission"]
+        for rid in ("ready", "few-points", "custom-aa", "flagged", "c100-ready", "fmnist", "svhn")
+    }
     assert sub["ready"] == {"submittable": True, "reasons": []}
     assert sub["c100-ready"] == {"submittable": True, "reasons": []}
     assert sub["few-points"]["submittable"] is False
-    assert sub["few-points"]["reasons"] == ["n = 200 points, below the full test set RobustBench evaluates (10,000)"]
-    assert sub["custom-aa"]["reasons"] == ["no standard AutoAttack at eps 8/255 (RobustBench's ranking attack)"]
-    assert sub["flagged"]["reasons"] == ["unreliable evaluation: flagged by bench's checks (gradients)"]
-    assert sub["fmnist"]["reasons"] == ["RobustBench does not rank fashion-mnist; its Linf leaderboards "
-                                        "are cifar10, cifar100, imagenet"]
+    assert sub["few-points"]["reasons"] == [
+        "n = 200 points, below the full test set RobustBench evaluates (10,000)"
+    ]
+    assert sub["custom-aa"]["reasons"] == [
+        "no standard AutoAttack at eps 8/255 (RobustBench's ranking attack)"
+    ]
+    assert sub["flagged"]["reasons"] == [
+        "unreliable evaluation: flagged by bench's checks (gradients)"
+    ]
+    assert sub["fmnist"]["reasons"] == [
+        "RobustBench does not rank fashion-mnist; its Linf leaderboards "
+        "are cifar10, cifar100, imagenet"
+    ]
     assert sub["svhn"]["reasons"][0].startswith("RobustBench does not rank svhn")
 
 
@@ -104,7 +172,13 @@ def test_zoo_model_without_model_info_gets_a_note(tmp_path: Path) -> None:
     db = tmp_path / "results.sqlite"
     note = "no --model-info directory given (the robustbench wheel ships no model_info files)"
     with Store(db) as s:
-        add_model(s, "Zoo2020Bare", n=100, kind="robustbench", run={"published": None, "published_note": note})
+        add_model(
+            s,
+            "Zoo2020Bare",
+            n=100,
+            kind="robustbench",
+            run={"published": None, "published_note": note},
+        )
     out = tmp_path / "out"
     md = write_report(db, out).leaderboard.read_text()
     assert f"- `Zoo2020Bare`: no published numbers ({note})." in md
@@ -127,35 +201,84 @@ def _zoo_world(root: Path) -> None:
     net = zoo_entries("cifar10", "Linf")[ZOO]["model"]()
     folder = root / "models" / "cifar10" / "Linf"
     folder.mkdir(parents=True)
-    torch.save({"state_dict": {f"module.{k}": v.clone() for k, v in net.state_dict().items()}},
-               folder / f"{ZOO}.pt")
+    torch.save(
+        {"state_dict": {f"module.{k}": v.clone() for k, v in net.state_dict().items()}},
+        folder / f"{ZOO}.pt",
+    )
     batches = root / "data" / "cifar-10-batches-py"
     batches.mkdir(parents=True)
     rng = np.random.default_rng(0)
     n = 16
     with open(batches / "test_batch", "wb") as fh:
-        pickle.dump({b"batch_label": b"testing batch 1 of 1", b"labels": [int(v) for v in rng.integers(0, 10, n)],
-                     b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-                     b"filenames": [f"t{i}.png".encode() for i in range(n)]}, fh, protocol=2)
+        pickle.dump(
+            {
+                b"batch_label": b"testing batch 1 of 1",
+                b"labels": [int(v) for v in rng.integers(0, 10, n)],
+                b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+                b"filenames": [f"t{i}.png".encode() for i in range(n)],
+            },
+            fh,
+            protocol=2,
+        )
     info = root / "model_info" / "cifar10" / "Linf"
     info.mkdir(parents=True)
-    (info / f"{ZOO}.json").write_text(json.dumps({
-        "link": "https://arxiv.org/abs/2001.03994", "name": "Fast is better than free",
-        "dataset": "cifar10", "architecture": "PreActResNet-18", "eps": "8/255",
-        "clean_acc": "83.34", "reported": "46.06", "autoattack_acc": "43.21"}))
+    (info / f"{ZOO}.json").write_text(
+        json.dumps(
+            {
+                "link": "https://arxiv.org/abs/2001.03994",
+                "name": "Fast is better than free",
+                "dataset": "cifar10",
+                "architecture": "PreActResNet-18",
+                "eps": "8/255",
+                "clean_acc": "83.34",
+                "reported": "46.06",
+                "autoattack_acc": "43.21",
+            }
+        )
+    )
 
 
 @pytest.mark.slow
 def test_robustbench_eval_then_report_show_published_numbers(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     _zoo_world(tmp_path)
     monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
     db, out = tmp_path / "results.sqlite", tmp_path / "reports"
-    assert main(["eval", "--robustbench", ZOO, "--threat-model", "Linf", "--dataset", "cifar10",
-                 "--model-dir", str(tmp_path / "models"), "--model-info", str(tmp_path / "model_info"),
-                 "--data-dir", str(tmp_path / "data"), "--no-download", "--attack", "autoattack",
-                 "--eps", "8/255", "--n", "8", "--batch-size", "8", "--db", str(db), "--no-progress",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--robustbench",
+                ZOO,
+                "--threat-model",
+                "Linf",
+                "--dataset",
+                "cifar10",
+                "--model-dir",
+                str(tmp_path / "models"),
+                "--model-info",
+                str(tmp_path / "model_info"),
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--no-download",
+                "--attack",
+                "autoattack",
+                "--eps",
+                "8/255",
+                "--n",
+                "8",
+                "--batch-size",
+                "8",
+                "--db",
+                str(db),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert main(["report", "--db", str(db), "--out", str(out)]) == 0
     capsys.readouterr()
 

@@ -13,7 +13,9 @@ GRID = [0.0, 2 / 255, 4 / 255, 8 / 255, 0.1]
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.ReLU(), nn.Linear(32, 10)
+    ).eval()
 
 
 @pytest.mark.parametrize("walk", WALKS)
@@ -25,8 +27,20 @@ def test_shards_equal_unsharded_walk(name: str, walk: str) -> None:
     y = model(x).argmax(1)  # all clean-correct, so every point is attacked
     attack = make_attack(name)
     whole = grid_walk(model, attack, x, y, GRID, batch_size=8, seed=5, walk=walk)
-    parts = [grid_walk(model, attack, x[lo:lo + 16], y[lo:lo + 16], GRID, batch_size=8, seed=5,
-                       first_batch=lo // 8, walk=walk) for lo in (0, 16, 32)]
+    parts = [
+        grid_walk(
+            model,
+            attack,
+            x[lo : lo + 16],
+            y[lo : lo + 16],
+            GRID,
+            batch_size=8,
+            seed=5,
+            first_batch=lo // 8,
+            walk=walk,
+        )
+        for lo in (0, 16, 32)
+    ]
     for i, eps in enumerate(GRID):
         merged = torch.cat([p.flags[i] for p in parts])
         assert torch.equal(merged, whole.flags[i]), eps

@@ -27,17 +27,17 @@ from typing import Any, Iterator
 
 import pytest
 import ray
+from conftest import write_small_fmnist
 
 from bench import checkpoint
 from bench.cli import main
+from bench.cluster import RayOptions, check_reachable, task_options
 from bench.errors import UsageError
 from bench.evaluation.local import evaluate_checkpoint
 from bench.store import Store
-from bench.sweep.spec import load_sweep
-from bench.cluster import RayOptions, check_reachable, task_options
 from bench.sweep.driver import Outcome, run_sweep
+from bench.sweep.spec import load_sweep
 from bench.sweep.work import saved_identity
-from conftest import write_small_fmnist
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = [sys.executable, "-m", "bench"]  # the bench command
@@ -88,8 +88,14 @@ def ray_cluster() -> Iterator[str]:
     """One local Ray instance for the session; yields its address (for --address). No GPU even
     where there is one (the flags are compared bit for bit on the CPU): ``fake_gpu`` stands in."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, resources={FAKE_GPU: 1}, log_to_driver=False,
-             logging_level=logging.WARNING)
+    ray.init(
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=False,
+        resources={FAKE_GPU: 1},
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -126,10 +132,19 @@ class Swept:
 
 
 def rows_of(db: Path) -> dict[tuple[Any, ...], tuple[Any, ...]]:
-    """Every result row: (run, attack, params, eps, n) -> (flags, fingerprint, seed, batch, walk)."""
+    """Every result row: (run, attack, params, eps, n) -> (flags, fingerprint, seed, batch,
+    walk)."""
     with Store(db, readonly=True) as store:
-        return {(r.run_id, r.attack, json.dumps(r.params, sort_keys=True), round(r.eps * 255, 6), r.n):
-                (r.flags, r.fingerprint, r.seed, r.batch_size, r.walk) for r in store.results()}
+        return {
+            (
+                r.run_id,
+                r.attack,
+                json.dumps(r.params, sort_keys=True),
+                round(r.eps * 255, 6),
+                r.n,
+            ): (r.flags, r.fingerprint, r.seed, r.batch_size, r.walk)
+            for r in store.results()
+        }
 
 
 def tasks(out: Path) -> list[dict[str, Any]]:
@@ -143,7 +158,9 @@ def swept(ray_cluster: str, data: Path, tmp_path_factory: pytest.TempPathFactory
     """The tiny sweep (two training jobs, their evaluations in 4 shards each), run once."""
     file = sweep_file(tmp_path_factory.mktemp("tiny"), TINY.format(data=data))
     outcome = run_sweep(load_sweep(file), quiet())
-    return Swept(file, outcome, rows_of(file.parent / "out" / "results.sqlite"), tasks(file.parent / "out"))
+    return Swept(
+        file, outcome, rows_of(file.parent / "out" / "results.sqlite"), tasks(file.parent / "out")
+    )
 
 
 # ------------------------------------------------------------------------------ the store
@@ -161,13 +178,20 @@ def test_the_store_gets_every_row(swept: Swept) -> None:
     for job in sweep.trains:
         assert checkpoint.is_complete(job.run_dir)
         assert saved_identity(job.run_dir) == job.identity  # the job hash's configuration
-        assert {"randomized", "probabilities", "gradients"} <= {c for r, c in checks if r == job.cfg.run_id}
+        assert {"randomized", "probabilities", "gradients"} <= {
+            c for r, c in checks if r == job.cfg.run_id
+        }
     for (run_id, *_), (flags, fingerprint, seed, batch, walk) in swept.rows.items():
         assert (len(flags), fingerprint, seed, batch) == (N, fingerprints[run_id], 0, BATCH)
     log = swept.log
-    assert sorted(t["kind"] for t in log) == ["audit"] * 2 + ["inference"] * 2 + ["shard"] * 8 + ["train"] * 2
+    assert (
+        sorted(t["kind"] for t in log)
+        == ["audit"] * 2 + ["inference"] * 2 + ["shard"] * 8 + ["train"] * 2
+    )
     assert all(t["ok"] and t["threads"] == 1 for t in log)  # one torch thread a task
-    assert all(t["resources"] == {"CPU": 1.0} for t in log)  # no GPU here, and no fake_gpu asked for
+    assert all(
+        t["resources"] == {"CPU": 1.0} for t in log
+    )  # no GPU here, and no fake_gpu asked for
 
 
 def test_a_rerun_skips_everything(swept: Swept) -> None:
@@ -191,7 +215,10 @@ def test_a_job_whose_results_are_missing_is_redone(swept: Swept) -> None:
     assert (o.trained, o.evaluated, o.skipped, o.failed) == (0, 1, 3, [])
     new = tasks(sweep.out)[before:]
     # Its shards run again, and then its walk-inference check on the flags they gave.
-    assert sorted((t["kind"], t["task"].split("/")[0]) for t in new) == [("inference", lost)] + [("shard", lost)] * 4
+    assert (
+        sorted((t["kind"], t["task"].split("/")[0]) for t in new)
+        == [("inference", lost)] + [("shard", lost)] * 4
+    )
     assert rows_of(sweep.db) == swept.rows  # bit for bit the same flags
 
 
@@ -207,27 +234,46 @@ def test_a_missing_checkpoint_is_trained_again(swept: Swept) -> None:
     assert rows_of(sweep.db) == swept.rows
 
 
-def test_sharded_flags_equal_an_unsharded_run(swept: Swept, data: Path, tmp_path: Path, one_thread: None) -> None:
+def test_sharded_flags_equal_an_unsharded_run(
+    swept: Swept, data: Path, tmp_path: Path, one_thread: None
+) -> None:
     sweep = load_sweep(swept.file)
     spec = sweep.evals[0].spec
     assert spec.shard_ranges() == [(0, 2), (2, 3), (3, 4), (4, 6)]  # uneven; the last batch partial
     db = tmp_path / "unsharded.sqlite"
     for job in sweep.trains:
-        evaluate_checkpoint(job.run_dir, spec.make_attacks(), spec.eps, spec.n, spec.batch_size, spec.seed,
-                            "cpu", data, db, progress=False, download=False, out=io.StringIO())
+        evaluate_checkpoint(
+            job.run_dir,
+            spec.make_attacks(),
+            spec.eps,
+            spec.n,
+            spec.batch_size,
+            spec.seed,
+            "cpu",
+            data,
+            db,
+            progress=False,
+            download=False,
+            out=io.StringIO(),
+        )
     whole = rows_of(db)
     assert len(whole) == len(swept.rows)
     assert whole == swept.rows  # flags bit for bit, same weights, seed, batches, walk
     inference = {}  # the walk-inference check: the sweep's task finds what bench eval finds
     for path in (db, sweep.db):
         with Store(path, readonly=True) as store:
-            inference[path] = sorted((d.run_id, d.flagged, d.details.get("checked"), d.details.get("broken"))
-                                     for d in store.diagnostics() if d.check == "walk-inference")
+            inference[path] = sorted(
+                (d.run_id, d.flagged, d.details.get("checked"), d.details.get("broken"))
+                for d in store.diagnostics()
+                if d.check == "walk-inference"
+            )
     assert inference[db] and inference[db] == inference[sweep.db]
     assert any("0" in flags[0] and "1" in flags[0] for k, flags in whole.items() if k[3] > 0)
 
 
-def test_a_shards_autoattack_warnings_are_stored_with_its_flags(swept: Swept, tmp_path: Path) -> None:
+def test_a_shards_autoattack_warnings_are_stored_with_its_flags(
+    swept: Swept, tmp_path: Path
+) -> None:
     """AutoAttack's checks.py warnings come back with a shard's flags and are stored as they
     arrive (a driver killed before the evaluation's end keeps them), keyed by what they say:
     a shard run again replaces its warning, another shard's adds one."""
@@ -246,14 +292,17 @@ def test_a_shards_autoattack_warnings_are_stored_with_its_flags(swept: Swept, tm
         book = Book(store, plan, attacks=plan.settings.attacks)
         book.write_shard(ShardResult(0, 2, clean={}, warnings=said[:1]))
         book.write_shard(ShardResult(0, 2, clean={}, warnings=said[:1]))  # the same shard again
-        book.write_shard(ShardResult(2, 3, clean={}, warnings=said[1:]))  # another shard, another warning
+        book.write_shard(
+            ShardResult(2, 3, clean={}, warnings=said[1:])
+        )  # another shard, another warning
         kept = [d for d in store.diagnostics(source.run_id) if d.check == "autoattack-checks"]
     assert sorted(d.details["message"] for d in kept) == ["a first warning", "a second warning"]
     assert all(d.n == N and d.fingerprint == source.fingerprint for d in kept)
 
 
-def test_a_shard_walks_the_grid_as_its_block_says(swept: Swept, data: Path, one_thread: None,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_shard_walks_the_grid_as_its_block_says(
+    swept: Swept, data: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import dataclasses
 
     import bench.evaluation.work
@@ -271,14 +320,17 @@ def test_a_shard_walks_the_grid_as_its_block_says(swept: Swept, data: Path, one_
     ev = load_sweep(swept.file).evals[0]
     for walk in ("up", "down"):
         spec = dataclasses.replace(ev.spec, walk=walk)
-        shard = bench.evaluation.work.Shard(spec.make_attacks(), [0], 0, 1, list(spec.eps), spec.batch_size,
-                                            spec.seed, spec.walk)
-        got = do_work(checkpoint_files(ev.train.run_dir), (spec.n, str(data), False), shard, None, 1)
+        shard = bench.evaluation.work.Shard(
+            spec.make_attacks(), [0], 0, 1, list(spec.eps), spec.batch_size, spec.seed, spec.walk
+        )
+        got = do_work(
+            checkpoint_files(ev.train.run_dir), (spec.n, str(data), False), shard, None, 1
+        )
         assert sorted(got.steps[0]) == sorted(e for e in spec.eps if e > 0)
     assert walks == ["up", "down"]
 
 
-# ------------------------------------------------------------------------------ several evaluations of one checkpoint
+# ------------------------------------------------------------ several evaluations of one checkpoint
 
 # One checkpoint, three evaluation blocks at one n: two walked by bisect (so each has its own
 # walk-inference check) and one walked up (nothing inferred, no check).
@@ -317,12 +369,16 @@ params = { pgd = { steps = 3 } }
 def inference_rows(db: Path) -> dict[str, tuple[Any, ...]]:
     """The walk-inference findings by store key: (attacks checked, points checked, broken)."""
     with Store(db, readonly=True) as store:
-        return {d.key: (tuple(d.details["attacks"]), d.details["checked"], d.details["broken"])
-                for d in store.diagnostics() if d.check == "walk-inference"}
+        return {
+            d.key: (tuple(d.details["attacks"]), d.details["checked"], d.details["broken"])
+            for d in store.diagnostics()
+            if d.check == "walk-inference"
+        }
 
 
-def test_evaluations_of_one_checkpoint_share_its_checks_and_keep_their_own(ray_cluster: str, data: Path,
-                                                                          tmp_path: Path) -> None:
+def test_evaluations_of_one_checkpoint_share_its_checks_and_keep_their_own(
+    ray_cluster: str, data: Path, tmp_path: Path
+) -> None:
     text = TINY.format(data=data).split("[[variant]]")[0] + THREE_EVALS
     sweep = load_sweep(sweep_file(tmp_path, text))
     o = run_sweep(sweep, quiet())
@@ -334,11 +390,18 @@ def test_evaluations_of_one_checkpoint_share_its_checks_and_keep_their_own(ray_c
     walks = {(k[1], json.loads(k[2]).get("steps")): v[4] for k, v in rows_of(sweep.db).items()}
     assert walks == {("fgsm", None): "bisect", ("pgd", 2): "bisect", ("pgd", 3): "up"}
     found = inference_rows(sweep.db)
-    assert sorted(v[0] for v in found.values()) == [("fgsm",), ("pgd[steps=2]",)], found  # both kept
+    assert sorted(v[0] for v in found.values()) == [("fgsm",), ("pgd[steps=2]",)], (
+        found
+    )  # both kept
     assert all(key.endswith("@1/255<2/255") and v[1] > 0 for key, v in found.items())
     with Store(sweep.db, readonly=True) as store:  # each finding says which evaluation it checked
-        contexts = [d.details["evaluation"] for d in store.diagnostics() if d.check == "walk-inference"]
-    assert contexts == [{"grid": ["0", "1/255", "2/255"], "walk": "bisect", "seed": 0, "batch_size": 16}] * 2
+        contexts = [
+            d.details["evaluation"] for d in store.diagnostics() if d.check == "walk-inference"
+        ]
+    assert (
+        contexts
+        == [{"grid": ["0", "1/255", "2/255"], "walk": "bisect", "seed": 0, "batch_size": 16}] * 2
+    )
 
     # A driver killed after an evaluation's rows but before its walk-inference finding: the
     # rerun runs that check alone (no shard, no audit), for both blocks, and finds the same.
@@ -357,31 +420,48 @@ def test_evaluations_of_one_checkpoint_share_its_checks_and_keep_their_own(ray_c
 # ------------------------------------------------------------------------------ failures, placement
 
 
-def test_a_failing_job_is_reported_and_the_other_finishes(ray_cluster: str, data: Path, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    text = (TINY.format(data=data).split("[[eval]]")[0]
-            + '[[variant]]\nname = "broken"\ndefense = "standard"\ntrain_limit = 1000\n'  # > 256 here
-            + '[[eval]]\nattacks = ["fgsm"]\neps = "0,8/255"\nn = 32\nbatch_size = 32\n')
-    text = text.replace('name = "batchout"\ndefense = "batchout"', 'name = "other"\ndefense = "batchout"')
+def test_a_failing_job_is_reported_and_the_other_finishes(
+    ray_cluster: str, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (
+        TINY.format(data=data).split("[[eval]]")[0]
+        + '[[variant]]\nname = "broken"\ndefense = "standard"\ntrain_limit = 1000\n'  # > 256 here
+        + '[[eval]]\nattacks = ["fgsm"]\neps = "0,8/255"\nn = 32\nbatch_size = 32\n'
+    )
+    text = text.replace(
+        'name = "batchout"\ndefense = "batchout"', 'name = "other"\ndefense = "batchout"'
+    )
     file = sweep_file(tmp_path, text)
     code = main(["sweep", str(file), "--no-report", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 1, err
     assert "trained 2, evaluated 2, skipped (done before) 0, failed 2" in err, err
     broken = next(j for j in load_sweep(file).trains if j.variant == "broken")
-    assert f"FAILED train {broken.cfg.run_id}: fashion-mnist cnn standard [] epochs=1 train_limit=1000" in err
+    assert (
+        f"FAILED train {broken.cfg.run_id}: fashion-mnist cnn standard [] epochs=1 train_limit=1000"
+        in err
+    )
     assert "larger than the train split of fashion-mnist (256 points)" in err
-    assert f"FAILED eval {broken.cfg.run_id} / eval 0" in err and "not run: its training failed" in err
+    assert (
+        f"FAILED eval {broken.cfg.run_id} / eval 0" in err and "not run: its training failed" in err
+    )
     done = {k[0] for k in rows_of(tmp_path / "out" / "results.sqlite")}
     assert len(done) == 2 and broken.cfg.run_id not in done
 
 
 def test_gpu_placement_with_a_custom_resource(ray_cluster: str, data: Path, tmp_path: Path) -> None:
-    text = TINY.format(data=data).replace("seeds = [0]", "seeds = [0, 1]").replace("train_limit = 128", "train_limit = 64")
+    text = (
+        TINY.format(data=data)
+        .replace("seeds = [0]", "seeds = [0, 1]")
+        .replace("train_limit = 128", "train_limit = 64")
+    )
     text = text.split('[[variant]]\nname = "batchout"')[0]  # one variant at two seeds: two jobs
     text += '[[eval]]\nattacks = ["fgsm"]\neps = "0,8/255"\nn = 32\nbatch_size = 16\nshards = 2\n'
     file = sweep_file(tmp_path, text)
-    assert task_options(RayOptions(gpu_resource=FAKE_GPU)) == {"num_cpus": 1, "resources": {FAKE_GPU: 1}}
+    assert task_options(RayOptions(gpu_resource=FAKE_GPU)) == {
+        "num_cpus": 1,
+        "resources": {FAKE_GPU: 1},
+    }
     o = run_sweep(load_sweep(file), RayOptions(gpu_resource=FAKE_GPU, progress=False))
     assert (o.trained, o.evaluated, o.failed) == (2, 2, [])
     log = sorted(tasks(tmp_path / "out"), key=lambda t: t["start"])
@@ -407,13 +487,32 @@ BAD = [
     ("[train]\nepochs = 1", "[train]\nepoch = 1", "train.epoch", "unknown key"),
     ("[train]\nepochs = 1", "[train]\nepochs = 0", "train.epochs", "must be a whole number"),
     ("[train]\nepochs = 1", '[train]\nepochs = "1"', "train.epochs", "must be a whole number"),
-    ('defense = "standard"', 'defense = "shield"', "variant[0].defense", "unknown defense 'shield'"),
-    ('defense = "standard"', 'defense = "batchout"\nparams = { magnitude = "lots" }',
-     "variant[0].params.magnitude", "not a number"),
-    ('attacks = ["fgsm"]', 'attacks = ["fgsm", "pgdd"]', "eval[0].attacks[1]", "unknown attack 'pgdd'"),
+    (
+        'defense = "standard"',
+        'defense = "shield"',
+        "variant[0].defense",
+        "unknown defense 'shield'",
+    ),
+    (
+        'defense = "standard"',
+        'defense = "batchout"\nparams = { magnitude = "lots" }',
+        "variant[0].params.magnitude",
+        "not a number",
+    ),
+    (
+        'attacks = ["fgsm"]',
+        'attacks = ["fgsm", "pgdd"]',
+        "eval[0].attacks[1]",
+        "unknown attack 'pgdd'",
+    ),
     ('eps = "0,8/255"', 'eps = "0,9/0"', "eval[0].eps", "not a number"),
     ("shards = 1", "shards = 9", "eval[0].shards", "1..2"),
-    ("shards = 1", 'shards = 1\nwalk = "sideways"', "eval[0].walk", "must be one of up, down, bisect"),
+    (
+        "shards = 1",
+        'shards = 1\nwalk = "sideways"',
+        "eval[0].walk",
+        "must be one of up, down, bisect",
+    ),
     ("shards = 1", "shards = 1\nwalk = 1", "eval[0].walk", "must be a string"),
     ("seeds = [0]", "seeds = [0, 0]", "sweep.seeds[1]", "listed twice"),
     ("[sweep]", "[sweeps]", "sweeps", "unknown key"),
@@ -438,8 +537,9 @@ shards = 1
 
 
 @pytest.mark.parametrize("old, new, key, why", BAD, ids=[b[2] for b in BAD])
-def test_bad_files_are_refused_before_anything_runs(old: str, new: str, key: str, why: str, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_files_are_refused_before_anything_runs(
+    old: str, new: str, key: str, why: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert old in GOOD
     file = sweep_file(tmp_path, GOOD.replace(old, new, 1))
     assert main(["sweep", str(file)]) == 2
@@ -448,7 +548,9 @@ def test_bad_files_are_refused_before_anything_runs(old: str, new: str, key: str
     assert not (tmp_path / "out").exists()  # nothing written, nothing run
 
 
-def test_the_dry_run_prints_the_jobs(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_dry_run_prints_the_jobs(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     file = sweep_file(tmp_path, TINY.format(data=data))
     assert main(["sweep", str(file), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -456,31 +558,69 @@ def test_the_dry_run_prints_the_jobs(data: Path, tmp_path: Path, capsys: pytest.
     trains = [line for line in lines if line.startswith("train ")]
     evals = [line for line in lines if line.startswith("eval ")]
     assert [line.split()[2].split("-s0-")[0] for line in trains] == ["standard", "batchout"]
-    assert all(line.split()[2] == f"{line.split()[2].split('-s0-')[0]}-s0-{line.split()[1]}:" for line in trains)
-    assert all("eval grid: fgsm,pgd[steps=3],apgd[steps=4] eps=0,2/255,4/255,8/255 n=90" in line and "shards=4" in line
-               for line in evals), evals
+    assert all(
+        line.split()[2] == f"{line.split()[2].split('-s0-')[0]}-s0-{line.split()[1]}:"
+        for line in trains
+    )
+    assert all(
+        "eval grid: fgsm,pgd[steps=3],apgd[steps=4] eps=0,2/255,4/255,8/255 n=90" in line
+        and "shards=4" in line
+        for line in evals
+    ), evals
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("name, jobs", [("batchout-ablation", (16, 32)), ("batchout-ablation-fmnist", (14, 42)),
-                                        ("defenses", (21, 42))])
-def test_shipped_sweeps_dry_run(name: str, jobs: tuple[int, int], capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "name, jobs",
+    [
+        ("batchout-ablation", (16, 32)),
+        ("batchout-ablation-fmnist", (14, 42)),
+        ("defenses", (21, 42)),
+    ],
+)
+def test_shipped_sweeps_dry_run(
+    name: str, jobs: tuple[int, int], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["sweep", str(ROOT / "sweeps" / f"{name}.toml"), "--dry-run"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.endswith(f"{jobs[0]} training jobs, {jobs[1]} evaluation jobs"), first
 
 
-REPORT_NAMES = ["standard", "n_1", "n_2", "n_3", "n_-2", "n_-3", "alt_1", "alt_2", "alt_3", "alt_-2", "alt_-3",
-                "random_3_-2", "random_3_-2_0", "all_middle_2", "all_middle_3", "random_3_-2_0_same-class"]
+REPORT_NAMES = [
+    "standard",
+    "n_1",
+    "n_2",
+    "n_3",
+    "n_-2",
+    "n_-3",
+    "alt_1",
+    "alt_2",
+    "alt_3",
+    "alt_-2",
+    "alt_-3",
+    "random_3_-2",
+    "random_3_-2_0",
+    "all_middle_2",
+    "all_middle_3",
+    "random_3_-2_0_same-class",
+]
 
 
 def test_the_ablations_have_the_reports_variants() -> None:
     cifar = load_sweep(ROOT / "sweeps" / "batchout-ablation.toml")
     assert [j.variant for j in cifar.trains] == REPORT_NAMES
     assert {(j.cfg.dataset, j.cfg.model) for j in cifar.trains} == {("cifar10", "vgg19")}
-    assert {a.label for e in cifar.evals for a in e.spec.make_attacks()} >= {"fgsm", "pgd", "autoattack"}
-    fmnist = load_sweep(ROOT / "sweeps" / "batchout-ablation-fmnist.toml")  # the cnn has no middle layers
-    assert [j.variant for j in fmnist.trains] == [n for n in REPORT_NAMES if not n.startswith("all_middle")]
+    assert {a.label for e in cifar.evals for a in e.spec.make_attacks()} >= {
+        "fgsm",
+        "pgd",
+        "autoattack",
+    }
+    fmnist = load_sweep(
+        ROOT / "sweeps" / "batchout-ablation-fmnist.toml"
+    )  # the cnn has no middle layers
+    assert [j.variant for j in fmnist.trains] == [
+        n for n in REPORT_NAMES if not n.startswith("all_middle")
+    ]
 
 
 def test_the_defenses_sweep_has_every_defense() -> None:
@@ -488,12 +628,25 @@ def test_the_defenses_sweep_has_every_defense() -> None:
 
     sweep = load_sweep(ROOT / "sweeps" / "defenses.toml")
     assert [j.cfg.defense for j in sweep.trains] == [d for d in DEFENSES.names() for _ in range(3)]
-    assert {(j.cfg.seed, j.cfg.dataset, j.cfg.train_limit) for j in sweep.trains} == {(s, "fashion-mnist", None)
-                                                                                       for s in (0, 1, 2)}
-    grids = {tuple(a.display for a in e.spec.make_attacks()): (e.spec.n, [round(x * 255, 4) for x in e.spec.eps])
-             for e in sweep.evals}
-    assert grids == {("fgsm", "pgd"): (1000, [0, 1, 2, 3, 4, 5, 6, 7, 8, 25.5]), ("autoattack",): (1000, [0, 8, 25.5])}
-    assert {e.spec.make_attacks()[0].params["version"] for e in sweep.evals if e.spec.name == "autoattack"} == {"standard"}
+    assert {(j.cfg.seed, j.cfg.dataset, j.cfg.train_limit) for j in sweep.trains} == {
+        (s, "fashion-mnist", None) for s in (0, 1, 2)
+    }
+    grids = {
+        tuple(a.display for a in e.spec.make_attacks()): (
+            e.spec.n,
+            [round(x * 255, 4) for x in e.spec.eps],
+        )
+        for e in sweep.evals
+    }
+    assert grids == {
+        ("fgsm", "pgd"): (1000, [0, 1, 2, 3, 4, 5, 6, 7, 8, 25.5]),
+        ("autoattack",): (1000, [0, 8, 25.5]),
+    }
+    assert {
+        e.spec.make_attacks()[0].params["version"]
+        for e in sweep.evals
+        if e.spec.name == "autoattack"
+    } == {"standard"}
 
 
 # ------------------------------------------------------------------------------ processes
@@ -503,10 +656,10 @@ NO_RAY = """\
 import sys
 from bench.cli import main
 d, out = sys.argv[1], sys.argv[2]
-for argv in (["train", "--epochs", "1", "--train-limit", "64", "--eval-n", "32", "--data-dir", d, "--no-download",
-              "--out", out, "--run-id", "r", "--no-progress"],
-             ["eval", "--checkpoint", out + "/r", "--attack", "fgsm", "--eps", "0,8/255", "--n", "16", "--db",
-              out + "/db.sqlite", "--data-dir", d, "--no-download", "--no-progress"],
+for argv in (["train", "--epochs", "1", "--train-limit", "64", "--eval-n", "32", "--data-dir", d,
+              "--no-download", "--out", out, "--run-id", "r", "--no-progress"],
+             ["eval", "--checkpoint", out + "/r", "--attack", "fgsm", "--eps", "0,8/255", "--n",
+              "16", "--db", out + "/db.sqlite", "--data-dir", d, "--no-download", "--no-progress"],
              ["report", "--db", out + "/db.sqlite", "--out", out + "/report", "--data-dir", d],
              ["sweep", sys.argv[3], "--dry-run"], ["list"]):
     assert main(argv) == 0, argv
@@ -520,8 +673,13 @@ print("no ray")
 def test_train_eval_report_never_load_ray(data: Path, tmp_path: Path) -> None:
     file = sweep_file(tmp_path / "s", TINY.format(data=data))
     env = {**os.environ, "BENCH_HOME": str(tmp_path / "home")}
-    done = subprocess.run([sys.executable, "-c", NO_RAY, str(data), str(tmp_path), str(file)], env=env,
-                          capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        [sys.executable, "-c", NO_RAY, str(data), str(tmp_path), str(file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0 and done.stdout.endswith("no ray\n"), done.stderr[-2000:]
 
 
@@ -587,7 +745,11 @@ def _kill_a_training_worker(killed: list[int], timeout: float = 60) -> None:
 
 
 def test_a_killed_worker_loses_nothing(ray_cluster: str, data: Path, tmp_path: Path) -> None:
-    text = TINY.format(data=data).replace("seeds = [0]", "seeds = [0, 1]").replace("epochs = 1", "epochs = 3")
+    text = (
+        TINY.format(data=data)
+        .replace("seeds = [0]", "seeds = [0, 1]")
+        .replace("epochs = 1", "epochs = 3")
+    )
     text = text.split('[[variant]]\nname = "batchout"')[0]
     text += '[[eval]]\nattacks = ["fgsm"]\neps = "0,8/255"\nn = 32\nbatch_size = 16\n'
     sweep = load_sweep(sweep_file(tmp_path, text))
@@ -605,15 +767,25 @@ def test_a_killed_worker_loses_nothing(ray_cluster: str, data: Path, tmp_path: P
 
 
 @pytest.mark.slow
-def test_a_killed_driver_loses_nothing(swept: Swept, ray_cluster: str, data: Path, tmp_path: Path) -> None:
+def test_a_killed_driver_loses_nothing(
+    swept: Swept, ray_cluster: str, data: Path, tmp_path: Path
+) -> None:
     """SIGKILL the driver (its own local Ray) once a result is stored; a rerun that joins the
     session's instance with --address ends with the same rows as the uninterrupted sweep."""
     file = sweep_file(tmp_path, TINY.format(data=data))
     db = tmp_path / "out" / "results.sqlite"
-    env = {**os.environ, "BENCH_HOME": str(tmp_path / "home"), "CUDA_VISIBLE_DEVICES": ""}  # CPU flags
+    env = {
+        **os.environ,
+        "BENCH_HOME": str(tmp_path / "home"),
+        "CUDA_VISIBLE_DEVICES": "",
+    }  # CPU flags
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen([*BENCH, "sweep", str(file), "--num-cpus", "2", "--no-report", "--no-progress"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*BENCH, "sweep", str(file), "--num-cpus", "2", "--no-report", "--no-progress"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     tree: list[int] = []
     try:
         _wait_rows(db, proc, 180)
@@ -633,8 +805,13 @@ def test_a_killed_driver_loses_nothing(swept: Swept, ray_cluster: str, data: Pat
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
     assert 0 < len(rows_of(db)) < len(swept.rows)  # killed mid-way
-    again = subprocess.run([*BENCH, "sweep", str(file), "--address", ray_cluster, "--no-images"], env=env,
-                           capture_output=True, text=True, timeout=240)
+    again = subprocess.run(
+        [*BENCH, "sweep", str(file), "--address", ray_cluster, "--no-images"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert "done 4, running 0, failed 0" in again.stderr  # the progress display
     assert rows_of(db) == swept.rows

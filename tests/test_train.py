@@ -14,16 +14,34 @@ from bench.cli import main
 from bench.data import DATASETS, DatasetInfo
 from bench.defenses import DEFENSES
 from bench.errors import UsageError
-from bench.train import TrainConfig, augment_batch, lr_at, prepare, train
 from bench.models import MODELS
+from bench.train import TrainConfig, augment_batch, lr_at, prepare, train
 
 
 def _train_argv(tmp_path: Path, data_dir: Path, defense: str, *extra: str) -> list[str]:
     return [
-        "train", "--defense", defense, "--dataset", "fashion-mnist", "--model", "cnn",
-        "--epochs", "1", "--train-limit", "128", "--eval-n", "64", "--batch-size", "32",
-        "--data-dir", str(data_dir), "--no-download", "--no-progress",
-        "--out", str(tmp_path / "ckpt"), *extra,
+        "train",
+        "--defense",
+        defense,
+        "--dataset",
+        "fashion-mnist",
+        "--model",
+        "cnn",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "128",
+        "--eval-n",
+        "64",
+        "--batch-size",
+        "32",
+        "--data-dir",
+        str(data_dir),
+        "--no-download",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "ckpt"),
+        *extra,
     ]
 
 
@@ -47,7 +65,9 @@ def test_bench_train_every_defense(defense, tmp_path, fmnist_dir, capsys):
 
 
 def test_named_flags_and_set_reach_the_defense(tmp_path, fmnist_dir, capsys):
-    argv = _train_argv(tmp_path, fmnist_dir, "pgd-at", "--eps", "4/255", "--set", "steps=2", "--run-id", "p")
+    argv = _train_argv(
+        tmp_path, fmnist_dir, "pgd-at", "--eps", "4/255", "--set", "steps=2", "--run-id", "p"
+    )
     assert main(argv) == 0
     params = checkpoint.read_checkpoint(tmp_path / "ckpt" / "p").config["defense_params"]
     assert params["eps"] == pytest.approx(4 / 255) and params["steps"] == 2
@@ -55,8 +75,17 @@ def test_named_flags_and_set_reach_the_defense(tmp_path, fmnist_dir, capsys):
 
 def test_training_learns_and_is_reproducible(tmp_path, fmnist_dir):
     def run(run_id: str) -> checkpoint.Checkpoint:
-        cfg = TrainConfig(epochs=3, train_limit=256, eval_n=128, batch_size=32, data_dir=str(fmnist_dir),
-                          download=False, out_dir=str(tmp_path), run_id=run_id, lr=0.05)
+        cfg = TrainConfig(
+            epochs=3,
+            train_limit=256,
+            eval_n=128,
+            batch_size=32,
+            data_dir=str(fmnist_dir),
+            download=False,
+            out_dir=str(tmp_path),
+            run_id=run_id,
+            lr=0.05,
+        )
         return checkpoint.read_checkpoint(train(cfg, progress=False, log=lambda s: None))
 
     a, b = run("a"), run("b")
@@ -82,11 +111,16 @@ def test_training_learns_and_is_reproducible(tmp_path, fmnist_dir):
         (["--train-limit", "100000"], "256"),  # the split size of the files in fmnist_dir
         (["--bogus-flag"], "unrecognized arguments"),
         (["--device", "bogus"], "--device 'bogus'"),
-        pytest.param(["--device", "cuda"], "CUDA is not available",
-                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")),
+        pytest.param(
+            ["--device", "cuda"],
+            "CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here"),
+        ),
     ],
 )
-def test_bad_input_is_one_line_exit_2_nothing_written(argv_extra, needle, tmp_path, fmnist_dir, capsys):
+def test_bad_input_is_one_line_exit_2_nothing_written(
+    argv_extra, needle, tmp_path, fmnist_dir, capsys
+):
     argv = _train_argv(tmp_path, fmnist_dir, "standard") + argv_extra
     status = main(argv)
     err = capsys.readouterr().err
@@ -97,7 +131,8 @@ def test_bad_input_is_one_line_exit_2_nothing_written(argv_extra, needle, tmp_pa
 
 
 def test_a_model_that_cannot_take_the_data_set(tmp_path, fmnist_dir, capsys):
-    """A data set of 3x3 images is too small for the cnn (it pools twice): exit 2, nothing written."""
+    """A data set of 3x3 images is too small for the cnn (it pools twice): exit 2, nothing
+    written."""
     info = DatasetInfo("tiny4", 1, 3, 10, (0.5,), (0.5,), 10, 10, "none")
     DATASETS.add("tiny4", lambda *a, **k: None, "test only", info=info)
     try:
@@ -121,7 +156,9 @@ def test_missing_data_names_the_package_or_flag(tmp_path, capsys, monkeypatch):
 
 def test_schedules():
     cfg = TrainConfig(lr=0.1)
-    assert [lr_at(cfg, i, 100) for i in (0, 49, 50, 74, 75, 99)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert [lr_at(cfg, i, 100) for i in (0, 49, 50, 74, 75, 99)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    )
     cos = TrainConfig(lr=0.1, schedule="cosine")
     assert lr_at(cos, 0, 100) == pytest.approx(0.1) and lr_at(cos, 50, 100) == pytest.approx(0.05)
     assert lr_at(cos, 100, 100) == pytest.approx(0.0, abs=1e-12)
@@ -145,8 +182,13 @@ def test_augmentation_keeps_pixels_and_shape(mode):
 
 
 def test_prepare_checks_everything_before_writing(tmp_path, fmnist_dir):
-    cfg = TrainConfig(defense="batchout", defense_params={"layers": "names:nope"}, data_dir=str(fmnist_dir),
-                      download=False, out_dir=str(tmp_path / "ckpt"))
+    cfg = TrainConfig(
+        defense="batchout",
+        defense_params={"layers": "names:nope"},
+        data_dir=str(fmnist_dir),
+        download=False,
+        out_dir=str(tmp_path / "ckpt"),
+    )
     with pytest.raises(UsageError):
         prepare(cfg)
     assert not (tmp_path / "ckpt").exists()
@@ -162,7 +204,9 @@ def test_existing_run_dir_is_refused(tmp_path, fmnist_dir, capsys):
 def test_bench_list_shows_every_registry(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in DATASETS.names() + MODELS.names() + DEFENSES.names() + ["autoattack", "pgd", "fgsm"]:
+    for name in (
+        DATASETS.names() + MODELS.names() + DEFENSES.names() + ["autoattack", "pgd", "fgsm"]
+    ):
         assert f"  {name} " in out
     assert "eps=8/255" in out and "steps=10" in out and "beta=6" in out
 
@@ -171,7 +215,9 @@ def test_python_dash_m_bench_runs(tmp_path):
     import subprocess
     import sys
 
-    res = subprocess.run([sys.executable, "-m", "bench", "--version"], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "bench", "--version"], capture_output=True, text=True
+    )
     assert res.returncode == 0 and res.stdout.startswith("bench ")
 
 
@@ -203,8 +249,14 @@ def test_weights_that_do_not_fit_are_a_clear_error(tmp_path, fmnist_dir, capsys)
         (["--train-limit", "0"], "--train-limit must be a whole number >= 1"),
         (["--seed", "18446744073709551616"], "--seed must be a whole number in 0..2**63-1"),
         (["--seed", "-1"], "--seed must be a whole number in 0..2**63-1"),
-        (["--defense", "pgd-at", "--eps", "0.1", "--alpha", "2/255"], "can't reach the edge of the ball"),
-        (["--defense", "trades", "--eps", "0.1", "--alpha", "2/255"], "can't reach the edge of the ball"),
+        (
+            ["--defense", "pgd-at", "--eps", "0.1", "--alpha", "2/255"],
+            "can't reach the edge of the ball",
+        ),
+        (
+            ["--defense", "trades", "--eps", "0.1", "--alpha", "2/255"],
+            "can't reach the edge of the ball",
+        ),
         (["--seeds", "0,x"], "'x' is not a whole number"),
         (["--seeds", "1,1"], "seed 1 is listed twice"),
         (["--seeds", "-1"], "outside 0..2**63-1"),
@@ -212,7 +264,9 @@ def test_weights_that_do_not_fit_are_a_clear_error(tmp_path, fmnist_dir, capsys)
         (["--seeds", "0,1", "--seed", "2"], "not allowed with argument"),
     ],
 )
-def test_bad_numbers_are_refused_before_the_data_is_read(argv_extra, needle, tmp_path, capsys, monkeypatch):
+def test_bad_numbers_are_refused_before_the_data_is_read(
+    argv_extra, needle, tmp_path, capsys, monkeypatch
+):
     """The data directory is empty: had the data been read first, the error would be about it."""
     import bench.data
 
@@ -227,12 +281,16 @@ def test_bad_numbers_are_refused_before_the_data_is_read(argv_extra, needle, tmp
 
 
 def test_the_step_rule_is_visible_in_config(tmp_path, fmnist_dir, capsys):
-    argv = _train_argv(tmp_path, fmnist_dir, "pgd-at", "--eps", "0.1", "--steps", "2", "--run-id", "p")
+    argv = _train_argv(
+        tmp_path, fmnist_dir, "pgd-at", "--eps", "0.1", "--steps", "2", "--run-id", "p"
+    )
     assert main(argv) == 0
     config = checkpoint.read_checkpoint(tmp_path / "ckpt" / "p").config
     assert config["defense_params"]["alpha"] is None
     assert config["defense_resolved"] == {"alpha": 0.1 / 4, "alpha_rule": "eps/4"}
-    argv = _train_argv(tmp_path, fmnist_dir, "trades", "--alpha", "4/255", "--steps", "2", "--run-id", "t")
+    argv = _train_argv(
+        tmp_path, fmnist_dir, "trades", "--alpha", "4/255", "--steps", "2", "--run-id", "t"
+    )
     assert main(argv) == 0
     config = checkpoint.read_checkpoint(tmp_path / "ckpt" / "t").config
     assert config["defense_params"]["alpha"] == 4 / 255
@@ -243,14 +301,19 @@ def test_the_step_rule_is_visible_in_config(tmp_path, fmnist_dir, capsys):
 
 
 def test_seeds_train_one_checkpoint_each(tmp_path, fmnist_dir, capsys):
-    assert main(_train_argv(tmp_path, fmnist_dir, "standard", "--seeds", "3,1", "--run-id", "m")) == 0
+    assert (
+        main(_train_argv(tmp_path, fmnist_dir, "standard", "--seeds", "3,1", "--run-id", "m")) == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-2:] == [str(tmp_path / "ckpt" / "m-s3"), str(tmp_path / "ckpt" / "m-s1")]
     a, b = (checkpoint.read_checkpoint(p) for p in lines[-2:])
     assert (a.config["seed"], b.config["seed"]) == (3, 1) and a.fingerprint != b.fingerprint
     assert main(_train_argv(tmp_path, fmnist_dir, "standard", "--seeds", "0,2")) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [Path(p).name.startswith(f"standard-cnn-fashion-mnist-s{s}-") for p, s in zip(lines[-2:], (0, 2))] == [True, True]
+    assert [
+        Path(p).name.startswith(f"standard-cnn-fashion-mnist-s{s}-")
+        for p, s in zip(lines[-2:], (0, 2))
+    ] == [True, True]
 
 
 def test_seeds_are_all_validated_before_the_first_trains(tmp_path, fmnist_dir, capsys):
@@ -275,7 +338,11 @@ def test_weights_are_safetensors_and_legacy_pt_still_reads(tmp_path, fmnist_dir,
 
     ck = _finished(tmp_path, fmnist_dir)
     names = {p.name for p in ck.path.iterdir()}
-    assert "weights.safetensors" in names and "weights.pt" not in names and "state.safetensors" not in names
+    assert (
+        "weights.safetensors" in names
+        and "weights.pt" not in names
+        and "state.safetensors" not in names
+    )
     assert ck.run["complete"] is True
     fp, model = ck.fingerprint, ck.load_model()
     assert fp == fingerprint_model(model)  # the same tensors, however they are held
@@ -319,8 +386,22 @@ def test_a_pickle_that_would_run_code_is_refused(how, tmp_path, fmnist_dir, caps
             use(checkpoint.read_checkpoint(ck.path))
         assert "\n" not in str(info.value) and "weights.pt" in str(info.value)
     assert not marker.exists()
-    status = main(["eval", "--attack", "fgsm", "--checkpoint", str(ck.path), "--n", "8",
-                   "--data-dir", str(fmnist_dir), "--no-download", "--db", str(tmp_path / "r.sqlite")])
+    status = main(
+        [
+            "eval",
+            "--attack",
+            "fgsm",
+            "--checkpoint",
+            str(ck.path),
+            "--n",
+            "8",
+            "--data-dir",
+            str(fmnist_dir),
+            "--no-download",
+            "--db",
+            str(tmp_path / "r.sqlite"),
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and not marker.exists()
 
@@ -328,10 +409,22 @@ def test_a_pickle_that_would_run_code_is_refused(how, tmp_path, fmnist_dir, caps
 # --- speed options: bf16 autocast, channels-last, torch.compile (all off by default) -----------
 
 
-def _speed_run(tmp_path: Path, data_dir: Path, run_id: str, defense: str = "pgd-at", **options: object) -> checkpoint.Checkpoint:
-    cfg = TrainConfig(defense=defense, defense_params={"steps": "2"} if defense == "pgd-at" else {}, epochs=1,
-                      train_limit=128, eval_n=64, batch_size=32, data_dir=str(data_dir), download=False,
-                      out_dir=str(tmp_path), run_id=run_id, **options)  # type: ignore[arg-type]
+def _speed_run(
+    tmp_path: Path, data_dir: Path, run_id: str, defense: str = "pgd-at", **options: object
+) -> checkpoint.Checkpoint:
+    cfg = TrainConfig(
+        defense=defense,
+        defense_params={"steps": "2"} if defense == "pgd-at" else {},
+        epochs=1,
+        train_limit=128,
+        eval_n=64,
+        batch_size=32,
+        data_dir=str(data_dir),
+        download=False,
+        out_dir=str(tmp_path),
+        run_id=run_id,
+        **options,
+    )  # type: ignore[arg-type]
     return checkpoint.read_checkpoint(train(cfg, progress=False, log=lambda s: None))
 
 
@@ -339,14 +432,22 @@ def test_bf16_and_channels_last_train_and_are_recorded(tmp_path, fmnist_dir, one
     """Off by default and recorded in config.json; bf16 autocast changes the arithmetic (other
     weights, a finite loss); channels-last gives an ordinary, loadable checkpoint."""
     plain = _speed_run(tmp_path, fmnist_dir, "plain")
-    assert (plain.config["amp"], plain.config["channels_last"], plain.config["compile"]) == ("off", False, False)
+    assert (plain.config["amp"], plain.config["channels_last"], plain.config["compile"]) == (
+        "off",
+        False,
+        False,
+    )
     bf16 = _speed_run(tmp_path, fmnist_dir, "bf16", amp="bf16")
     assert bf16.config["amp"] == "bf16" and bf16.fingerprint != plain.fingerprint
-    assert math.isfinite(bf16.log[0]["loss"]) and abs(bf16.log[0]["loss"] - plain.log[0]["loss"]) < 0.1
+    assert (
+        math.isfinite(bf16.log[0]["loss"]) and abs(bf16.log[0]["loss"] - plain.log[0]["loss"]) < 0.1
+    )
     last = _speed_run(tmp_path, fmnist_dir, "cl", channels_last=True)
     assert last.config["channels_last"] is True
     x = torch.rand(4, 1, 28, 28)
-    assert torch.allclose(last.load_model()(x), plain.load_model()(x), atol=1e-3)  # same training, other layout
+    assert torch.allclose(
+        last.load_model()(x), plain.load_model()(x), atol=1e-3
+    )  # same training, other layout
 
 
 def test_bad_amp_is_one_line_exit_2(tmp_path, fmnist_dir, capsys):
@@ -354,7 +455,9 @@ def test_bad_amp_is_one_line_exit_2(tmp_path, fmnist_dir, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--amp" in err and not (tmp_path / "ckpt").exists()
     with pytest.raises(UsageError, match="--amp must be one of off, bf16"):
-        prepare(TrainConfig(amp="fp16", data_dir=str(fmnist_dir), download=False, out_dir=str(tmp_path)))
+        prepare(
+            TrainConfig(amp="fp16", data_dir=str(fmnist_dir), download=False, out_dir=str(tmp_path))
+        )
 
 
 def test_resume_keeps_the_saved_speed_options(tmp_path):
@@ -363,7 +466,9 @@ def test_resume_keeps_the_saved_speed_options(tmp_path):
     saved = {"dataset": "fashion-mnist", "amp": "bf16", "channels_last": True, "compile": False}
     cfg = config_from_saved(saved, tmp_path / "run")
     assert (cfg.amp, cfg.channels_last, cfg.compile) == ("bf16", True, False)
-    assert config_from_saved({"dataset": "fashion-mnist"}, tmp_path / "old").amp == "off"  # older runs
+    assert (
+        config_from_saved({"dataset": "fashion-mnist"}, tmp_path / "old").amp == "off"
+    )  # older runs
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
-"""The transfer matrix (``bench eval --transfer-matrix``, :mod:`bench.evaluation.transfer`): stored as
-diagnostics rows with n and interval, at most MAX_POINTS points, its diagonal equal to the
-white-box PGD the evaluation stored, feeding the transfer diagnostic, recomputed idempotently,
-shown only for the weights the store holds now."""
+"""The transfer matrix (``bench eval --transfer-matrix``, :mod:`bench.evaluation.transfer`):
+stored as diagnostics rows with n and interval, at most MAX_POINTS points, its diagonal equal to
+the white-box PGD the evaluation stored, feeding the transfer diagnostic, recomputed
+idempotently, shown only for the weights the store holds now."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 import visual_store
+from visual_store import BATCH, EPS, Built, N
+
 from bench.evaluation import transfer
-from bench.evaluation.targets import prepare_target
-from bench.report import model as report_model
-from bench.report import heatmap, write_report
 from bench.evaluation.results import Estimate, wilson
-from bench.store import Store
+from bench.evaluation.targets import prepare_target
+from bench.report import heatmap, write_report
+from bench.report import model as report_model
 from bench.report.text import ci
-from visual_store import BATCH, EPS, N, Built
+from bench.store import Store
 
 K = len(visual_store.DEFENSES)
 
@@ -48,7 +48,9 @@ def test_every_cell_is_a_row_with_n_and_interval(built: Built) -> None:
     with Store(built.db, readonly=True) as s:
         fps = {r.run_id: r.fingerprint for r in s.runs()}
     assert len(cells) == K * K
-    assert {(d.details["source_run_id"], d.run_id) for d in cells} == {(a, b) for a in fps for b in fps}
+    assert {(d.details["source_run_id"], d.run_id) for d in cells} == {
+        (a, b) for a in fps for b in fps
+    }
     for d in cells:
         det = d.details
         assert d.n == N and d.fingerprint == fps[d.run_id] and not d.flagged
@@ -76,7 +78,11 @@ def test_the_diagonal_is_the_white_box_pgd_the_evaluation_stored(built: Built) -
             assert d.details["flags"] == pgd.flags[:N], d.run_id
         assert transfer.diagonal_check(s, cells) == []
         broken = [c for c in cells if c.details["source_run_id"] == c.run_id][0]
-        broken.details = {**broken.details, "flags": "0" * N, "robust": 0}  # a diagonal that disagrees
+        broken.details = {
+            **broken.details,
+            "flags": "0" * N,
+            "robust": 0,
+        }  # a diagonal that disagrees
         (line,) = transfer.diagonal_check(s, [broken])
         assert broken.run_id in line and "differs from its stored PGD row" in line
 
@@ -84,7 +90,11 @@ def test_the_diagonal_is_the_white_box_pgd_the_evaluation_stored(built: Built) -
 def test_off_diagonal_cells_feed_the_transfer_diagnostic(built: Built) -> None:
     cells = {(d.details["source_run_id"], d.run_id): d for d in _cells(built.db)}
     with Store(built.db, readonly=True) as s:
-        found = [d for d in s.diagnostics() if d.check == "transfer" and d.details.get("from") == transfer.CHECK]
+        found = [
+            d
+            for d in s.diagnostics()
+            if d.check == "transfer" and d.details.get("from") == transfer.CHECK
+        ]
     assert len(found) == K * (K - 1)
     for f in found:
         cell = cells[(f.details["source_run_id"], f.run_id)]
@@ -92,7 +102,7 @@ def test_off_diagonal_cells_feed_the_transfer_diagnostic(built: Built) -> None:
         assert f.details["weak"] == "transfer" and f.details["strong"] == "white-box"
         assert f.details["weak_acc"] == pytest.approx(cell.details["robust"] / N)
     with Store(built.db, readonly=True) as s:  # and the report counts them among the findings
-        (_, models), = report_model.load(s).values()
+        ((_, models),) = report_model.load(s).values()
     assert all(sum(f.check == "transfer" for f in m.findings) == K - 1 for m in models)
 
 
@@ -105,7 +115,10 @@ def test_recomputing_is_idempotent(built: Built, tmp_path: Path) -> None:
 
     def snapshot() -> list[tuple]:
         with Store(db, readonly=True) as s:
-            return [(d.run_id, d.n, d.check, d.key, d.flagged, d.summary, d.details) for d in s.diagnostics()]
+            return [
+                (d.run_id, d.n, d.check, d.key, d.flagged, d.summary, d.details)
+                for d in s.diagnostics()
+            ]
 
     before = snapshot()
     out = io.StringIO()
@@ -126,15 +139,24 @@ def test_at_most_max_points(built: Built, tmp_path: Path, monkeypatch: pytest.Mo
     out = io.StringIO()
     transfer.write_matrix(db, _targets(built), EPS, 0, BATCH, out=out)
     cells = _cells(db)
-    assert len(cells) == K * K  # replaced: a cell's key is its source and eps, its n the evaluated n
-    assert all(d.details["n"] == 16 == len(d.details["flags"]) and d.details["max_points"] == 16 for d in cells)
+    assert (
+        len(cells) == K * K
+    )  # replaced: a cell's key is its source and eps, its n the evaluated n
+    assert all(
+        d.details["n"] == 16 == len(d.details["flags"]) and d.details["max_points"] == 16
+        for d in cells
+    )
     assert "first 16 test points (at most 16)" in out.getvalue()
     with Store(db, readonly=True) as s:
         (mxs,) = heatmap.load(s, report_model.load(s)).values()
-    assert [mx.n for mx in mxs] == [16] and "the first 16 test points (at most 16)" in mxs[0].caption
+    assert [mx.n for mx in mxs] == [16] and "the first 16 test points (at most 16)" in mxs[
+        0
+    ].caption
 
 
-def test_cells_of_weights_no_longer_in_the_store_are_not_shown(built: Built, tmp_path: Path) -> None:
+def test_cells_of_weights_no_longer_in_the_store_are_not_shown(
+    built: Built, tmp_path: Path
+) -> None:
     db = _copy(built, tmp_path)
     with sqlite3.connect(db) as con:  # as if mixup had been retrained under its run id
         con.execute("UPDATE runs SET fingerprint='sha256:new' WHERE run_id='mixup'")
@@ -142,23 +164,33 @@ def test_cells_of_weights_no_longer_in_the_store_are_not_shown(built: Built, tmp
     with Store(db, readonly=True) as s:
         sets = report_model.load(s)
         ((mx,),) = heatmap.load(s, sets).values()
-        (_, models), = sets.values()
+        ((_, models),) = sets.values()
     assert set(mx.runs) == {"standard", "fgsm-at"} and len(mx.cells) == 4
-    others = [m for m in models if m.run_id != "mixup"]  # transfer findings from the old mixup go too
+    others = [
+        m for m in models if m.run_id != "mixup"
+    ]  # transfer findings from the old mixup go too
     assert all(f.details.get("source_run_id") != "mixup" for m in others for f in m.findings)
 
 
-@pytest.mark.parametrize("extra, needle", [
-    (["--transfer-matrix"], "needs at least two models of one data set"),
-    (["--transfer-eps", "0.1"], "--transfer-eps goes with --transfer-matrix"),
-    (["--transfer-matrix", "--transfer-eps", "0"], "--transfer-eps must be in (0, 1]"),
-])
-def test_bad_requests_fail_before_anything_runs(extra: list[str], needle: str, built: Built, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--transfer-matrix"], "needs at least two models of one data set"),
+        (["--transfer-eps", "0.1"], "--transfer-eps goes with --transfer-matrix"),
+        (["--transfer-matrix", "--transfer-eps", "0"], "--transfer-eps must be in (0, 1]"),
+    ],
+)
+def test_bad_requests_fail_before_anything_runs(
+    extra: list[str], needle: str, built: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from bench.cli import main
 
     db = tmp_path / "new.sqlite"
-    ckpts = list(built.ckpts.values())[:1] if extra == ["--transfer-matrix"] else list(built.ckpts.values())
+    ckpts = (
+        list(built.ckpts.values())[:1]
+        if extra == ["--transfer-matrix"]
+        else list(built.ckpts.values())
+    )
     assert main(visual_store.eval_argv(db, built.data, ckpts, *extra)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("bench: error:") and needle in err[0], err

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import tiny_problem
 from torch import nn
 
 from bench.attacks import Attack, make_attack
@@ -21,7 +22,6 @@ from bench.evaluation.local import evaluate_target
 from bench.evaluation.plan import Settings
 from bench.evaluation.walk import DEFAULT_WALK, WALKS, grid_walk, max_tests, predict, walk_order
 from bench.store import SCHEMA_VERSION, ResultRow, Store
-from conftest import tiny_problem
 
 GRID = [i / 255 for i in range(9)]
 
@@ -37,11 +37,20 @@ def problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 
 
 def _spy(calls: list[tuple[float, list[int]]]) -> Attack:
-    """An attack that records (eps, points) of each call and returns x unchanged: it never breaks."""
-    def perturb(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor, kw: dict[str, Any], seed: int,
-                idx: torch.Tensor) -> torch.Tensor:
+    """An attack that records (eps, points) of each call and returns x unchanged: it never
+    breaks."""
+
+    def perturb(
+        m: nn.Module,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        kw: dict[str, Any],
+        seed: int,
+        idx: torch.Tensor,
+    ) -> torch.Tensor:
         calls.append((kw["eps"], idx.tolist()))
         return xb
+
     return Attack("spy", "bounded", {}, lambda eps: {"eps": eps}, perturb)
 
 
@@ -51,19 +60,36 @@ def _target(model: nn.Module, x: torch.Tensor, y: torch.Tensor, run_id: str = "m
     from bench.evaluation.targets import Target
     from bench.weights import fingerprint_model
 
-    src = SimpleNamespace(model=model, run_id=run_id, dataset="fashion-mnist", kind="module",
-                          fingerprint=fingerprint_model(model), path=run_id,
-                          config={"model": "tiny", "defense": "standard"}, run={})
+    src = SimpleNamespace(
+        model=model,
+        run_id=run_id,
+        dataset="fashion-mnist",
+        kind="module",
+        fingerprint=fingerprint_model(model),
+        path=run_id,
+        config={"model": "tiny", "defense": "standard"},
+        run={},
+    )
     return Target(src, x, y, len(y))
 
 
-def _breaking_index(walk: str, single: list[torch.Tensor], clean: torch.Tensor, a0: int) -> list[int]:
+def _breaking_index(
+    walk: str, single: list[torch.Tensor], clean: torch.Tensor, a0: int
+) -> list[int]:
     """A plain re-statement of each walk, per point, on single-run outcomes ``single[j]``."""
     m, out = len(single), []
     for i, ok in enumerate(clean.tolist()):
         lo, hi = (a0, m) if ok else (0, 0)
         while lo < hi:
-            t = lo if walk == "up" else hi - 1 if walk == "down" else m - 1 if hi == m else (lo + hi) // 2
+            t = (
+                lo
+                if walk == "up"
+                else hi - 1
+                if walk == "down"
+                else m - 1
+                if hi == m
+                else (lo + hi) // 2
+            )
             lo, hi = (t + 1, hi) if bool(single[t][i]) else (lo, t)
         out.append(lo)
     return out
@@ -88,7 +114,9 @@ def test_orders_visit_each_attacked_eps_once() -> None:
 
 
 @pytest.mark.parametrize("walk", WALKS)
-def test_nothing_breaks_shows_the_cost_of_each_walk(walk: str, problem: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
+def test_nothing_breaks_shows_the_cost_of_each_walk(
+    walk: str, problem: tuple[nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
     """An attack that never breaks anything: up attacks every clean point at every eps; down
     and bisect once, at the largest eps, and count them robust below it (inferred)."""
     model, x, y = problem
@@ -108,10 +136,20 @@ def test_nothing_breaks_shows_the_cost_of_each_walk(walk: str, problem: tuple[nn
 
 
 @pytest.mark.parametrize("walk", ["down", "bisect"])
-@pytest.mark.parametrize(("name", "params"), [("pgd", {"steps": "3"}), ("fgsm", {}),
-                                             ("autoattack", {"version": "custom", "attacks": "apgd-ce"})])
-def test_largest_eps_is_exactly_a_single_run(walk: str, name: str, params: dict[str, str],
-                                             problem: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("pgd", {"steps": "3"}),
+        ("fgsm", {}),
+        ("autoattack", {"version": "custom", "attacks": "apgd-ce"}),
+    ],
+)
+def test_largest_eps_is_exactly_a_single_run(
+    walk: str,
+    name: str,
+    params: dict[str, str],
+    problem: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
     model, x, y = problem
     attack = make_attack(name, params)
     grid = grid_walk(model, attack, x, y, GRID, batch_size=16, seed=3, walk=walk)
@@ -123,16 +161,23 @@ def test_largest_eps_is_exactly_a_single_run(walk: str, name: str, params: dict[
 
 
 @pytest.mark.parametrize("walk", WALKS)
-@pytest.mark.parametrize(("name", "params"), [("fgsm", {}), ("pgd", {"steps": "4", "random_start": "false"})])
+@pytest.mark.parametrize(
+    ("name", "params"), [("fgsm", {}), ("pgd", {"steps": "4", "random_start": "false"})]
+)
 def test_each_walk_follows_its_rule_on_single_run_outcomes(
-    walk: str, name: str, params: dict[str, str], problem: tuple[nn.Module, torch.Tensor, torch.Tensor]
+    walk: str,
+    name: str,
+    params: dict[str, str],
+    problem: tuple[nn.Module, torch.Tensor, torch.Tensor],
 ) -> None:
     """For a deterministic attack, the walk's flags are its rule applied per point to the
     outcomes of single runs at each eps (attacking a subset of a batch changes nothing)."""
     model, x, y = problem
     attack = make_attack(name, params)
     clean = predict(model, x) == y
-    single = [clean] + [grid_walk(model, attack, x, y, [e], batch_size=64, seed=0).flags[0] for e in GRID[1:]]
+    single = [clean] + [
+        grid_walk(model, attack, x, y, [e], batch_size=64, seed=0).flags[0] for e in GRID[1:]
+    ]
     b = _breaking_index(walk, single, clean, a0=1)
     r = grid_walk(model, attack, x, y, GRID, batch_size=64, seed=0, walk=walk)
     for j in range(len(GRID)):
@@ -149,7 +194,10 @@ def test_inference_and_proof(problem: tuple[nn.Module, torch.Tensor, torch.Tenso
     top = grid_walk(model, pgd, x, y, [GRID[-1]], batch_size=16, seed=0).flags[0]
     assert torch.equal(r.flags[-1], top)
     robust_top = int(top.sum())
-    assert r.attacked[8] == int(r.flags[0].sum()) and r.attacked[4] == int(r.flags[0].sum()) - robust_top
+    assert (
+        r.attacked[8] == int(r.flags[0].sum())
+        and r.attacked[4] == int(r.flags[0].sum()) - robust_top
+    )
 
 
 # ------------------------------------------------------------------- resume and the store
@@ -167,12 +215,14 @@ def _dying(attack: Attack, calls: dict[str, int], at: int) -> Attack:
         if calls["n"] == at:
             raise _Interrupt
         return real(*a)
+
     return replace(attack, perturb=perturb)
 
 
 @pytest.mark.parametrize(("walk", "at"), [("bisect", 4), ("bisect", 7), ("down", 6)])
-def test_resume_mid_walk_gives_the_same_flags(walk: str, at: int, problem: tuple[nn.Module, torch.Tensor, torch.Tensor],
-                                              tmp_path: Path) -> None:
+def test_resume_mid_walk_gives_the_same_flags(
+    walk: str, at: int, problem: tuple[nn.Module, torch.Tensor, torch.Tensor], tmp_path: Path
+) -> None:
     model, x, y = problem
     pgd = make_attack("pgd", {"steps": "3"})
     s = Settings([pgd], GRID, 8, 0, progress=False, walk=walk)
@@ -180,33 +230,48 @@ def test_resume_mid_walk_gives_the_same_flags(walk: str, at: int, problem: tuple
     calls = {"n": 0}
     with Store(tmp_path / "r.sqlite") as store:
         with pytest.raises(_Interrupt):
-            evaluate_target(_target(model, x, y), replace(s, attacks=[_dying(pgd, calls, at)]), store=store)
+            evaluate_target(
+                _target(model, x, y), replace(s, attacks=[_dying(pgd, calls, at)]), store=store
+            )
         kept = store.count()
-        calls["n"] = -10**9
-        resumed = evaluate_target(_target(model, x, y), replace(s, attacks=[_dying(pgd, calls, at)]), store=store)
+        calls["n"] = -(10**9)
+        resumed = evaluate_target(
+            _target(model, x, y), replace(s, attacks=[_dying(pgd, calls, at)]), store=store
+        )
         rows = store.results()
         assert store.db.execute("SELECT COUNT(*) FROM batches").fetchone()[0] == 0
-    assert [f.tolist() for f in resumed.results[0].flags] == [f.tolist() for f in whole.results[0].flags]
+    assert [f.tolist() for f in resumed.results[0].flags] == [
+        f.tolist() for f in whole.results[0].flags
+    ]
     assert resumed.results[0].reused == max(kept - 1, 0)
     assert len(rows) == len(GRID) and {r.walk for r in rows} == {walk}
     by_eps = {round(r.eps * 255): r.flags for r in sorted(rows, key=lambda r: r.eps)}
-    assert [by_eps[j] for j in range(9)] == ["".join("1" if v else "0" for v in f.tolist())
-                                             for f in whole.results[0].flags]
+    assert [by_eps[j] for j in range(9)] == [
+        "".join("1" if v else "0" for v in f.tolist()) for f in whole.results[0].flags
+    ]
 
 
 def _recording(attack: Attack, seen: list[tuple[float, int]]) -> Attack:
     """``attack``, recording (eps, first point) of each call."""
     real = attack.perturb
 
-    def perturb(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor, kw: dict[str, Any], seed: int,
-                idx: torch.Tensor) -> torch.Tensor:
+    def perturb(
+        m: nn.Module,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        kw: dict[str, Any],
+        seed: int,
+        idx: torch.Tensor,
+    ) -> torch.Tensor:
         seen.append((kw["eps"], int(idx[0])))
         return real(m, xb, yb, kw, seed, idx)
+
     return replace(attack, perturb=perturb)
 
 
-def test_steps_of_another_walk_are_never_reused(problem: tuple[nn.Module, torch.Tensor, torch.Tensor],
-                                                tmp_path: Path) -> None:
+def test_steps_of_another_walk_are_never_reused(
+    problem: tuple[nn.Module, torch.Tensor, torch.Tensor], tmp_path: Path
+) -> None:
     """Finished rows and kept batches of a bisect walk are not taken by an up walk (nor back):
     the up walk makes exactly the attack calls it makes on an empty store."""
     model, x, y = problem
@@ -214,26 +279,53 @@ def test_steps_of_another_walk_are_never_reused(problem: tuple[nn.Module, torch.
     pgd = make_attack("pgd", {"steps": "3"})
     s = Settings([pgd], GRID, 8, 0, progress=False, walk="bisect")
     alone: list[tuple[float, int]] = []
-    up_alone = evaluate_target(_target(model, x, y), replace(s, attacks=[_recording(pgd, alone)], walk="up"))
+    up_alone = evaluate_target(
+        _target(model, x, y), replace(s, attacks=[_recording(pgd, alone)], walk="up")
+    )
     with Store(tmp_path / "r.sqlite") as store:
         with pytest.raises(_Interrupt):  # the top eps finished, two batches of 4/255 kept
-            evaluate_target(_target(model, x, y), replace(s, attacks=[_dying(pgd, calls, 8)]), store=store)
+            evaluate_target(
+                _target(model, x, y), replace(s, attacks=[_dying(pgd, calls, 8)]), store=store
+            )
         assert store.db.execute("SELECT COUNT(*) FROM batches").fetchone()[0] == 2
         seen: list[tuple[float, int]] = []
-        up = evaluate_target(_target(model, x, y), replace(s, attacks=[_recording(pgd, seen)], walk="up"),
-                             store=store)
+        up = evaluate_target(
+            _target(model, x, y),
+            replace(s, attacks=[_recording(pgd, seen)], walk="up"),
+            store=store,
+        )
         assert up.results[0].reused == 0 and seen == alone
         assert {r.walk for r in store.results()} == {"up"}
         again = evaluate_target(_target(model, x, y), s, store=store)
         assert again.results[0].reused == 0 and {r.walk for r in store.results()} == {"bisect"}
-    assert [f.tolist() for f in up.results[0].flags] == [f.tolist() for f in up_alone.results[0].flags]
+    assert [f.tolist() for f in up.results[0].flags] == [
+        f.tolist() for f in up_alone.results[0].flags
+    ]
 
 
 def _v2_store(path: Path) -> None:
     """A layout-2 store: today's tables without the walk column, version 2, one row."""
     with Store(path) as s:
-        s.write_result(ResultRow("m", "pgd", {"steps": 3}, 4 / 255, 3, 1.0, 2 / 3, 1.0, "cpu", {}, "110", 0, 8,
-                                 [0.0, 4 / 255], "sha256:x", "2024-01-01T00:00:00+00:00"))
+        s.write_result(
+            ResultRow(
+                "m",
+                "pgd",
+                {"steps": 3},
+                4 / 255,
+                3,
+                1.0,
+                2 / 3,
+                1.0,
+                "cpu",
+                {},
+                "110",
+                0,
+                8,
+                [0.0, 4 / 255],
+                "sha256:x",
+                "2024-01-01T00:00:00+00:00",
+            )
+        )
         s.db.execute("ALTER TABLE results DROP COLUMN walk")
         s.db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
 
@@ -269,13 +361,17 @@ def test_a_v1_store_is_still_refused(tmp_path: Path) -> None:
             Store(db, readonly=readonly)
 
 
-def test_the_command_line_records_the_walk(problem: tuple[nn.Module, torch.Tensor, torch.Tensor],
-                                           tmp_path: Path) -> None:
+def test_the_command_line_records_the_walk(
+    problem: tuple[nn.Module, torch.Tensor, torch.Tensor], tmp_path: Path
+) -> None:
     """Rows carry the walk; the CSV/JSON export has it; the evaluation's dict says it."""
     model, x, y = problem
     with Store(tmp_path / "r.sqlite") as store:
-        ev = evaluate_target(_target(model, x[:16], y[:16]), Settings([make_attack("fgsm")], GRID, 8, 0,
-                                                                       progress=False), store=store)
+        ev = evaluate_target(
+            _target(model, x[:16], y[:16]),
+            Settings([make_attack("fgsm")], GRID, 8, 0, progress=False),
+            store=store,
+        )
         assert {r.walk for r in store.results()} == {"bisect"} and ev.as_dict()["walk"] == "bisect"
         assert "bisect" in store.csv_text() and '"walk": "bisect"' in store.json_text()
     with pytest.raises(UsageError, match="--walk"):
@@ -286,7 +382,8 @@ def test_the_command_line_records_the_walk(problem: tuple[nn.Module, torch.Tenso
 
 
 def test_a_model_robust_only_to_large_budgets_is_flagged_by_the_bisect_walk(
-        problem: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
+    problem: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
     """planted.LargeBudgetTrap answers every input farther than 6/255 from a test point with that
     point's label: PGD at 8/255 (random start) never breaks it, PGD at 4/255 does. The bisect
     walk counts those points robust at 4/255 by inference; the walk-inference check attacks them
@@ -308,11 +405,13 @@ def test_a_model_robust_only_to_large_budgets_is_flagged_by_the_bisect_walk(
 
 
 def test_an_up_walk_replaces_a_flagged_bisect_walk_and_its_finding(
-        problem: tuple[nn.Module, torch.Tensor, torch.Tensor], tmp_path: Path) -> None:
+    problem: tuple[nn.Module, torch.Tensor, torch.Tensor], tmp_path: Path
+) -> None:
     """The advice of a flagged walk-inference check is to walk up: once the up walk's rows
     replace the bisect walk's, the finding about the bisect walk's inferred numbers goes too
     (else the model would stay marked unreliable for numbers no longer in the store)."""
     import planted as P
+
     from bench.params import format_eps
 
     base, x, y = problem
@@ -322,8 +421,12 @@ def test_an_up_walk_replaces_a_flagged_bisect_walk_and_its_finding(
         evaluate_target(_target(trap, x, y), s, store=store)
         kept = [d for d in store.diagnostics() if d.check == "walk-inference"]
         assert len(kept) == 1 and kept[0].flagged and kept[0].key == "pgd@4/255<8/255"
-        assert kept[0].details["evaluation"] == {"grid": [format_eps(e) for e in GRID], "walk": "bisect",
-                                                 "seed": 0, "batch_size": 16}
+        assert kept[0].details["evaluation"] == {
+            "grid": [format_eps(e) for e in GRID],
+            "walk": "bisect",
+            "seed": 0,
+            "batch_size": 16,
+        }
         evaluate_target(_target(trap, x, y), replace(s, walk="up"), store=store)
         assert not [d for d in store.diagnostics() if d.check == "walk-inference"]
         assert {r.walk for r in store.results()} == {"up"}
@@ -339,17 +442,32 @@ def test_findings_replace_the_rows_an_older_bench_kept_under_other_keys(tmp_path
         return DiagnosticRow(run_id, "fp", 32, check, key, True, "src", "old", {}, "", "t")
 
     with Store(tmp_path / "r.sqlite") as store:
-        store.write_diagnostics([row("walk-inference", ""), row("autoattack-checks", "000"),
-                                 row("autoattack-checks", "001"), row("walk-inference", "", "other")])
-        store.write_diagnostics([row("walk-inference", "pgd@4/255<8/255"), row("autoattack-checks", "0a1b2c3d4e5f")])
+        store.write_diagnostics(
+            [
+                row("walk-inference", ""),
+                row("autoattack-checks", "000"),
+                row("autoattack-checks", "001"),
+                row("walk-inference", "", "other"),
+            ]
+        )
+        store.write_diagnostics(
+            [row("walk-inference", "pgd@4/255<8/255"), row("autoattack-checks", "0a1b2c3d4e5f")]
+        )
         kept = sorted((d.run_id, d.check, d.key) for d in store.diagnostics())
-    assert kept == [("m", "autoattack-checks", "0a1b2c3d4e5f"), ("m", "walk-inference", "pgd@4/255<8/255"),
-                    ("other", "walk-inference", "")]
+    assert kept == [
+        ("m", "autoattack-checks", "0a1b2c3d4e5f"),
+        ("m", "walk-inference", "pgd@4/255<8/255"),
+        ("other", "walk-inference", ""),
+    ]
 
 
-def test_an_honest_model_passes_the_walk_inference_check(problem: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
+def test_an_honest_model_passes_the_walk_inference_check(
+    problem: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
     """On 0..4/255 (robust points at 4/255 exist): checked at 2/255, nothing refuted."""
     model, x, y = problem
-    ev = evaluate_target(_target(model, x, y), Settings([make_attack("pgd")], GRID[:5], 16, 0, progress=False))
+    ev = evaluate_target(
+        _target(model, x, y), Settings([make_attack("pgd")], GRID[:5], 16, 0, progress=False)
+    )
     f = {f.check: f for f in ev.findings}["walk-inference"]
     assert f.details["checked"] > 0 and f.details["inferred_eps"] == GRID[2] and not f.flagged

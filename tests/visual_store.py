@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import write_small_fmnist
 
 DEFENSES = ("standard", "fgsm-at", "mixup")
@@ -42,9 +41,28 @@ _BUILT: dict[str, Built] = {}
 
 def eval_argv(db: Path, data: Path, ckpts: list[Path], *extra: str) -> list[str]:
     """``bench eval`` of the shared settings on ``ckpts``."""
-    return ["eval", "--attack", "fgsm,pgd", "--eps", GRID, "--n", str(N), "--batch-size", str(BATCH),
-            "--db", str(db), "--data-dir", str(data), "--no-download", "--no-progress", "--device", "cpu",
-            *extra, "--checkpoint", *map(str, ckpts)]
+    return [
+        "eval",
+        "--attack",
+        "fgsm,pgd",
+        "--eps",
+        GRID,
+        "--n",
+        str(N),
+        "--batch-size",
+        str(BATCH),
+        "--db",
+        str(db),
+        "--data-dir",
+        str(data),
+        "--no-download",
+        "--no-progress",
+        "--device",
+        "cpu",
+        *extra,
+        "--checkpoint",
+        *map(str, ckpts),
+    ]
 
 
 def _build(root: Path) -> Built:
@@ -55,9 +73,18 @@ def _build(root: Path) -> Built:
     data = write_small_fmnist(root / "data")
     ckpts = {}
     for defense in DEFENSES:
-        cfg = TrainConfig(defense=defense, epochs=1, train_limit=256, eval_n=64, batch_size=32,
-                          data_dir=str(data), download=False, out_dir=str(root / "ckpt"), run_id=defense,
-                          device="cpu")
+        cfg = TrainConfig(
+            defense=defense,
+            epochs=1,
+            train_limit=256,
+            eval_n=64,
+            batch_size=32,
+            data_dir=str(data),
+            download=False,
+            out_dir=str(root / "ckpt"),
+            run_id=defense,
+            device="cpu",
+        )
         ckpts[defense] = train(cfg, progress=False, log=lambda _line: None)
     db = root / "results.sqlite"
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

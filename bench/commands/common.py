@@ -12,8 +12,10 @@ def shared_flags() -> dict[str, dict[str, Any]]:
     """Each shared flag's ``add_argument`` keywords (built per parser: ``--db``'s default
     follows ``$BENCH_HOME``)."""
     return {
-        "data-dir": {"metavar": "DIR",
-                     "help": "data directory (default $BENCH_DATA_DIR, else <home>/data)"},
+        "data-dir": {
+            "metavar": "DIR",
+            "help": "data directory (default $BENCH_DATA_DIR, else <home>/data)",
+        },
         "device": {"metavar": "DEV", "help": "cpu, cuda, cuda:1 ... (default: cuda if present)"},
         "no-download": {"action": "store_true", "help": "never download a missing data set"},
         "db": {"metavar": "PATH", "help": f"results store (default {paths.default_db()})"},

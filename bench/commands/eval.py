@@ -38,71 +38,155 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Evaluate checkpoints with torchattacks attacks and the official AutoAttack "
         "over an L-infinity eps grid (pixel scale [0, 1]); results go to the SQLite store.",
     )
-    p.add_argument("--attack", action="append", required=True, metavar="NAME[,NAME...]",
-                   help=f"attacks to run (valid: {', '.join(ATTACKS.names())})")
+    p.add_argument(
+        "--attack",
+        action="append",
+        required=True,
+        metavar="NAME[,NAME...]",
+        help=f"attacks to run (valid: {', '.join(ATTACKS.names())})",
+    )
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--checkpoint", action="extend", nargs="+", metavar="PATH",
-                       help="checkpoint directories (or their weights.pt)")
-    which.add_argument("--model-factory", metavar="MODULE:FUNCTION",
-                       help="a model bench did not train: package.module:function returning an "
-                       "nn.Module (logits on images in [0, 1]); needs --dataset")
-    which.add_argument("--robustbench", metavar="NAME",
-                       help="a RobustBench model-zoo entry, loaded by robustbench's load_model "
-                       "(from --model-dir); needs --dataset")
-    which.add_argument("--all", action="store_true",
-                       help="every finished checkpoint under the checkpoints directory (the "
-                       "default when no model is named)")
-    p.add_argument("--checkpoints-dir", metavar="DIR",
-                   help=f"where --all looks (default {paths.checkpoints_dir()})")
-    p.add_argument("--weights", metavar="FILE",
-                   help="weights for --model-factory: .safetensors, or a state dict read with a "
-                   "weights-only torch load (never runs code from the file)")
+    which.add_argument(
+        "--checkpoint",
+        action="extend",
+        nargs="+",
+        metavar="PATH",
+        help="checkpoint directories (or their weights.pt)",
+    )
+    which.add_argument(
+        "--model-factory",
+        metavar="MODULE:FUNCTION",
+        help="a model bench did not train: package.module:function returning an "
+        "nn.Module (logits on images in [0, 1]); needs --dataset",
+    )
+    which.add_argument(
+        "--robustbench",
+        metavar="NAME",
+        help="a RobustBench model-zoo entry, loaded by robustbench's load_model "
+        "(from --model-dir); needs --dataset",
+    )
+    which.add_argument(
+        "--all",
+        action="store_true",
+        help="every finished checkpoint under the checkpoints directory (the "
+        "default when no model is named)",
+    )
+    p.add_argument(
+        "--checkpoints-dir",
+        metavar="DIR",
+        help=f"where --all looks (default {paths.checkpoints_dir()})",
+    )
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="weights for --model-factory: .safetensors, or a state dict read with a "
+        "weights-only torch load (never runs code from the file)",
+    )
     p.add_argument("--name", metavar="NAME", help="leaderboard name of a --model-factory model")
     p.add_argument("--threat-model", default="Linf", help="RobustBench threat model (default Linf)")
-    p.add_argument("--model-dir", metavar="DIR", help="RobustBench model directory (default <data dir>/robustbench-models)")
-    p.add_argument("--model-info", metavar="DIR",
-                   help="RobustBench model_info directory, for the published numbers shown beside ours")
-    p.add_argument("--diagnose", action="store_true",
-                   help="also the costly checks: a very large budget, the PGD loss trace, and "
-                   "transfer (with --transfer-from)")
-    p.add_argument("--transfer-from", metavar="CHECKPOINT",
-                   help="with --diagnose: replay PGD examples crafted on this checkpoint")
-    p.add_argument("--transfer-matrix", action="store_true",
-                   help="after the evaluation, PGD examples crafted on each model evaluated on every "
-                   "model of its data set, on the first min(n, 500) points (bench.evaluation.transfer)")
-    p.add_argument("--transfer-eps", metavar="EPS",
-                   help="eps of --transfer-matrix (default: the largest eps of --eps)")
-    p.add_argument("--eps", default=DEFAULT_GRID, metavar="GRID",
-                   help="start:stop:step (inclusive) or a comma list, e.g. 0,2/255,8/255 "
-                   f"(default {DEFAULT_GRID})")
+    p.add_argument(
+        "--model-dir",
+        metavar="DIR",
+        help="RobustBench model directory (default <data dir>/robustbench-models)",
+    )
+    p.add_argument(
+        "--model-info",
+        metavar="DIR",
+        help="RobustBench model_info directory, for the published numbers shown beside ours",
+    )
+    p.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="also the costly checks: a very large budget, the PGD loss trace, and "
+        "transfer (with --transfer-from)",
+    )
+    p.add_argument(
+        "--transfer-from",
+        metavar="CHECKPOINT",
+        help="with --diagnose: replay PGD examples crafted on this checkpoint",
+    )
+    p.add_argument(
+        "--transfer-matrix",
+        action="store_true",
+        help="after the evaluation, PGD examples crafted on each model evaluated on every "
+        "model of its data set, on the first min(n, 500) points (bench.evaluation.transfer)",
+    )
+    p.add_argument(
+        "--transfer-eps",
+        metavar="EPS",
+        help="eps of --transfer-matrix (default: the largest eps of --eps)",
+    )
+    p.add_argument(
+        "--eps",
+        default=DEFAULT_GRID,
+        metavar="GRID",
+        help="start:stop:step (inclusive) or a comma list, e.g. 0,2/255,8/255 "
+        f"(default {DEFAULT_GRID})",
+    )
     p.add_argument("--n", type=int, default=1000, help="first n test points (default 1000)")
-    p.add_argument("--batch-size", type=int, default=500, help="points per attack call (default 500)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="attack seed; batch k at eps e is seeded from (seed, e, k) (default 0)")
-    p.add_argument("--walk", choices=WALKS, default=DEFAULT_WALK,
-                   help="how each attack walks the grid: bisect (default: a single run at the largest "
-                   "eps, then each broken point's breaking eps by bisection; robust below a measured "
-                   "robust eps is inferred), down (largest eps first, then downwards), up (ascending: "
-                   "every robust flag measured, a robust point attacked at every eps)")
-    p.add_argument("--fresh", action="store_true",
-                   help="recompute steps already in the store (default: a step stored with the same "
-                   "weights, points, grid, batch size and seed is reused, so a killed run resumes)")
+    p.add_argument(
+        "--batch-size", type=int, default=500, help="points per attack call (default 500)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="attack seed; batch k at eps e is seeded from (seed, e, k) (default 0)",
+    )
+    p.add_argument(
+        "--walk",
+        choices=WALKS,
+        default=DEFAULT_WALK,
+        help="how each attack walks the grid: bisect (default: a single run at the largest "
+        "eps, then each broken point's breaking eps by bisection; robust below a measured "
+        "robust eps is inferred), down (largest eps first, then downwards), up (ascending: "
+        "every robust flag measured, a robust point attacked at every eps)",
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="recompute steps already in the store (default: a step stored with the same "
+        "weights, points, grid, batch size and seed is reused, so a killed run resumes)",
+    )
     p.add_argument("--dataset", metavar="NAME", help="refuse checkpoints of any other data set")
     add_shared(p, "db", "data-dir", "no-download", "device", "no-progress")
-    p.add_argument("--set", action="append", default=[], metavar="ATTACK.KEY=VALUE",
-                   help="an attack parameter, e.g. pgd.steps=20 (repeatable)")
-    p.add_argument("--aa-version", choices=("standard", "plus", "rand", "custom"),
-                   help="shorthand for --set autoattack.version=...")
-    p.add_argument("--aa-attacks", metavar="LIST",
-                   help="shorthand for --set autoattack.attacks=... (implies --aa-version custom), "
-                   "e.g. apgd-ce,apgd-t")
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="evaluate on a local Ray instance of N workers (one GPU each where there are "
-                   "GPUs): each evaluation's fixed batches are cut into N shards; same rows as in process")
-    p.add_argument("--address", metavar="ADDR",
-                   help="evaluate on this Ray cluster (one shard per worker; --workers sets how many)")
-    p.add_argument("--cpus-per-task", type=int, default=1, metavar="N",
-                   help="with --workers/--address: Ray CPUs and torch threads per task (default 1)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="ATTACK.KEY=VALUE",
+        help="an attack parameter, e.g. pgd.steps=20 (repeatable)",
+    )
+    p.add_argument(
+        "--aa-version",
+        choices=("standard", "plus", "rand", "custom"),
+        help="shorthand for --set autoattack.version=...",
+    )
+    p.add_argument(
+        "--aa-attacks",
+        metavar="LIST",
+        help="shorthand for --set autoattack.attacks=... (implies --aa-version custom), "
+        "e.g. apgd-ce,apgd-t",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="evaluate on a local Ray instance of N workers (one GPU each where there are "
+        "GPUs): each evaluation's fixed batches are cut into N shards; same rows as in process",
+    )
+    p.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="evaluate on this Ray cluster (one shard per worker; --workers sets how many)",
+    )
+    p.add_argument(
+        "--cpus-per-task",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --workers/--address: Ray CPUs and torch threads per task (default 1)",
+    )
     p.set_defaults(func=run)
 
 
@@ -129,7 +213,9 @@ def parse_attacks(
             raise UsageError(f"--set {item!r}: write attack.key=value, e.g. pgd.steps=20")
         ATTACKS[name]
         if name not in params:
-            raise UsageError(f"--set {item!r}: attack {name} is not among --attack {','.join(order)}")
+            raise UsageError(
+                f"--set {item!r}: attack {name} is not among --attack {','.join(order)}"
+            )
         params[name][param.strip().replace("-", "_")] = value.strip()
     if aa_version is not None or aa_attacks is not None:
         if "autoattack" not in params:
@@ -165,12 +251,24 @@ def run(args: argparse.Namespace) -> int:
         if not args.diagnose:
             raise UsageError("--transfer-from goes with --diagnose")
         transfer = from_checkpoint(paths.resolve(args.transfer_from, "--transfer-from")).model
-    settings = Settings(attacks, eps_grid, args.batch_size, args.seed, args.fresh,
-                        not args.no_progress, args.diagnose, transfer, walk=args.walk)
+    settings = Settings(
+        attacks,
+        eps_grid,
+        args.batch_size,
+        args.seed,
+        args.fresh,
+        not args.no_progress,
+        args.diagnose,
+        transfer,
+        walk=args.walk,
+    )
     matrix_eps = transfer_request(args, eps_grid, targets)
     ray_opts = ray_request(args)
-    status = (evaluate_all(targets, settings, device, db) if ray_opts is None
-              else evaluate_all_on_ray(targets, settings, db, ray_opts, args.workers, args.device))
+    status = (
+        evaluate_all(targets, settings, device, db)
+        if ray_opts is None
+        else evaluate_all_on_ray(targets, settings, db, ray_opts, args.workers, args.device)
+    )
     if status or matrix_eps is None:
         return status
     write_matrix(db, targets, matrix_eps, args.seed, args.batch_size)
@@ -188,8 +286,9 @@ def ray_request(args: argparse.Namespace) -> object | None:
         if value is not None and not 1 <= value <= 4096:
             raise UsageError(f"{flag} must be a whole number in 1..4096, got {value}")
     cluster = _ray_module("bench.cluster")
-    return cluster.RayOptions(address=args.address, cpus_per_task=args.cpus_per_task,
-                              progress=not args.no_progress)
+    return cluster.RayOptions(
+        address=args.address, cpus_per_task=args.cpus_per_task, progress=not args.no_progress
+    )
 
 
 def _ray_module(name: str) -> Any:
@@ -200,16 +299,24 @@ def _ray_module(name: str) -> Any:
     except ImportError as exc:
         if exc.name not in ("ray", "ray._raylet") and not str(exc.name or "").startswith("ray."):
             raise
-        raise UsageError("--workers and --address need Ray: pip install -e '.[sweep]' (scripts/setup.sh does)") from None
+        raise UsageError(
+            "--workers and --address need Ray: pip install -e '.[sweep]' (scripts/setup.sh does)"
+        ) from None
 
 
-def transfer_request(args: argparse.Namespace, eps_grid: list[float], targets: list[Target]) -> float | None:
+def transfer_request(
+    args: argparse.Namespace, eps_grid: list[float], targets: list[Target]
+) -> float | None:
     """The eps of ``--transfer-matrix`` (checked before anything runs), or None without it."""
     if not args.transfer_matrix:
         if args.transfer_eps is not None:
             raise UsageError("--transfer-eps goes with --transfer-matrix")
         return None
-    eps = parse_eps(args.transfer_eps, "--transfer-eps") if args.transfer_eps is not None else max(eps_grid)
+    eps = (
+        parse_eps(args.transfer_eps, "--transfer-eps")
+        if args.transfer_eps is not None
+        else max(eps_grid)
+    )
     check_request(targets, eps)
     return eps
 
@@ -227,8 +334,9 @@ def load_targets(args: argparse.Namespace) -> list[Target]:
         if args.model_factory:
             src = sources.from_factory(args.model_factory, args.weights, args.dataset, args.name)
         else:
-            src = sources.from_robustbench(args.robustbench, args.threat_model, args.dataset,
-                                           args.model_dir, args.model_info)
+            src = sources.from_robustbench(
+                args.robustbench, args.threat_model, args.dataset, args.model_dir, args.model_info
+            )
         return [attach_points(src, args.n, data_dir, download)]
     targets: dict[str, Target] = {}
     for path in checkpoint_paths(args):
@@ -244,20 +352,35 @@ def checkpoint_paths(args: argparse.Namespace) -> list[Path]:
         if args.checkpoints_dir:
             raise UsageError("--checkpoints-dir goes with --all, not with --checkpoint")
         return [paths.resolve(c, "checkpoint") for c in args.checkpoint]
-    root = paths.resolve(args.checkpoints_dir, "--checkpoints-dir") if args.checkpoints_dir else paths.checkpoints_dir()
+    root = (
+        paths.resolve(args.checkpoints_dir, "--checkpoints-dir")
+        if args.checkpoints_dir
+        else paths.checkpoints_dir()
+    )
     if root.exists() and not root.is_dir():
         raise UsageError(f"--checkpoints-dir {root} is not a directory")
     for run_dir in getattr(checkpoint, "find_incomplete", lambda r: [])(root):
-        print(f"bench: skipping {run_dir}: training did not finish; resume it with "
-              f"`bench train --resume {run_dir}`", file=sys.stderr)
+        print(
+            f"bench: skipping {run_dir}: training did not finish; resume it with "
+            f"`bench train --resume {run_dir}`",
+            file=sys.stderr,
+        )
     found = checkpoint.find_checkpoints(root)
     if not found:
-        raise UsageError(f"no finished checkpoints under {root} (train one, or name one with --checkpoint)")
+        raise UsageError(
+            f"no finished checkpoints under {root} (train one, or name one with --checkpoint)"
+        )
     return found
 
 
-def evaluate_all_on_ray(targets: list[Target], settings: Settings, db: Path, opts: Any, workers: int | None,
-                        device: str | None) -> int:
+def evaluate_all_on_ray(
+    targets: list[Target],
+    settings: Settings,
+    db: Path,
+    opts: Any,
+    workers: int | None,
+    device: str | None,
+) -> int:
     """Evaluate every target on Ray into the store ``db``; the tables as in process, in order."""
     executor = _ray_module("bench.evaluation.ray_executor")
     with Store(db) as store:
@@ -266,7 +389,10 @@ def evaluate_all_on_ray(targets: list[Target], settings: Settings, db: Path, opt
     for ev in done:
         print(format_table(ev, ev.device), file=sys.stdout)
     for run_id, error in failed:
-        print(f"bench: error: model {run_id}: {error} (its unfinished steps are not stored)", file=sys.stderr)
+        print(
+            f"bench: error: model {run_id}: {error} (its unfinished steps are not stored)",
+            file=sys.stderr,
+        )
     if failed:
         return 1
     print(f"results stored in {db}", file=sys.stderr)
@@ -282,8 +408,10 @@ def evaluate_all(targets: list[Target], settings: Settings, device: object, db: 
                 evaluate_target(target, settings, device, store, out=sys.stdout)  # type: ignore[arg-type]
             except BudgetViolation as exc:
                 # An attack bug, not a result: the step in progress is not stored.
-                print(f"bench: error: {exc} (model {target.run_id}; that step is not stored)",
-                      file=sys.stderr)
+                print(
+                    f"bench: error: {exc} (model {target.run_id}; that step is not stored)",
+                    file=sys.stderr,
+                )
                 return 1
     print(f"results stored in {db}", file=sys.stderr)
     return 0

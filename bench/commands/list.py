@@ -26,12 +26,19 @@ def _fmt(key: str, value: Any) -> str:
 
 def registries() -> list[tuple[str, Registry[Any]]]:
     """The registries shown, in order."""
-    return [("data sets", DATASETS), ("models", MODELS), ("defenses", DEFENSES), ("attacks", ATTACKS)]
+    return [
+        ("data sets", DATASETS),
+        ("models", MODELS),
+        ("defenses", DEFENSES),
+        ("attacks", ATTACKS),
+    ]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``bench list``."""
-    p = sub.add_parser("list", help="list data sets, models, defenses and attacks with their defaults")
+    p = sub.add_parser(
+        "list", help="list data sets, models, defenses and attacks with their defaults"
+    )
     p.set_defaults(func=run)
 
 

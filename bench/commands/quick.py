@@ -49,31 +49,48 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--defenses", default=",".join(DEFENSES.names()), help="comma list (default: all)")
+    p.add_argument(
+        "--defenses", default=",".join(DEFENSES.names()), help="comma list (default: all)"
+    )
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--model", default="cnn")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--train-limit", type=int, default=10000, metavar="N")
-    p.add_argument("--train-eps", default="0.1",
-                   help="eps of the adversarial defenses' training attacks (default 0.1, "
-                   "Fashion-MNIST's conventional budget)")
-    p.add_argument("--attacks", default="fgsm,pgd",
-                   help="attacks over the grid (default fgsm,pgd; autoattack here runs the custom "
-                   "version with --aa-attacks)")
-    p.add_argument("--eps", default="0,2/255,4/255,6/255,8/255,0.1",
-                   help="grid of --attacks (default: the card's 0..8/255 "
-                   "every other step, and 0.1)")
-    p.add_argument("--rank-eps", default="0.1",
-                   help="where standard AutoAttack also runs and the leaderboard ranks (default 0.1)")
+    p.add_argument(
+        "--train-eps",
+        default="0.1",
+        help="eps of the adversarial defenses' training attacks (default 0.1, "
+        "Fashion-MNIST's conventional budget)",
+    )
+    p.add_argument(
+        "--attacks",
+        default="fgsm,pgd",
+        help="attacks over the grid (default fgsm,pgd; autoattack here runs the custom "
+        "version with --aa-attacks)",
+    )
+    p.add_argument(
+        "--eps",
+        default="0,2/255,4/255,6/255,8/255,0.1",
+        help="grid of --attacks (default: the card's 0..8/255 every other step, and 0.1)",
+    )
+    p.add_argument(
+        "--rank-eps",
+        default="0.1",
+        help="where standard AutoAttack also runs and the leaderboard ranks (default 0.1)",
+    )
     p.add_argument("--n", type=int, default=200, help="test points evaluated (the first n)")
     # Standard AutoAttack on every eps would cost about 45 s per eps per checkpoint here (square
     # and fab-t on the robust points): it runs at the ranking eps; the grid gets FGSM and PGD.
-    p.add_argument("--aa-attacks", default="apgd-ce",
-                   help="AutoAttack custom components over the grid (default apgd-ce)")
+    p.add_argument(
+        "--aa-attacks",
+        default="apgd-ce",
+        help="AutoAttack custom components over the grid (default apgd-ce)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoints", default=None, help="default <home>/checkpoints/quick")
-    add_shared(p, "data-dir", "device", "db",
-               db={"help": "results store (default <out>/results.sqlite)"})
+    add_shared(
+        p, "data-dir", "device", "db", db={"help": "results store (default <out>/results.sqlite)"}
+    )
     p.add_argument("--out", default=None, help="reports directory (default <home>/reports)")
     p.set_defaults(func=run)
 
@@ -102,7 +119,9 @@ def plan(args: argparse.Namespace) -> Plan:
         DEFENSES[name]  # unknown -> UsageError before anything runs
     for flag in ("epochs", "train_limit", "n"):
         if not 1 <= getattr(args, flag) <= INT_MAX:
-            raise UsageError(f"--{flag.replace('_', '-')} must be in 1..2**63-1, got {getattr(args, flag)}")
+            raise UsageError(
+                f"--{flag.replace('_', '-')} must be in 1..2**63-1, got {getattr(args, flag)}"
+            )
     train_eps = parse_eps(args.train_eps, "--train-eps")
     for name in names:  # the training eps must suit each defense (e.g. PGD-AT's step rule)
         if name in ADVERSARIAL:
@@ -110,18 +129,30 @@ def plan(args: argparse.Namespace) -> Plan:
     grid, rank_eps = parse_eps_grid(args.eps), parse_eps(args.rank_eps, "--rank-eps")
     names_ = [a.strip() for a in args.attacks.split(",") if a.strip()]
     custom = "autoattack" in names_
-    attacks = parse_attacks([args.attacks], [], "custom" if custom else None,
-                            args.aa_attacks if custom else None)
+    attacks = parse_attacks(
+        [args.attacks], [], "custom" if custom else None, args.aa_attacks if custom else None
+    )
     standard = parse_attacks(["autoattack"], [], "standard", None)
     for s in (attacks, standard):
         check_settings(s, grid, 500, args.seed)
     out = paths.resolve(args.out, "--out") if args.out else paths.reports_dir()
-    root = paths.resolve(args.checkpoints, "--checkpoints") if args.checkpoints else paths.checkpoints_dir() / "quick"
+    root = (
+        paths.resolve(args.checkpoints, "--checkpoints")
+        if args.checkpoints
+        else paths.checkpoints_dir() / "quick"
+    )
     check_out(out)
     paths.check_creatable(root, "--checkpoints", directory=True)
     db = check_store(args.db if args.db else out / "results.sqlite")
-    p = Plan(names, train_eps, Settings(attacks, grid, 500, args.seed, progress=False),
-             Settings(standard, [rank_eps], 500, args.seed, progress=False), root, db, out)
+    p = Plan(
+        names,
+        train_eps,
+        Settings(attacks, grid, 500, args.seed, progress=False),
+        Settings(standard, [rank_eps], 500, args.seed, progress=False),
+        root,
+        db,
+        out,
+    )
     check_training(p, args)
     return p
 
@@ -129,10 +160,19 @@ def plan(args: argparse.Namespace) -> Plan:
 def train_config(p: Plan, args: argparse.Namespace, name: str) -> TrainConfig:
     """The training run of one defense: ``<checkpoints>/quick-<defense>``."""
     params = {"eps": args.train_eps} if name in ADVERSARIAL else {}
-    return TrainConfig(dataset=args.dataset, model=args.model, defense=name, defense_params=params,
-                       epochs=args.epochs, train_limit=args.train_limit, seed=args.seed,
-                       data_dir=args.data_dir, device=args.device, out_dir=str(p.ckpt_root),
-                       run_id=f"{QUICK_PREFIX}{name}")
+    return TrainConfig(
+        dataset=args.dataset,
+        model=args.model,
+        defense=name,
+        defense_params=params,
+        epochs=args.epochs,
+        train_limit=args.train_limit,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        device=args.device,
+        out_dir=str(p.ckpt_root),
+        run_id=f"{QUICK_PREFIX}{name}",
+    )
 
 
 def check_training(p: Plan, args: argparse.Namespace) -> None:
@@ -141,10 +181,16 @@ def check_training(p: Plan, args: argparse.Namespace) -> None:
     for name in p.names:  # resuming=True: the last quick run's directory is replaced, not an error
         check(train_config(p, args, name), resuming=True)
     data_dir = paths.data_dir(args.data_dir)
-    for split, wanted, flag in (("train", args.train_limit, "--train-limit"), ("test", args.n, "--n")):
+    for split, wanted, flag in (
+        ("train", args.train_limit, "--train-limit"),
+        ("test", args.n, "--n"),
+    ):
         size = len(load_dataset(args.dataset, split, data_dir))
         if wanted > size:
-            raise UsageError(f"{flag} {wanted} is larger than the {split} split of {args.dataset} ({size} points)")
+            raise UsageError(
+                f"{flag} {wanted} is larger than the {split} split of {args.dataset} "
+                f"({size} points)"
+            )
 
 
 def train_all(p: Plan, args: argparse.Namespace) -> list[Path]:
@@ -184,8 +230,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def visual_report(p: Plan, targets: list[Target], args: argparse.Namespace, evaluated: float,
-                  started: float) -> "ReportFiles":
+def visual_report(
+    p: Plan, targets: list[Target], args: argparse.Namespace, evaluated: float, started: float
+) -> "ReportFiles":
     """The transfer matrix at the ranking eps (stored), then the report with its pictures;
     prints what each cost: the matrix beside the evaluation, the pictures beside the rest of
     the quick run (training, evaluation, matrix and report without them)."""
@@ -198,7 +245,11 @@ def visual_report(p: Plan, targets: list[Target], args: argparse.Namespace, eval
     files = write_report(p.db, p.out, data_dir=paths.data_dir(args.data_dir))
     pictures = files.image_seconds
     rest = time.perf_counter() - started - pictures
-    print(f"quick: transfer matrix ({min(args.n, MAX_POINTS)} points, at most {MAX_POINTS}) {matrix:.1f} s "
-          f"= {100 * matrix / max(evaluated, 1e-9):.1f}% of the evaluation; pictures {pictures:.1f} s "
-          f"= {100 * pictures / max(rest, 1e-9):.1f}% of the rest of quick ({rest:.1f} s)", file=sys.stderr)
+    print(
+        f"quick: transfer matrix ({min(args.n, MAX_POINTS)} points, at most {MAX_POINTS}) "
+        f"{matrix:.1f} s = {100 * matrix / max(evaluated, 1e-9):.1f}% of the evaluation; "
+        f"pictures {pictures:.1f} s "
+        f"= {100 * pictures / max(rest, 1e-9):.1f}% of the rest of quick ({rest:.1f} s)",
+        file=sys.stderr,
+    )
     return files

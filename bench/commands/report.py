@@ -18,7 +18,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``bench report``."""
     p = subparsers.add_parser(
         "report",
-        help="write leaderboard.md, index.html, plots and RobustBench-style JSON from the results store",
+        help=(
+            "write leaderboard.md, index.html, plots and RobustBench-style JSON "
+            "from the results store"
+        ),
         description="Render the results store into --out: leaderboard.md, index.html (one "
         "self-contained page), plot-<dataset>-<attack>.png, tradeoff-<dataset>.png, "
         "transfer-<dataset>-<eps>.png, json/<run_id>.json, results.csv and results.json; every "
@@ -27,25 +30,48 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "computed from the checkpoints the store records (cached by weights fingerprint under "
         "--out/cache/), unless --no-images.",
     )
-    add_shared(p, "db", "data-dir", db={"type": Path}, data_dir={
-        "help": "where the pictures' test images are (default: each checkpoint's own data "
-        "directory, else $BENCH_DATA_DIR or <home>/data)"})
-    p.add_argument("--out", type=Path, default=None,
-                   help=f"output directory, created if missing (default: {reports_dir()})")
-    p.add_argument("--rank-by", default="worst-case", metavar="BASIS",
-                   help="worst-case (default: the worst case over every attack, ranked only with "
-                   "standard AutoAttack among them), autoattack, clean, or an attack name")
-    p.add_argument("--rank-eps", default=None, metavar="EPS",
-                   help="the eps of the ranked table (default: the largest eps with standard "
-                   "AutoAttack, per data set), e.g. 8/255")
-    p.add_argument("--no-images", action="store_true",
-                   help="no pictures from the checkpoints (input gradients, adversarial examples)")
+    add_shared(
+        p,
+        "db",
+        "data-dir",
+        db={"type": Path},
+        data_dir={
+            "help": "where the pictures' test images are (default: each checkpoint's own data "
+            "directory, else $BENCH_DATA_DIR or <home>/data)"
+        },
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"output directory, created if missing (default: {reports_dir()})",
+    )
+    p.add_argument(
+        "--rank-by",
+        default="worst-case",
+        metavar="BASIS",
+        help="worst-case (default: the worst case over every attack, ranked only with "
+        "standard AutoAttack among them), autoattack, clean, or an attack name",
+    )
+    p.add_argument(
+        "--rank-eps",
+        default=None,
+        metavar="EPS",
+        help="the eps of the ranked table (default: the largest eps with standard "
+        "AutoAttack, per data set), e.g. 8/255",
+    )
+    p.add_argument(
+        "--no-images",
+        action="store_true",
+        help="no pictures from the checkpoints (input gradients, adversarial examples)",
+    )
     p.set_defaults(func=run)
     return p
 
 
 def check_rank_by(rank_by: str) -> None:
-    """``--rank-by`` must be a basis the report knows: worst-case, autoattack, clean or an attack."""
+    """``--rank-by`` must be a basis the report knows: worst-case, autoattack, clean or an
+    attack."""
     from bench.report.model import RANK_BY  # here: bench.report only when the command runs
 
     valid = list(RANK_BY) + [a for a in ATTACKS.names() if a not in RANK_BY]
@@ -60,9 +86,17 @@ def run(args: argparse.Namespace) -> int:
     check_rank_by(args.rank_by)
     rank_eps = parse_eps(args.rank_eps, "--rank-eps") if args.rank_eps is not None else None
     data_dir = resolve(args.data_dir, "--data-dir") if args.data_dir else None
-    files = write_report(args.db or default_db(), args.out or reports_dir(), args.rank_by, rank_eps,
-                         images=not args.no_images, data_dir=data_dir)
-    print(f"{len(files.plots)} figures, {len(files.json)} JSON files, results.csv, results.json and "
-          f"{files.index.name} in {files.out}")
+    files = write_report(
+        args.db or default_db(),
+        args.out or reports_dir(),
+        args.rank_by,
+        rank_eps,
+        images=not args.no_images,
+        data_dir=data_dir,
+    )
+    print(
+        f"{len(files.plots)} figures, {len(files.json)} JSON files, results.csv, results.json and "
+        f"{files.index.name} in {files.out}"
+    )
     print(files.leaderboard)
     return 0

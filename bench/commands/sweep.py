@@ -28,21 +28,43 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("file", metavar="FILE", help="sweep file (.toml, or .yaml/.yml with PyYAML)")
-    p.add_argument("--dry-run", action="store_true", help="check the file and print the jobs; run nothing")
-    p.add_argument("--out", metavar="DIR",
-                   help="where checkpoints/, results.sqlite and report/ go (default: the file's "
-                   "[sweep] out, relative to the file, else <home>/reports/sweeps/<name>)")
-    p.add_argument("--address", metavar="ADDR",
-                   help="join this Ray cluster (default $RAY_ADDRESS; else a local instance)")
-    p.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of the local instance (default: all)")
-    p.add_argument("--cpus-per-task", type=int, default=1, metavar="N",
-                   help="Ray CPUs and torch threads per task (default 1)")
-    p.add_argument("--gpu-resource", default="GPU", metavar="NAME",
-                   help="the Ray resource each training or evaluation task takes one of, when the "
-                   "cluster has it (default GPU)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="check the file and print the jobs; run nothing"
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where checkpoints/, results.sqlite and report/ go (default: the file's "
+        "[sweep] out, relative to the file, else <home>/reports/sweeps/<name>)",
+    )
+    p.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="join this Ray cluster (default $RAY_ADDRESS; else a local instance)",
+    )
+    p.add_argument(
+        "--num-cpus", type=int, metavar="N", help="CPUs of the local instance (default: all)"
+    )
+    p.add_argument(
+        "--cpus-per-task",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Ray CPUs and torch threads per task (default 1)",
+    )
+    p.add_argument(
+        "--gpu-resource",
+        default="GPU",
+        metavar="NAME",
+        help="the Ray resource each training or evaluation task takes one of, when the "
+        "cluster has it (default GPU)",
+    )
     p.add_argument("--no-report", action="store_true", help="do not run bench report at the end")
-    p.add_argument("--no-images", action="store_true",
-                   help="the report at the end without the pictures computed from the checkpoints")
+    p.add_argument(
+        "--no-images",
+        action="store_true",
+        help="the report at the end without the pictures computed from the checkpoints",
+    )
     add_shared(p, "no-progress")
     p.set_defaults(func=run)
 
@@ -55,7 +77,9 @@ def _ray_driver() -> tuple[Any, Any]:
     except ImportError as exc:
         if exc.name not in ("ray", "ray._raylet") and not str(exc.name or "").startswith("ray."):
             raise
-        raise UsageError("bench sweep needs Ray: pip install -e '.[sweep]' (scripts/setup.sh does)") from None
+        raise UsageError(
+            "bench sweep needs Ray: pip install -e '.[sweep]' (scripts/setup.sh does)"
+        ) from None
     return RayOptions, run_sweep
 
 
@@ -66,7 +90,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag} must be a whole number in 1..4096, got {value}")
     joined = args.address or os.environ.get("RAY_ADDRESS")
     if args.num_cpus is not None and joined:
-        raise UsageError(f"--num-cpus sizes the local Ray instance; a cluster ({joined}) has its own CPUs")
+        raise UsageError(
+            f"--num-cpus sizes the local Ray instance; a cluster ({joined}) has its own CPUs"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,8 +103,13 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(describe(sweep)))
         return 0
     RayOptions, run_sweep = _ray_driver()
-    opts = RayOptions(args.address, args.num_cpus, args.cpus_per_task, args.gpu_resource,
-                      progress=not args.no_progress)
+    opts = RayOptions(
+        args.address,
+        args.num_cpus,
+        args.cpus_per_task,
+        args.gpu_resource,
+        progress=not args.no_progress,
+    )
     outcome = run_sweep(sweep, opts)
     print(summary(sweep, outcome), file=sys.stderr)
     if not args.no_report:
@@ -88,8 +119,10 @@ def run(args: argparse.Namespace) -> int:
 
 def summary(sweep: "Sweep", o: "Outcome") -> str:
     """The closing lines: counts, time, and each failed job with its configuration and error."""
-    lines = [f"sweep {sweep.name}: trained {o.trained}, evaluated {o.evaluated}, skipped (done before) "
-             f"{o.skipped}, failed {len(o.failed)} in {o.seconds:.1f} s"]
+    lines = [
+        f"sweep {sweep.name}: trained {o.trained}, evaluated {o.evaluated}, skipped (done before) "
+        f"{o.skipped}, failed {len(o.failed)} in {o.seconds:.1f} s"
+    ]
     for config, error in o.failed:
         lines.append(f"  FAILED {config}\n    {error}")
     return "\n".join(lines)
@@ -99,9 +132,12 @@ def _report(sweep: "Sweep", images: bool = True) -> None:
     """``bench report`` of the sweep's store into its report directory (if it holds results);
     pictures from the sweep's test images."""
     from bench.report import write_report  # here: bench.report is only needed when a sweep runs
+
     with Store(sweep.db, readonly=True) as store:
         empty = store.count() == 0
     if empty:
         print("bench: sweep: no results stored; no report", file=sys.stderr)
         return
-    print(write_report(sweep.db, sweep.report_dir, images=images, data_dir=sweep.data_dir).leaderboard)
+    print(
+        write_report(sweep.db, sweep.report_dir, images=images, data_dir=sweep.data_dir).leaderboard
+    )

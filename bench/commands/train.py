@@ -29,7 +29,16 @@ from bench.train import (
 
 PARAM_DEST = "defense_param_"
 #: Flags that may go with --resume: where and how to run, not what to train.
-RESUME_OK = {"resume", "device", "data_dir", "no_download", "no_progress", "func", "command", "train_defaults"}
+RESUME_OK = {
+    "resume",
+    "device",
+    "data_dir",
+    "no_download",
+    "no_progress",
+    "func",
+    "command",
+    "train_defaults",
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,40 +51,96 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Defense parameters: the named flags below or --set key=value, checked against the "
         "defense's own parameters (`bench list` shows them with their defaults).",
     )
-    p.add_argument("--defense", default=d.defense, help=f"one of: {', '.join(DEFENSES.names())} (default {d.defense})")
-    p.add_argument("--dataset", default=d.dataset, help=f"one of: {', '.join(DATASETS.names())} (default {d.dataset})")
-    p.add_argument("--model", default=d.model, help=f"one of: {', '.join(MODELS.names())} (default {d.model})")
+    p.add_argument(
+        "--defense",
+        default=d.defense,
+        help=f"one of: {', '.join(DEFENSES.names())} (default {d.defense})",
+    )
+    p.add_argument(
+        "--dataset",
+        default=d.dataset,
+        help=f"one of: {', '.join(DATASETS.names())} (default {d.dataset})",
+    )
+    p.add_argument(
+        "--model", default=d.model, help=f"one of: {', '.join(MODELS.names())} (default {d.model})"
+    )
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"(default {d.epochs})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"peak SGD learning rate (default {d.lr})")
+    p.add_argument(
+        "--lr", type=float, default=d.lr, help=f"peak SGD learning rate (default {d.lr})"
+    )
     p.add_argument("--momentum", type=float, default=d.momentum, help=f"(default {d.momentum})")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"(default {d.weight_decay})")
-    p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES,
-                   help="piecewise: lr x0.1 at 50%% and 75%% of training; cosine (default piecewise)")
+    p.add_argument(
+        "--weight-decay", type=float, default=d.weight_decay, help=f"(default {d.weight_decay})"
+    )
+    p.add_argument(
+        "--schedule",
+        default=d.schedule,
+        choices=SCHEDULES,
+        help="piecewise: lr x0.1 at 50%% and 75%% of training; cosine (default piecewise)",
+    )
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=None, help=f"(default {d.seed})")
-    seeds.add_argument("--seeds", default=None, metavar="S,S,...",
-                       help="train one checkpoint per seed (run ids get -s<seed>); prints each path")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue an interrupted run from its last completed epoch, with its own "
-                   "config.json (only --device, --data-dir, --no-download, --no-progress may go with it)")
-    p.add_argument("--train-limit", type=int, default=None, metavar="N",
-                   help="train on the first N training images only (quick runs)")
-    p.add_argument("--eval-n", type=int, default=d.eval_n,
-                   help=f"test points for the per-epoch clean accuracy (default {d.eval_n})")
-    p.add_argument("--no-augment", action="store_true", help="turn off the data set's crop/flip augmentation")
+    seeds.add_argument(
+        "--seeds",
+        default=None,
+        metavar="S,S,...",
+        help="train one checkpoint per seed (run ids get -s<seed>); prints each path",
+    )
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last completed epoch, with its own "
+        "config.json (only --device, --data-dir, --no-download, --no-progress may go with it)",
+    )
+    p.add_argument(
+        "--train-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on the first N training images only (quick runs)",
+    )
+    p.add_argument(
+        "--eval-n",
+        type=int,
+        default=d.eval_n,
+        help=f"test points for the per-epoch clean accuracy (default {d.eval_n})",
+    )
+    p.add_argument(
+        "--no-augment", action="store_true", help="turn off the data set's crop/flip augmentation"
+    )
     add_shared(p, "data-dir", "no-download", "device", "no-progress")
     p.add_argument("--out", default=None, help="checkpoints directory (default <home>/checkpoints)")
-    p.add_argument("--run-id", default=None, help="checkpoint directory name (default <defense>-<model>-<dataset>-s<seed>-<time>)")
-    p.add_argument("--amp", choices=AMP_MODES, default=d.amp,
-                   help="bf16: bfloat16 autocast for the training passes (default off; evaluation is float32)")
-    p.add_argument("--channels-last", action="store_true", help="channels-last memory format (CUDA convolutions)")
+    p.add_argument(
+        "--run-id",
+        default=None,
+        help="checkpoint directory name (default <defense>-<model>-<dataset>-s<seed>-<time>)",
+    )
+    p.add_argument(
+        "--amp",
+        choices=AMP_MODES,
+        default=d.amp,
+        help="bf16: bfloat16 autocast for the training passes (default off; evaluation is float32)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels-last memory format (CUDA convolutions)",
+    )
     p.add_argument("--compile", action="store_true", help="train through torch.compile(model)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a defense parameter, e.g. --set eps=8/255 --set layers=alternate:2")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a defense parameter, e.g. --set eps=8/255 --set layers=alternate:2",
+    )
     group = p.add_argument_group("defense parameters (each applies only to defenses that have it)")
     for name in all_param_names():
-        group.add_argument(f"--{name.replace('_', '-')}", dest=PARAM_DEST + name, default=None, metavar="V")
+        group.add_argument(
+            f"--{name.replace('_', '-')}", dest=PARAM_DEST + name, default=None, metavar="V"
+        )
     defaults = {a.dest: a.default for a in p._actions if a.dest != "help"}
     p.set_defaults(func=run, train_defaults=defaults)
 
@@ -85,7 +150,7 @@ def _defense_values(args: argparse.Namespace) -> dict[str, str]:
     values = parse_assignments(args.set)
     for key, value in vars(args).items():
         if key.startswith(PARAM_DEST) and value is not None:
-            name = key[len(PARAM_DEST):]
+            name = key[len(PARAM_DEST) :]
             if name in values and values[name] != value:
                 raise UsageError(f"--{name.replace('_', '-')} and --set {name}= disagree")
             values[name] = value
@@ -110,12 +175,27 @@ def parse_seeds(text: str) -> list[int]:
 
 def _config(args: argparse.Namespace, seed: int, run_id: str | None) -> TrainConfig:
     return TrainConfig(
-        dataset=args.dataset, model=args.model, defense=args.defense, defense_params=_defense_values(args),
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, schedule=args.schedule, seed=seed,
-        train_limit=args.train_limit, eval_n=args.eval_n, augment=not args.no_augment,
-        data_dir=args.data_dir, download=not args.no_download, device=args.device,
-        out_dir=args.out, run_id=run_id, amp=args.amp, channels_last=args.channels_last,
+        dataset=args.dataset,
+        model=args.model,
+        defense=args.defense,
+        defense_params=_defense_values(args),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        seed=seed,
+        train_limit=args.train_limit,
+        eval_n=args.eval_n,
+        augment=not args.no_augment,
+        data_dir=args.data_dir,
+        download=not args.no_download,
+        device=args.device,
+        out_dir=args.out,
+        run_id=run_id,
+        amp=args.amp,
+        channels_last=args.channels_last,
         compile=args.compile,
     )
 
@@ -146,8 +226,13 @@ def run(args: argparse.Namespace) -> int:
     """Train (or resume) and print each checkpoint directory on the last lines of stdout."""
     if args.resume is not None:
         _refuse_with_resume(args)
-        path = resume(args.resume, device=args.device, data_dir=args.data_dir,
-                      download=False if args.no_download else None, progress=not args.no_progress)
+        path = resume(
+            args.resume,
+            device=args.device,
+            data_dir=args.data_dir,
+            download=False if args.no_download else None,
+            progress=not args.no_progress,
+        )
         print(path, flush=True)
         return 0
     cfgs = seed_configs(args)

@@ -13,11 +13,19 @@ from bench.params import build_dataclass, dataclass_defaults
 from bench.registry import Registry
 
 DEFENSES: Registry[Defense] = Registry("defense")
-_RULES = {(PGDAT, "alpha"): ALPHA_RULE, (TRADES, "alpha"): ALPHA_RULE, (FGSMRS, "alpha"): "1.25*eps"}
+_RULES = {
+    (PGDAT, "alpha"): ALPHA_RULE,
+    (TRADES, "alpha"): ALPHA_RULE,
+    (FGSMRS, "alpha"): "1.25*eps",
+}
 
 for _name, _cls, _summary in [
     ("standard", Standard, "cross-entropy on clean images (the undefended baseline)"),
-    ("batchout", BatchOut, "BatchOut feature-space augmentation (Algorithm 1 and the report's variants)"),
+    (
+        "batchout",
+        BatchOut,
+        "BatchOut feature-space augmentation (Algorithm 1 and the report's variants)",
+    ),
     ("mixup", Mixup, "mixup of images and labels, lambda ~ Beta(alpha, alpha) (Zhang et al. 2018)"),
     ("fgsm-at", FGSMAT, "a*J(x) + (1-a)*J(FGSM(x)) (Goodfellow et al. 2015)"),
     ("fgsm-rs", FGSMRS, "FGSM from a random start, step 1.25*eps (Wong et al. 2020)"),

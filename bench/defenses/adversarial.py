@@ -18,8 +18,14 @@ from bench.params import format_eps
 
 
 def pgd_linf(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int,
-    random_start: bool, start: torch.Tensor | None = None,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    random_start: bool,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L-infinity PGD on the cross-entropy: optional uniform start in the eps-ball (or the given
     ``start``, projected), then ``steps`` signed-gradient steps of ``alpha``, each projected

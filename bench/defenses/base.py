@@ -46,7 +46,9 @@ class Defense:
     def record_adversarial(self, logits_adv: torch.Tensor, y: torch.Tensor) -> None:
         """Count the adversarial training inputs the model still gets right. The count stays a
         tensor on the device (no wait for the device per step); it is read once an epoch."""
-        self._adv_correct = getattr(self, "_adv_correct", 0) + (logits_adv.detach().argmax(1) == y).sum()
+        self._adv_correct = (
+            getattr(self, "_adv_correct", 0) + (logits_adv.detach().argmax(1) == y).sum()
+        )
         self._adv_seen = getattr(self, "_adv_seen", 0) + int(y.numel())
 
     def robust_accuracy(self) -> float | None:
@@ -56,7 +58,8 @@ class Defense:
 
 
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Project ``x_adv`` onto the L-infinity ball of radius ``eps`` around ``x``, then into [0, 1]."""
+    """Project ``x_adv`` onto the L-infinity ball of radius ``eps`` around ``x``, then into
+    [0, 1]."""
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
 
 

@@ -74,7 +74,8 @@ def parse_magnitude(text: str) -> MagnitudeSpec:
 
 
 def parse_layers(text: str) -> LayerSpec:
-    """``"names:a,b"``, ``"after:D"``, ``"alternate:D"`` or ``"all"`` (checked against a model later)."""
+    """``"names:a,b"``, ``"after:D"``, ``"alternate:D"`` or ``"all"`` (checked against a model
+    later)."""
     s = text.strip()
     head, sep, rest = s.partition(":")
     mode = head.strip().lower()
@@ -109,7 +110,9 @@ def select_layers(spec: str | LayerSpec, feature_layers: list[str]) -> list[str]
     elif kind == "names":
         unknown = [n for n in arg if n not in layers]
         if unknown:
-            raise UsageError(f"batchout layer {unknown[0]!r} is not a feature layer; valid: {valid}")
+            raise UsageError(
+                f"batchout layer {unknown[0]!r} is not a feature layer; valid: {valid}"
+            )
         wanted = set(arg)
         selected = [n for n in layers if n in wanted]
     else:
@@ -139,7 +142,8 @@ def draw_magnitude(spec: MagnitudeSpec) -> float:
 
 
 def _class_positions(labels: torch.Tensor, shuffle: bool) -> tuple[torch.Tensor, ...]:
-    """Samples grouped by label: ``order`` (position -> sample), each position's group start and size.
+    """Samples grouped by label: ``order`` (position -> sample), each position's group start and
+    size.
 
     With ``shuffle`` the order within each class is random. Built without ``.item()`` so it
     stays on the labels' device without synchronising.
@@ -154,12 +158,17 @@ def _class_positions(labels: torch.Tensor, shuffle: bool) -> tuple[torch.Tensor,
     new[1:] = sorted_labels[1:] != sorted_labels[:-1]
     group = torch.cumsum(new.long(), 0) - 1
     start = torch.cummax(torch.where(new, pos, torch.zeros_like(pos)), 0).values
-    counts = torch.zeros(m, dtype=torch.long, device=device).scatter_add_(0, group, torch.ones_like(group))
+    counts = torch.zeros(m, dtype=torch.long, device=device).scatter_add_(
+        0, group, torch.ones_like(group)
+    )
     return order, pos, start, counts[group]
 
 
 def draw_partners(
-    m: int, pairing: str, labels: torch.Tensor | None = None, device: torch.device | str | None = None
+    m: int,
+    pairing: str,
+    labels: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Partner indices R (LongTensor [m]) for a batch of ``m``.
 
@@ -197,7 +206,9 @@ def k_count(k: float, m: int) -> int:
     return min(m, int(math.floor(k * m + 0.5)))
 
 
-def batchout(x: torch.Tensor, partners: torch.Tensor, eta: float, count: int | None = None) -> torch.Tensor:
+def batchout(
+    x: torch.Tensor, partners: torch.Tensor, eta: float, count: int | None = None
+) -> torch.Tensor:
     """``x + eta * (x[R] - x)`` for the first ``count`` samples (all when None); a new tensor.
 
     The direction is detached: the gradient with respect to ``x`` is the identity, as in
@@ -240,10 +251,14 @@ class BatchOut(Defense):
         for name, allowed in (("samples", SAMPLES), ("pairing", PAIRINGS), ("partners", PARTNERS)):
             value = str(getattr(self, name)).strip().lower()
             if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
             setattr(self, name, value)
         if not (math.isfinite(self.k) and 0.0 < self.k <= 1.0):
-            raise ValueError(f"k must be in (0, 1] (the fraction of the batch perturbed), got {self.k}")
+            raise ValueError(
+                f"k must be in (0, 1] (the fraction of the batch perturbed), got {self.k}"
+            )
         # Parsed once here so that a bad string fails before training starts.
         self._magnitude: MagnitudeSpec = parse_magnitude(self.magnitude)
         self._layers: LayerSpec = parse_layers(self.layers)
@@ -263,11 +278,15 @@ class BatchOut(Defense):
         self.detach()
         feature_layers = getattr(model, "feature_layers", None)
         if not feature_layers:
-            raise UsageError(f"batchout needs a model with feature_layers; {type(model).__name__} has none")
+            raise UsageError(
+                f"batchout needs a model with feature_layers; {type(model).__name__} has none"
+            )
         modules = dict(model.named_modules())
         missing = [n for n in feature_layers if n not in modules]
         if missing:  # a model bug rather than a user error, but say which name
-            raise UsageError(f"feature layer {missing[0]!r} is not a submodule of {type(model).__name__}")
+            raise UsageError(
+                f"feature layer {missing[0]!r} is not a submodule of {type(model).__name__}"
+            )
         selected = select_layers(self._layers, list(feature_layers))
         self._model = model
         self._handles.append(model.register_forward_pre_hook(self._begin_pass, with_kwargs=True))
@@ -304,7 +323,9 @@ class BatchOut(Defense):
         if self.partners != "same-class":
             return None
         if self._labels is None:
-            raise RuntimeError("batchout partners=same-class needs labels: train through BatchOut.loss()")
+            raise RuntimeError(
+                "batchout partners=same-class needs labels: train through BatchOut.loss()"
+            )
         if self._labels.shape[0] != m:
             raise RuntimeError(f"batchout: {self._labels.shape[0]} labels for a batch of {m}")
         return self._labels
@@ -318,9 +339,13 @@ class BatchOut(Defense):
         self.last_mask = None
         self.last_eta = draw_magnitude(self._magnitude)
         if self.pairing == "mutual":
-            batch = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+            batch = next(
+                (a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None
+            )
             if batch is None:
-                raise RuntimeError("batchout pairing=mutual: the model was called without a tensor input")
+                raise RuntimeError(
+                    "batchout pairing=mutual: the model was called without a tensor input"
+                )
             m = batch.shape[0]
             self._pass_partners = draw_partners(m, "mutual", self._class_labels(m), batch.device)
         return None
@@ -330,17 +355,25 @@ class BatchOut(Defense):
             if not self._active():
                 return output
             if not isinstance(output, torch.Tensor):
-                raise TypeError(f"batchout layer {name!r} returns {type(output).__name__}, not a tensor")
+                raise TypeError(
+                    f"batchout layer {name!r} returns {type(output).__name__}, not a tensor"
+                )
             if self.last_eta is None:
-                raise RuntimeError(f"batchout layer {name!r} ran outside a forward pass of the attached model")
+                raise RuntimeError(
+                    f"batchout layer {name!r} ran outside a forward pass of the attached model"
+                )
             m = output.shape[0]
             if self.pairing == "mutual":
                 partners = self._pass_partners
                 if partners is None or partners.shape[0] != m:
-                    raise RuntimeError(f"batchout layer {name!r}: batch of {m} differs from the model input's")
+                    raise RuntimeError(
+                        f"batchout layer {name!r}: batch of {m} differs from the model input's"
+                    )
                 partners = partners.to(output.device)
             else:  # Algorithm 1: a fresh draw at each layer
-                partners = draw_partners(m, "random", self._class_labels(m), output.device).to(output.device)
+                partners = draw_partners(m, "random", self._class_labels(m), output.device).to(
+                    output.device
+                )
             count = None if self.samples == "all" else k_count(self.k, m)
             mask = torch.zeros(m, dtype=torch.bool, device=output.device)
             mask[: m if count is None else count] = True

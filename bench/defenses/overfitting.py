@@ -59,7 +59,11 @@ def collapsed(pgd: list[float], fgsm: list[float]) -> bool:
         return False
     best_pgd, best_fgsm = max(pgd[:-1]), max(fgsm)
     now_pgd, now_fgsm = pgd[-1], fgsm[-1]
-    return now_pgd < PGD_DROP * best_pgd and best_pgd - now_pgd >= MIN_DROP and now_fgsm >= FGSM_KEEP * best_fgsm
+    return (
+        now_pgd < PGD_DROP * best_pgd
+        and best_pgd - now_pgd >= MIN_DROP
+        and now_fgsm >= FGSM_KEEP * best_fgsm
+    )
 
 
 def fgsm_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> float:
@@ -93,8 +97,16 @@ class Monitor:
         model.eval()
         try:
             fgsm = fgsm_accuracy(model, self.x, self.y, self.eps)
-            x_adv = pgd_linf(model, self.x, self.y, self.eps, self.eps / 4, PGD_STEPS,
-                             random_start=False, start=self.start)
+            x_adv = pgd_linf(
+                model,
+                self.x,
+                self.y,
+                self.eps,
+                self.eps / 4,
+                PGD_STEPS,
+                random_start=False,
+                start=self.start,
+            )
             with torch.no_grad():
                 pgd = float((model(x_adv).argmax(1) == self.y).float().mean())
         finally:

@@ -1,5 +1,5 @@
-"""The diagnostics of an evaluation: which checks of :mod:`bench.evaluation.diagnostics` run, when, on which
-points, and what the evaluation does about them.
+"""The diagnostics of an evaluation: which checks of :mod:`bench.evaluation.diagnostics` run,
+when, on which points, and what the evaluation does about them.
 
 * Always (cheap, on at most 200 points, before any attack): randomized outputs, probability
   outputs, input-gradient availability. A randomized model is then evaluated with AutoAttack's
@@ -87,8 +87,10 @@ def adapt_for_no_gradients(attacks: Sequence[Attack]) -> tuple[list[Attack], str
     """Only gradient-free attacks (Square) can run on a model whose input leaves the graph."""
     out = [a for a in attacks if a.name == "square"] or [make_attack("square")]
     dropped = [a.display for a in attacks if a.name != "square"]
-    return out, ("no input gradient at all (the graph is cut): ran Square only, dropped "
-                 + (", ".join(dropped) or "nothing"))
+    return out, (
+        "no input gradient at all (the graph is cut): ran Square only, dropped "
+        + (", ".join(dropped) or "nothing")
+    )
 
 
 def _pairs(results: Sequence[Any]) -> list[tuple[str, Any, Any]]:
@@ -96,9 +98,17 @@ def _pairs(results: Sequence[Any]) -> list[tuple[str, Any, Any]]:
     by = {r.attack.name: r for r in results}
     out = []
     if "fgsm" in by:
-        out += [(Check.ITERATIVE_VS_SINGLE_STEP, by["fgsm"], r) for r in results if r.attack.name in ITERATIVE]
+        out += [
+            (Check.ITERATIVE_VS_SINGLE_STEP, by["fgsm"], r)
+            for r in results
+            if r.attack.name in ITERATIVE
+        ]
     if "square" in by:
-        out += [(Check.SQUARE_VS_WHITEBOX, by["square"], r) for r in results if r.attack.name in WHITE_BOX]
+        out += [
+            (Check.SQUARE_VS_WHITEBOX, by["square"], r)
+            for r in results
+            if r.attack.name in WHITE_BOX
+        ]
     return out
 
 
@@ -134,13 +144,16 @@ def inference_plan(results: Sequence[Any]) -> tuple[list[Any], int, torch.Tensor
     j = middle_eps(walking[0].eps) if walking else None
     if j is None:
         return None
-    top = torch.stack([r.flags[-1] for r in walking]).all(dim=0)  # robust at the largest eps, every attack
-    idx = top.nonzero().flatten()[:dg.CHEAP_MAX_POINTS]
+    top = torch.stack([r.flags[-1] for r in walking]).all(
+        dim=0
+    )  # robust at the largest eps, every attack
+    idx = top.nonzero().flatten()[: dg.CHEAP_MAX_POINTS]
     return (walking, j, idx) if len(idx) else None
 
 
 def inference_key(results: Sequence[Any]) -> str | None:
-    """The store key of the finding :func:`inference` makes for ``results``; None if it makes none."""
+    """The store key of the finding :func:`inference` makes for ``results``; None if it makes
+    none."""
     plan = inference_plan(results)
     if plan is None:
         return None
@@ -150,15 +163,25 @@ def inference_key(results: Sequence[Any]) -> str | None:
 
 def _inference_row_key(walks: Sequence[Any], j: int) -> str:
     """The store key of a walk-inference finding on these walks, checked at grid index ``j``."""
-    return row_key(Check.WALK_INFERENCE, {"attacks": [r.attack.display for r in walks],
-                                          "inferred_eps": walks[0].eps[j], "measured_eps": walks[0].eps[-1]})
+    return row_key(
+        Check.WALK_INFERENCE,
+        {
+            "attacks": [r.attack.display for r in walks],
+            "inferred_eps": walks[0].eps[j],
+            "measured_eps": walks[0].eps[-1],
+        },
+    )
 
 
 def inference_context(results: Sequence[Any], seed: int, batch_size: int) -> dict[str, Any]:
     """What an evaluation's walk-inference finding depends on besides the weights, n and its
     key: the grid, the walk, the seed and the batches (a rerun with other ones checks again)."""
-    return {"grid": [format_eps(e) for e in results[0].eps] if results else [],
-            "walk": getattr(results[0], "walk", Walk.UP) if results else Walk.UP, "seed": seed, "batch_size": batch_size}
+    return {
+        "grid": [format_eps(e) for e in results[0].eps] if results else [],
+        "walk": getattr(results[0], "walk", Walk.UP) if results else Walk.UP,
+        "seed": seed,
+        "batch_size": batch_size,
+    }
 
 
 def stamp_inference(findings: Sequence[dg.Finding], context: dict[str, Any]) -> None:
@@ -178,11 +201,17 @@ def stale_inference_key(results: Sequence[Any]) -> str | None:
     return None if j is None else _inference_row_key(results, j)
 
 
-def inference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, results: Sequence[Any],
-              seed: int, attack: Attack | None = None) -> list[dg.Finding]:
-    """:func:`bench.evaluation.diagnostics.check_inference` on :func:`inference_plan`'s points, attacked
-    by bench's PGD (default parameters, per-point seeds as in the walk; ``attack`` instead where
-    gradients are unavailable) at the grid's middle eps."""
+def inference(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    results: Sequence[Any],
+    seed: int,
+    attack: Attack | None = None,
+) -> list[dg.Finding]:
+    """:func:`bench.evaluation.diagnostics.check_inference` on :func:`inference_plan`'s points,
+    attacked by bench's PGD (default parameters, per-point seeds as in the walk; ``attack``
+    instead where gradients are unavailable) at the grid's middle eps."""
     plan = inference_plan(results)
     if plan is None:
         return []
@@ -215,8 +244,9 @@ def costly(model: nn.Module, x: torch.Tensor, y: torch.Tensor, c: Costly) -> lis
     x, y, worst = x[:m], y[:m], c.worst[:m]
     out = [dg.check_large_budget(model, x, y)]
     g = torch.Generator().manual_seed(c.seed)
-    _, losses = dg.pgd_with_trace(model, x, y, c.eps, TRACE_STEPS, 2.5 * c.eps / TRACE_STEPS,
-                                  random_start=True, generator=g)
+    _, losses = dg.pgd_with_trace(
+        model, x, y, c.eps, TRACE_STEPS, 2.5 * c.eps / TRACE_STEPS, random_start=True, generator=g
+    )
     out.append(dg.check_loss_trace(losses, robust=worst))
     if c.transfer_from is not None:
         pgd = make_attack("pgd")
@@ -240,21 +270,40 @@ def classify_aa_warning(message: str, points: int) -> tuple[bool, str]:
         m = re.search(r"of\s+([0-9.]+)%", message)
         broken = round(float(m.group(1)) / 100 * points) if m else 0
         p = dg.mcnemar(broken, 0)
-        return p < dg.ALPHA, f"Square broke {broken} of {points} points after the white-box attacks: McNemar p = {p:.3g}"
+        return (
+            p < dg.ALPHA,
+            f"Square broke {broken} of {points} points after the white-box attacks: "
+            f"McNemar p = {p:.3g}",
+        )
     if "dynamic defense" in low:
         return True, "the forward pass calls autograd: a dynamic defense"
     return False, "noted; bench's own checks decide"
 
 
-def rows(run_id: str, fingerprint: str, n: int, findings: Sequence[dg.Finding]) -> list[DiagnosticRow]:
+def rows(
+    run_id: str, fingerprint: str, n: int, findings: Sequence[dg.Finding]
+) -> list[DiagnosticRow]:
     """Findings as store rows, keyed by :func:`row_key`."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out = []
     for f in findings:
         d = f.as_dict()
         key = row_key(f.check, d["details"])
-        out.append(DiagnosticRow(run_id, fingerprint, n, f.check, key, f.flagged, f.source,
-                                 f.summary, d["details"], f.advice, now))
+        out.append(
+            DiagnosticRow(
+                run_id,
+                fingerprint,
+                n,
+                f.check,
+                key,
+                f.flagged,
+                f.source,
+                f.summary,
+                d["details"],
+                f.advice,
+                now,
+            )
+        )
     return out
 
 
@@ -271,4 +320,13 @@ def row_key(check: str, details: dict[str, Any]) -> str:
     return ""
 
 
-__all__ = ["Costly", "adapt_for_randomized", "cheap", "compare", "costly", "flagged", "replace", "rows"]
+__all__ = [
+    "Costly",
+    "adapt_for_randomized",
+    "cheap",
+    "compare",
+    "costly",
+    "flagged",
+    "replace",
+    "rows",
+]

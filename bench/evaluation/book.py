@@ -46,9 +46,15 @@ class Book:
     attacks: list[Attack] = field(default_factory=list)  # the adapted attacks, once known
     devices: list[str] = field(default_factory=list)  # where the shards ran
     stats: dict[int, list[Stats]] = field(default_factory=dict)  # attack index -> per shard
-    finished: set[tuple[int, int]] = field(default_factory=set)  # (attack, eps key) rows written now
-    clean_batches: dict[int, str] = field(default_factory=dict)  # batch -> clean flags, from the shards
-    warnings: list[tuple[str, float, int]] = field(default_factory=list)  # AutoAttack's, from the shards
+    finished: set[tuple[int, int]] = field(
+        default_factory=set
+    )  # (attack, eps key) rows written now
+    clean_batches: dict[int, str] = field(
+        default_factory=dict
+    )  # batch -> clean flags, from the shards
+    warnings: list[tuple[str, float, int]] = field(
+        default_factory=list
+    )  # AutoAttack's, from the shards
 
     @property
     def source(self) -> Any:
@@ -65,12 +71,20 @@ class Book:
 
     def stored_cheap(self) -> list[dg.Finding] | None:
         """The cheap checks' findings stored for these weights and n, or None if one is missing."""
-        rows = [d for d in self.store.diagnostics(self.source.run_id)
-                if d.n == self.n and d.fingerprint == self.source.fingerprint and d.check in CHEAP_CHECKS]
+        rows = [
+            d
+            for d in self.store.diagnostics(self.source.run_id)
+            if d.n == self.n
+            and d.fingerprint == self.source.fingerprint
+            and d.check in CHEAP_CHECKS
+        ]
         if {d.check for d in rows} != set(CHEAP_CHECKS):
             return None
         rows.sort(key=lambda d: CHEAP_CHECKS.index(d.check))  # the order they run in
-        return [dg.Finding(d.check, d.flagged, d.source, d.summary, dict(d.details), d.advice) for d in rows]
+        return [
+            dg.Finding(d.check, d.flagged, d.source, d.summary, dict(d.details), d.advice)
+            for d in rows
+        ]
 
     def write_findings(self, findings: Sequence[dg.Finding]) -> None:
         """Findings of this model at this n (a finding replaces the one with its check and key)."""
@@ -83,17 +97,30 @@ class Book:
         """A step's identity in the batches table. The walk is part of it; the ascending walk
         keeps the layout-2 identity (no walk), so that a v2 store's step in progress resumes."""
         s = self.plan.settings
-        ident: list[Any] = [self.source.fingerprint, attack.label, attack.params, eps_key(eps), self.n, s.seed,
-                            s.batch_size, [eps_key(e) for e in s.eps_grid]]
+        ident: list[Any] = [
+            self.source.fingerprint,
+            attack.label,
+            attack.params,
+            eps_key(eps),
+            self.n,
+            s.seed,
+            s.batch_size,
+            [eps_key(e) for e in s.eps_grid],
+        ]
         return canonical(ident if s.walk == Walk.UP else ident + [s.walk])
 
     def row(self, attack: Attack, eps: float) -> ResultRow | None:
         """The stored row of this step made with these weights, seed, batches, grid and walk."""
         s = self.plan.settings
         r = self.store.result(self.source.run_id, attack.label, attack.params, eps, self.n)
-        same = (r is not None and r.fingerprint == self.source.fingerprint and r.seed == s.seed
-                and r.batch_size == s.batch_size and r.walk == s.walk
-                and [eps_key(e) for e in r.grid] == [eps_key(e) for e in s.eps_grid])
+        same = (
+            r is not None
+            and r.fingerprint == self.source.fingerprint
+            and r.seed == s.seed
+            and r.batch_size == s.batch_size
+            and r.walk == s.walk
+            and [eps_key(e) for e in r.grid] == [eps_key(e) for e in s.eps_grid]
+        )
         return r if same else None
 
     def done(self, i: int, eps: float) -> torch.Tensor | None:
@@ -111,19 +138,35 @@ class Book:
         return {k: text_flags(f) for k, (f, _) in kept.items()}
 
     def write_batch(self, i: int, eps: float, k: int, flags: torch.Tensor, seconds: float) -> None:
-        self.store.write_batch(self.source.run_id, self.step(self.attacks[i], eps), k, flag_text(flags), seconds)
+        self.store.write_batch(
+            self.source.run_id, self.step(self.attacks[i], eps), k, flag_text(flags), seconds
+        )
 
-    def finish_step(self, i: int, eps: float, flags: torch.Tensor, seconds: float, clean_acc: float) -> None:
+    def finish_step(
+        self, i: int, eps: float, flags: torch.Tensor, seconds: float, clean_acc: float
+    ) -> None:
         """The step's result row (its seconds: the sum over its batches, else ``seconds``); the
         store drops the step's batches with it."""
         a, s = self.attacks[i], self.plan.settings
         step = self.step(a, eps)
         kept = self.store.batches(self.source.run_id, step)
         row = ResultRow(
-            run_id=self.source.run_id, attack=a.label, params=a.params, eps=eps, n=len(flags), clean_acc=clean_acc,
-            robust_acc=int(flags.sum()) / len(flags), seconds=sum(t for _, t in kept.values()) or seconds,
-            device=self.device(), versions=library_versions(), flags=flag_text(flags), seed=s.seed,
-            batch_size=s.batch_size, grid=list(s.eps_grid), fingerprint=self.source.fingerprint, created=now(),
+            run_id=self.source.run_id,
+            attack=a.label,
+            params=a.params,
+            eps=eps,
+            n=len(flags),
+            clean_acc=clean_acc,
+            robust_acc=int(flags.sum()) / len(flags),
+            seconds=sum(t for _, t in kept.values()) or seconds,
+            device=self.device(),
+            versions=library_versions(),
+            flags=flag_text(flags),
+            seed=s.seed,
+            batch_size=s.batch_size,
+            grid=list(s.eps_grid),
+            fingerprint=self.source.fingerprint,
+            created=now(),
             walk=s.walk,
         )
         self.store.write_result(row, step)
@@ -160,7 +203,9 @@ class Book:
         self.devices.append(r.device)
         self.clean_batches.update(r.clean)
         if r.warnings:
-            self.store.write_diagnostics(aa_warning_rows(self.source, self.n, list(dict.fromkeys(r.warnings))))
+            self.store.write_diagnostics(
+                aa_warning_rows(self.source, self.n, list(dict.fromkeys(r.warnings)))
+            )
             self.warnings = list(dict.fromkeys(self.warnings + r.warnings))
         for i, st in r.stats.items():
             self.stats.setdefault(i, []).append(st)
@@ -180,14 +225,18 @@ class Book:
         kept = self.kept(i, eps)
         missing = [k for k in range(self.plan.batches()) if k not in kept]
         if missing:
-            raise RuntimeError(f"{self.source.run_id}: batches {missing} of eps {eps:.6g} are missing")
+            raise RuntimeError(
+                f"{self.source.run_id}: batches {missing} of eps {eps:.6g} are missing"
+            )
         return torch.cat([kept[k] for k in sorted(kept)])
 
     def clean(self) -> torch.Tensor | None:
         """The clean-correct flags: from the shards that ran now, else the stored eps-0 step;
         None when neither has them (a grid without 0 whose steps were all stored)."""
         if set(range(self.plan.batches())) <= set(self.clean_batches):
-            return torch.cat([text_flags(self.clean_batches[k]) for k in range(self.plan.batches())])
+            return torch.cat(
+                [text_flags(self.clean_batches[k]) for k in range(self.plan.batches())]
+            )
         if 0.0 in self.plan.settings.eps_grid and self.attacks:
             return self.done(0, 0.0)
         return None
@@ -207,15 +256,24 @@ class Book:
             results.append(self._merged(i, attack, grid, flags))
         return results
 
-    def _merged(self, i: int, attack: Attack, grid: list[float], flags: list[torch.Tensor]) -> GridResult:
+    def _merged(
+        self, i: int, attack: Attack, grid: list[float], flags: list[torch.Tensor]
+    ) -> GridResult:
         """Attack ``i``'s walk: its flags and its shards' stats added up; an attack no shard
         walked now had every step taken from the store (reused)."""
         m, shards = len(grid), self.stats.get(i, [])
         attacked = [sum(s.attacked[j] for s in shards) for j in range(m)]
         seconds = [sum(s.seconds[j] for s in shards) for j in range(m)]
         reused = max((s.reused for s in shards), default=sum(1 for e in grid if e > 0))
-        return GridResult(attack, grid, flags, seconds, reused=reused, walk=self.plan.settings.walk,
-                          attacked=attacked)
+        return GridResult(
+            attack,
+            grid,
+            flags,
+            seconds,
+            reused=reused,
+            walk=self.plan.settings.walk,
+            attacked=attacked,
+        )
 
     @property
     def computed(self) -> bool:
@@ -238,11 +296,22 @@ class Book:
     def stored_inference(self, results: Sequence[GridResult]) -> list[dg.Finding] | None:
         """The walk-inference finding stored for these weights, n, attacks, eps pair, grid, walk,
         seed and batches, if any."""
-        key, src, context = audit.inference_key(results), self.source, self.inference_context(results)
+        key, src, context = (
+            audit.inference_key(results),
+            self.source,
+            self.inference_context(results),
+        )
         for d in self.store.diagnostics(src.run_id):
-            if (d.check == Check.WALK_INFERENCE and d.key == key and d.n == self.n and d.fingerprint == src.fingerprint
-                    and d.details.get("evaluation") == context):
-                return [dg.Finding(d.check, d.flagged, d.source, d.summary, dict(d.details), d.advice)]
+            if (
+                d.check == Check.WALK_INFERENCE
+                and d.key == key
+                and d.n == self.n
+                and d.fingerprint == src.fingerprint
+                and d.details.get("evaluation") == context
+            ):
+                return [
+                    dg.Finding(d.check, d.flagged, d.source, d.summary, dict(d.details), d.advice)
+                ]
         return None
 
 
@@ -268,7 +337,9 @@ class StepRecorder(Recorder):
         self.book.finish_step(self.i, eps, flags, seconds, self.clean_acc)
 
 
-def aa_warning_rows(source: Any, n: int, warnings: Sequence[tuple[str, float, int]]) -> list[DiagnosticRow]:
+def aa_warning_rows(
+    source: Any, n: int, warnings: Sequence[tuple[str, float, int]]
+) -> list[DiagnosticRow]:
     """AutoAttack's own ``checks.py`` warnings as findings of this model (see
     :func:`bench.evaluation.audit.classify_aa_warning` for which of them flag)."""
     out = []
@@ -277,12 +348,19 @@ def aa_warning_rows(source: Any, n: int, warnings: Sequence[tuple[str, float, in
         # Keyed by what was said (not by its place in a list): a shard, a resumed run or a
         # second evaluation that repeats a warning replaces its row, and adds none.
         key = hashlib.sha256(canonical([msg, eps_key(eps), points]).encode()).hexdigest()[:12]
-        out.append(DiagnosticRow(
-            run_id=source.run_id, fingerprint=source.fingerprint, n=n,
-            check=Check.AUTOATTACK_CHECKS, key=key, flagged=flag,
-            source="AutoAttack checks.py (run by pyautoattack inside each call)",
-            summary=f"at eps {format_eps(eps)} on {points} points: {msg}",
-            details={"message": msg, "eps": eps, "points": points, "rule": why},
-            advice="read AutoAttack's flags_doc.md for this message", created=now(),
-        ))
+        out.append(
+            DiagnosticRow(
+                run_id=source.run_id,
+                fingerprint=source.fingerprint,
+                n=n,
+                check=Check.AUTOATTACK_CHECKS,
+                key=key,
+                flagged=flag,
+                source="AutoAttack checks.py (run by pyautoattack inside each call)",
+                summary=f"at eps {format_eps(eps)} on {points} points: {msg}",
+                details={"message": msg, "eps": eps, "points": points, "rule": why},
+                advice="read AutoAttack's flags_doc.md for this message",
+                created=now(),
+            )
+        )
     return out

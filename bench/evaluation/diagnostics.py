@@ -123,7 +123,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _finding(check: str, flagged: bool, summary: str, details: dict[str, Any], advice: str) -> Finding:
+def _finding(
+    check: str, flagged: bool, summary: str, details: dict[str, Any], advice: str
+) -> Finding:
     return Finding(check, bool(flagged), SOURCES[check], summary, _plain(details), advice)
 
 
@@ -197,13 +199,18 @@ def check_randomized(
         f"{_pct(flip_share)} change their predicted class"
     )
     details = {
-        "n": n, "passes": passes, "tol": tol, "share_differ": share, "share_prediction_changes":
-        flip_share, "max_normalised_diff": float(diff.max()),
+        "n": n,
+        "passes": passes,
+        "tol": tol,
+        "share_differ": share,
+        "share_prediction_changes": flip_share,
+        "max_normalised_diff": float(diff.max()),
     }
     advice = (
         "Evaluate as a randomized defense: AutoAttack version='rand' (APGD with EOT) or EOT-PGD, "
         "and report accuracy averaged over several runs."
-        if flagged else "None needed: the model is deterministic at inference."
+        if flagged
+        else "None needed: the model is deterministic at inference."
     )
     return _finding(Check.RANDOMIZED, flagged, summary, details, advice)
 
@@ -225,19 +232,32 @@ def check_probabilities(model: nn.Module, x: torch.Tensor, tol: float = PROBABIL
     flagged = bool(out.max() < 1 + tol and out.min() > -tol and (row_sum_err < tol).all())
     log_probs = bool(out.max() < tol and (torch.logsumexp(out, dim=-1).abs() < tol).all())
     if flagged:
-        summary = f"outputs of all {n} points are in [0, 1] and each row sums to 1: probabilities, not logits"
+        summary = (
+            f"outputs of all {n} points are in [0, 1] and each row sums to 1: "
+            "probabilities, not logits"
+        )
     elif log_probs:
-        summary = f"outputs of all {n} points are log-probabilities (not flagged: same gradients as logits)"
+        summary = (
+            f"outputs of all {n} points are log-probabilities "
+            "(not flagged: same gradients as logits)"
+        )
     else:
-        summary = f"outputs look like logits (range [{float(out.min()):.3g}, {float(out.max()):.3g}])"
+        summary = (
+            f"outputs look like logits (range [{float(out.min()):.3g}, {float(out.max()):.3g}])"
+        )
     details = {
-        "n": n, "classes": k, "min": float(out.min()), "max": float(out.max()),
-        "max_row_sum_error": float(row_sum_err.max()), "tol": tol,
+        "n": n,
+        "classes": k,
+        "min": float(out.min()),
+        "max": float(out.max()),
+        "max_row_sum_error": float(row_sum_err.max()),
+        "tol": tol,
         "log_probabilities": log_probs,
     }
     advice = (
         "Attack the logits: remove the final softmax (or take the log) before running the attacks."
-        if flagged else "None needed."
+        if flagged
+        else "None needed."
     )
     return _finding(Check.PROBABILITIES, flagged, summary, details, advice)
 
@@ -283,10 +303,19 @@ def check_gradients(
     grad = input_gradients(model, x, y)
     if grad is None:
         summary = f"no input gradient at all on {n} points: the input is cut off from the graph"
-        details = {"n": n, "graph_interrupted": True, "share_zero": 1.0, "share_nan": 0.0,
-                   "share_inf": 0.0, "share_unavailable": 1.0, "zero_share_threshold": zero_share}
-        advice = ("Make the model differentiable end to end, or attack it with BPDA "
-                  "(a differentiable approximation of the broken part) and with black-box attacks.")
+        details = {
+            "n": n,
+            "graph_interrupted": True,
+            "share_zero": 1.0,
+            "share_nan": 0.0,
+            "share_inf": 0.0,
+            "share_unavailable": 1.0,
+            "zero_share_threshold": zero_share,
+        }
+        advice = (
+            "Make the model differentiable end to end, or attack it with BPDA "
+            "(a differentiable approximation of the broken part) and with black-box attacks."
+        )
         return _finding(Check.GRADIENTS, True, summary, details, advice)
     flat = grad.reshape(n, -1)
     zero = (flat == 0).all(dim=1)
@@ -301,14 +330,20 @@ def check_gradients(
         f"threshold: zero on more than {_pct(zero_share)}, or any NaN/inf)"
     )
     details = {
-        "n": n, "graph_interrupted": False, "share_zero": s_zero, "share_nan": s_nan,
-        "share_inf": s_inf, "share_unavailable": _share(bad),
-        "zero_points": int(zero.sum()), "zero_share_threshold": zero_share,
+        "n": n,
+        "graph_interrupted": False,
+        "share_zero": s_zero,
+        "share_nan": s_nan,
+        "share_inf": s_inf,
+        "share_unavailable": _share(bad),
+        "zero_points": int(zero.sum()),
+        "zero_share_threshold": zero_share,
     }
     advice = (
         "Gradient-based attacks are blind here: add a margin/DLR-loss attack (APGD-DLR, CW loss), "
         "BPDA for non-differentiable parts, and Square (black-box)."
-        if flagged else "None needed."
+        if flagged
+        else "None needed."
     )
     return _finding(Check.GRADIENTS, flagged, summary, details, advice)
 
@@ -339,7 +374,10 @@ def mcnemar(a_broke_b_not: int, b_broke_a_not: int) -> float:
 
 
 def _compare(
-    weak_name: str, weak_flags: torch.Tensor, strong_name: str, strong_flags: torch.Tensor,
+    weak_name: str,
+    weak_flags: torch.Tensor,
+    strong_name: str,
+    strong_flags: torch.Tensor,
     alpha: float,
 ) -> tuple[bool, str, dict[str, Any]]:
     """McNemar comparison of two attacks' robust flags; flagged if the weak one is ahead."""
@@ -359,16 +397,26 @@ def _compare(
         f"McNemar p = {p:.3g} (flag if p < {alpha:g} with {weak_name} ahead)"
     )
     details = {
-        "n": n, "weak": weak_name, "strong": strong_name, "weak_acc": acc_w, "strong_acc": acc_s,
-        "broken_only_by_weak": weak_only, "broken_only_by_strong": strong_only,
-        "p_value": p, "alpha": alpha,
+        "n": n,
+        "weak": weak_name,
+        "strong": strong_name,
+        "weak_acc": acc_w,
+        "strong_acc": acc_s,
+        "broken_only_by_weak": weak_only,
+        "broken_only_by_strong": strong_only,
+        "p_value": p,
+        "alpha": alpha,
     }
     return flagged, summary, details
 
 
 def compare_attacks(
-    check: str, weak_name: str, weak_flags: torch.Tensor, strong_name: str,
-    strong_flags: torch.Tensor, alpha: float = ALPHA,
+    check: str,
+    weak_name: str,
+    weak_flags: torch.Tensor,
+    strong_name: str,
+    strong_flags: torch.Tensor,
+    alpha: float = ALPHA,
 ) -> Finding:
     """Flag when the attack that should be weaker breaks significantly more points.
 
@@ -382,14 +430,20 @@ def compare_attacks(
     test is used instead so that one point out of 100 is not an alarm.
     """
     if check not in (Check.SQUARE_VS_WHITEBOX, Check.ITERATIVE_VS_SINGLE_STEP):
-        raise ValueError(f"check must be 'square-vs-whitebox' or 'iterative-vs-single-step', got {check!r}")
+        raise ValueError(
+            f"check must be 'square-vs-whitebox' or 'iterative-vs-single-step', got {check!r}"
+        )
     flagged, summary, details = _compare(weak_name, weak_flags, strong_name, strong_flags, alpha)
     if check == Check.SQUARE_VS_WHITEBOX:
-        advice = ("The white-box attacks are failing (masked gradients?): run Square with more "
-                  "queries and restarts, and an adaptive attack (BPDA/EOT).")
+        advice = (
+            "The white-box attacks are failing (masked gradients?): run Square with more "
+            "queries and restarts, and an adaptive attack (BPDA/EOT)."
+        )
     else:
-        advice = ("The iterative attack is failing (masked or noisy gradients, bad step size?): "
-                  "check the gradients and the loss trace, try APGD and a margin loss.")
+        advice = (
+            "The iterative attack is failing (masked or noisy gradients, bad step size?): "
+            "check the gradients and the loss trace, try APGD and a margin loss."
+        )
     return _finding(check, flagged, summary, details, advice if flagged else "None needed.")
 
 
@@ -409,8 +463,13 @@ def _check_within(x: torch.Tensor, x_adv: torch.Tensor, eps: float | None) -> No
 
 
 def check_transfer(
-    target_model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv_transfer: torch.Tensor,
-    whitebox_flags: torch.Tensor, alpha: float = ALPHA, eps: float | None = None,
+    target_model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_adv_transfer: torch.Tensor,
+    whitebox_flags: torch.Tensor,
+    alpha: float = ALPHA,
+    eps: float | None = None,
 ) -> Finding:
     """Adversarial examples crafted on another model must not beat the white-box attacks.
 
@@ -439,14 +498,21 @@ def check_transfer(
     details["share_of_standing_broken_by_transfer"] = (
         details["broken_only_by_weak"] / standing if standing else 0.0
     )
-    advice = ("The white-box attacks are failing where a surrogate's examples succeed (gradient "
-              "masking): use adaptive attacks (BPDA, EOT, margin loss) and report the worst case "
-              "including transfer.") if flagged else "None needed."
+    advice = (
+        (
+            "The white-box attacks are failing where a surrogate's examples succeed (gradient "
+            "masking): use adaptive attacks (BPDA, EOT, margin loss) and report the worst case "
+            "including transfer."
+        )
+        if flagged
+        else "None needed."
+    )
     return _finding(Check.TRANSFER, flagged, summary, details, advice)
 
 
-def check_inference(inferred_eps: float, measured_eps: float, direct: torch.Tensor,
-                    share: float = INFERENCE_SHARE) -> Finding:
+def check_inference(
+    inferred_eps: float, measured_eps: float, direct: torch.Tensor, share: float = INFERENCE_SHARE
+) -> Finding:
     """The grid walks ``down`` and ``bisect`` count a point robust at a smaller eps because the
     attacks left it robust at a larger one; that inference holds only if attack success grows
     with the budget (Carlini et al. 2019). ``direct``: robust flags, after a direct attack at
@@ -457,15 +523,29 @@ def check_inference(inferred_eps: float, measured_eps: float, direct: torch.Tens
     direct = _as_flags(direct, "direct")
     m, broken = len(direct), int((~direct).sum())
     flagged = m > 0 and broken / m > share
-    summary = (f"{broken} of {m} points counted robust at eps {inferred_eps:.4g} (inferred from eps "
-               f"{measured_eps:.4g}) are broken by PGD run there directly ({_pct(broken / m if m else 0.0)}; "
-               f"flag above {_pct(share)})")
-    details = {"inferred_eps": inferred_eps, "measured_eps": measured_eps, "checked": m, "broken": broken,
-               "share_limit": share}
-    advice = ("The attacks are not monotone in eps on this model (gradient masking, or a step size "
-              "that suits one budget only): the inferred robust flags overstate robustness at the "
-              "smaller eps, and the attacks missed these points at the larger one. Rerun with "
-              "--walk up (every eps measured) and stronger or adaptive attacks.") if flagged else "None needed."
+    summary = (
+        f"{broken} of {m} points counted robust at eps {inferred_eps:.4g} (inferred from eps "
+        f"{measured_eps:.4g}) are broken by PGD run there directly "
+        f"({_pct(broken / m if m else 0.0)}; "
+        f"flag above {_pct(share)})"
+    )
+    details = {
+        "inferred_eps": inferred_eps,
+        "measured_eps": measured_eps,
+        "checked": m,
+        "broken": broken,
+        "share_limit": share,
+    }
+    advice = (
+        (
+            "The attacks are not monotone in eps on this model (gradient masking, or a step size "
+            "that suits one budget only): the inferred robust flags overstate robustness at the "
+            "smaller eps, and the attacks missed these points at the larger one. Rerun with "
+            "--walk up (every eps measured) and stronger or adaptive attacks."
+        )
+        if flagged
+        else "None needed."
+    )
     return _finding(Check.WALK_INFERENCE, flagged, summary, details, advice)
 
 
@@ -505,7 +585,13 @@ def _loss_and_grad(
 
 
 def _pgd_broken(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, alpha: float, loss: str
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int,
+    alpha: float,
+    loss: str,
 ) -> torch.Tensor:
     """Linf PGD from x itself (no random start), sign steps; per point, True if some iterate
     (each inside the ball and [0, 1]) is misclassified."""
@@ -521,8 +607,13 @@ def _pgd_broken(
 
 
 def check_large_budget(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = LARGE_BUDGET_EPS,
-    steps: int = 50, alpha: float | None = None, max_acc: float = LARGE_BUDGET_ACC,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float = LARGE_BUDGET_EPS,
+    steps: int = 50,
+    alpha: float | None = None,
+    max_acc: float = LARGE_BUDGET_ACC,
     max_points: int = COSTLY_MAX_POINTS,
 ) -> Finding:
     """Under a huge Linf budget, accuracy must fall to about zero.
@@ -557,18 +648,37 @@ def check_large_budget(
         f"{n} points, clean {_pct(clean_acc)}); should be about 0 (flag above {_pct(max_acc)})"
     )
     details = {
-        "n": n, "eps": eps, "steps": steps, "alpha": alpha, "losses": ["ce", "margin"],
-        "clean_acc": clean_acc, "acc": acc, "survivors": int(standing.sum()), "max_acc": max_acc,
+        "n": n,
+        "eps": eps,
+        "steps": steps,
+        "alpha": alpha,
+        "losses": ["ce", "margin"],
+        "clean_acc": clean_acc,
+        "acc": acc,
+        "survivors": int(standing.sum()),
+        "max_acc": max_acc,
     }
-    advice = ("Gradient-based attacks fail even without a budget (masked or obfuscated "
-              "gradients): use BPDA/EOT, a black-box attack (Square) and transfer from a "
-              "standard model.") if flagged else "None needed."
+    advice = (
+        (
+            "Gradient-based attacks fail even without a budget (masked or obfuscated "
+            "gradients): use BPDA/EOT, a black-box attack (Square) and transfer from a "
+            "standard model."
+        )
+        if flagged
+        else "None needed."
+    )
     return _finding(Check.LARGE_BUDGET, flagged, summary, details, advice)
 
 
 def pgd_with_trace(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, alpha: float,
-    random_start: bool = True, generator: torch.Generator | None = None,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int,
+    alpha: float,
+    random_start: bool = True,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Linf PGD on the cross-entropy (Madry et al. 2018) that records each point's loss.
 
@@ -616,8 +726,11 @@ def incomplete_points(
 
 
 def check_loss_trace(
-    losses: torch.Tensor, robust: torch.Tensor | None = None, window: int = TRACE_WINDOW,
-    tol: float = TRACE_TOL, max_share: float = TRACE_SHARE,
+    losses: torch.Tensor,
+    robust: torch.Tensor | None = None,
+    window: int = TRACE_WINDOW,
+    tol: float = TRACE_TOL,
+    max_share: float = TRACE_SHARE,
 ) -> Finding:
     """IoAF "incomplete optimization": the attack's loss is still improving at the end.
 
@@ -650,10 +763,19 @@ def check_loss_trace(
         f"loss range; flag above {_pct(max_share)})"
     )
     details = {
-        "n": n, "assessed": assessed, "incomplete": count, "share_incomplete": share,
-        "steps": int(losses.shape[0]), "window": window, "tol": tol, "max_share": max_share,
+        "n": n,
+        "assessed": assessed,
+        "incomplete": count,
+        "share_incomplete": share,
+        "steps": int(losses.shape[0]),
+        "window": window,
+        "tol": tol,
+        "max_share": max_share,
         "non_finite_points": int((~finite).sum()),
     }
-    advice = ("The attack stopped too early: run more iterations or a larger/adaptive step "
-              "size (APGD).") if flagged else "None needed."
+    advice = (
+        ("The attack stopped too early: run more iterations or a larger/adaptive step size (APGD).")
+        if flagged
+        else "None needed."
+    )
     return _finding(Check.LOSS_TRACE, flagged, summary, details, advice)

@@ -8,7 +8,6 @@ quick`` run this.
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -61,15 +60,24 @@ class Local:
         if not isinstance(item, work.Shard):
             return work.execute(item, t.model, t.x, t.y, self.label)
         with self._bar(item) as bar:
-            live = work.Live(self.book.recorder, bar, _Eta(self.plan) if self.plan.settings.progress else None)
+            live = work.Live(
+                self.book.recorder, bar, _Eta(self.plan) if self.plan.settings.progress else None
+            )
             return work.execute(item, t.model, t.x, t.y, self.label, live)
 
     @contextlib.contextmanager
     def _bar(self, item: work.Shard) -> Iterator[Any]:
         """One tick per attack and eps > 0."""
         attacked = sum(1 for e in item.eps if e > 0)
-        bar = tqdm(total=len(item.which) * attacked, desc=f"eval {self.plan.target.run_id}", unit="eps",
-                   file=sys.stderr, disable=not self.plan.settings.progress, dynamic_ncols=True, leave=False)
+        bar = tqdm(
+            total=len(item.which) * attacked,
+            desc=f"eval {self.plan.target.run_id}",
+            unit="eps",
+            file=sys.stderr,
+            disable=not self.plan.settings.progress,
+            dynamic_ncols=True,
+            leave=False,
+        )
         try:
             yield bar
         finally:
@@ -90,7 +98,8 @@ class _Eta:
         steps = max_tests(s.walk, s.eps_grid)  # the most eps at which one point is attacked
         left = seconds * (steps * self.plan.batches() - 1)
         tqdm.write(
-            f"bench: {self.plan.target.run_id}: {attack.display}: first batch {seconds:.1f} s; at most "
+            f"bench: {self.plan.target.run_id}: {attack.display}: "
+            f"first batch {seconds:.1f} s; at most "
             f"about {duration(left)} left for this attack (walk {s.walk}: each point attacked at "
             f"most {steps} times)",
             file=sys.stderr,
@@ -116,8 +125,11 @@ def scratch_store() -> Iterator[Store]:
 
 
 def evaluate_target(
-    target: Target, settings: Settings, device: torch.device | str = "cpu",
-    store: Store | None = None, out: TextIO | None = None,
+    target: Target,
+    settings: Settings,
+    device: torch.device | str = "cpu",
+    store: Store | None = None,
+    out: TextIO | None = None,
 ) -> Evaluation:
     """Evaluate one model in this process (see :mod:`bench.evaluation.pipeline`); rows and
     findings go to ``store`` as they finish (a scratch store when None). Prints a table with 95%

@@ -52,12 +52,20 @@ class Evaluation:
         eps, the findings, and what the numbers depend on."""
         s = self.settings
         return {
-            "run_id": self.target.run_id, "fingerprint": self.target.source.fingerprint,
-            "n": len(self.target.y), "seed": s.seed, "batch_size": s.batch_size,
-            "eps_grid": list(s.eps_grid), "walk": s.walk, "clean": self.clean_estimate.as_dict(),
-            "robust": {name: {format_eps(e): est.as_dict() for e, est in by.items()}
-                       for name, by in self.estimates().items()},
-            "unreliable": self.unreliable, "note": self.note,
+            "run_id": self.target.run_id,
+            "fingerprint": self.target.source.fingerprint,
+            "n": len(self.target.y),
+            "seed": s.seed,
+            "batch_size": s.batch_size,
+            "eps_grid": list(s.eps_grid),
+            "walk": s.walk,
+            "clean": self.clean_estimate.as_dict(),
+            "robust": {
+                name: {format_eps(e): est.as_dict() for e, est in by.items()}
+                for name, by in self.estimates().items()
+            },
+            "unreliable": self.unreliable,
+            "note": self.note,
             "findings": [f.as_dict() for f in self.findings],
             "autoattack_warnings": [m for m, _, _ in self.aa_warnings],
         }
@@ -68,7 +76,9 @@ class Evaluation:
 
     def estimates(self) -> dict[str, dict[float, Estimate]]:
         """Attack display name (and ``any``) -> eps -> estimate with its interval."""
-        out = {r.attack.display: {e: Estimate(int(f.sum()), len(f)) for e, f in zip(r.eps, r.flags)}
-               for r in self.results}
+        out = {
+            r.attack.display: {e: Estimate(int(f.sum()), len(f)) for e, f in zip(r.eps, r.flags)}
+            for r in self.results
+        }
         out[ANY] = {w.eps: w.estimate for w in self.worst}
         return out

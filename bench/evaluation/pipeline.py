@@ -73,8 +73,18 @@ def evaluation(plan: Plan, book: Book, say: Callable[[str], None] | None = None)
     results = book.finish(clean)
     rows = [book.row(a, e) for a in attacks for e in settings.eps_grid]
     worst = worst_case([r for r in rows if r is not None], flag_text(clean))
-    ev = Evaluation(plan.target, settings, clean, results, worst, list(cheap), book.warnings, note, ran,
-                    book.device())
+    ev = Evaluation(
+        plan.target,
+        settings,
+        clean,
+        results,
+        worst,
+        list(cheap),
+        book.warnings,
+        note,
+        ran,
+        book.device(),
+    )
     ev.findings += yield from _after(plan, book, ev, cheap)
     return ev
 
@@ -92,14 +102,18 @@ def _cheap(plan: Plan, book: Book, ran: list[str]) -> Generator[Step, list[Any],
 
 def _walk(book: Book, s: Any, ran: list[str]) -> Generator[Step, list[Any], None]:
     """The shards not yet stored, each kept in the store as it arrives."""
-    shards = [work.Shard(s.attacks, which, k0, k1, list(s.eps_grid), s.batch_size, s.seed, s.walk)
-              for k0, k1, which in book.pending()]
+    shards = [
+        work.Shard(s.attacks, which, k0, k1, list(s.eps_grid), s.batch_size, s.seed, s.walk)
+        for k0, k1, which in book.pending()
+    ]
     if shards:
         yield Step("walk", shards, each=book.write_shard)
         ran.append("walk")
 
 
-def _after(plan: Plan, book: Book, ev: Evaluation, cheap: list[Any]) -> Generator[Step, list[Any], list[Any]]:
+def _after(
+    plan: Plan, book: Book, ev: Evaluation, cheap: list[Any]
+) -> Generator[Step, list[Any], list[Any]]:
     """Comparisons, walk-inference, and the costly checks with ``diagnose``; each stored."""
     found = audit.compare(ev.results)
     book.write_findings(found)
@@ -107,7 +121,9 @@ def _after(plan: Plan, book: Book, ev: Evaluation, cheap: list[Any]) -> Generato
     found += yield from _inference(plan, book, ev.results, cheap, ev.ran)
     if plan.settings.diagnose and ev.worst:
         top = ev.worst[-1]
-        item = work.Costly(top.eps, text_flags(top.flags), plan.settings.seed, plan.settings.transfer_from)
+        item = work.Costly(
+            top.eps, text_flags(top.flags), plan.settings.seed, plan.settings.transfer_from
+        )
         [costly] = yield Step("costly", [item])
         book.write_findings(costly)
         ev.ran.append("costly")
@@ -115,8 +131,9 @@ def _after(plan: Plan, book: Book, ev: Evaluation, cheap: list[Any]) -> Generato
     return found
 
 
-def _inference(plan: Plan, book: Book, results: list[GridResult], cheap: list[Any],
-               ran: list[str]) -> Generator[Step, list[Any], list[Any]]:
+def _inference(
+    plan: Plan, book: Book, results: list[GridResult], cheap: list[Any], ran: list[str]
+) -> Generator[Step, list[Any], list[Any]]:
     """The walk-inference check where a walk inferred flags: its stored finding when nothing was
     walked now, else run (by the walk's own attack where gradients are unavailable)."""
     if audit.inference_key(results) is None:

@@ -65,7 +65,9 @@ def shard_ranges(total: int, count: int) -> list[tuple[int, int]]:
     return [(edges[i], edges[i + 1]) for i in range(count) if edges[i + 1] > edges[i]]
 
 
-def check_settings(attacks: Sequence[Attack], eps_grid: Sequence[float], batch_size: int, seed: int) -> None:
+def check_settings(
+    attacks: Sequence[Attack], eps_grid: Sequence[float], batch_size: int, seed: int
+) -> None:
     """Attacks listed once, eps in [0, 1], batch size >= 1, seed in range (UsageError)."""
     if not attacks:
         raise UsageError("no attack given")
@@ -76,8 +78,14 @@ def check_settings(attacks: Sequence[Attack], eps_grid: Sequence[float], batch_s
             raise UsageError(f"attack {a.display} is listed twice")
         seen.add(key)
     _check_grid(eps_grid)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
-        raise UsageError(f"--batch-size must be a whole number in 1..{MAX_BATCH}, got {batch_size!r}")
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or not 1 <= batch_size <= MAX_BATCH
+    ):
+        raise UsageError(
+            f"--batch-size must be a whole number in 1..{MAX_BATCH}, got {batch_size!r}"
+        )
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
         raise UsageError(f"--seed must be a whole number in 0..2**63-1, got {seed!r}")
 

@@ -40,7 +40,9 @@ def load(payload: Any, points: Points | None) -> Target:
     return attach_points(source_of(payload), n, data_dir, download)
 
 
-def do_work(payload: Any, points: Points | None, item: Any, device: str | None, threads: int) -> Any:
+def do_work(
+    payload: Any, points: Points | None, item: Any, device: str | None, threads: int
+) -> Any:
     """One work item in a task: torch threads set, the model on the task's device."""
     torch.set_num_threads(threads)
     target = load(payload, points)
@@ -50,8 +52,9 @@ def do_work(payload: Any, points: Points | None, item: Any, device: str | None, 
 
 
 @ray.remote
-def work_task(payload: Any, points: Points | None, item: Any, device: str | None,
-              threads: int) -> tuple[Any, dict[str, Any]]:
+def work_task(
+    payload: Any, points: Points | None, item: Any, device: str | None, threads: int
+) -> tuple[Any, dict[str, Any]]:
     """A pipeline's work item, and where and when it ran."""
     return timed(do_work, payload, points, item, device, threads)
 
@@ -61,9 +64,20 @@ class RayPipeline:
     once; each result is handed to the step (on the driver) as it arrives; when all are in, the
     pipeline goes on. The first failure ends the pipeline and calls ``on_fail`` once."""
 
-    def __init__(self, runner: Runner, pipeline: Pipeline, payload: Any, points: Points | None, *,
-                 label: str, job_id: str, share: Any, on_done: Callable[[Evaluation], None],
-                 on_fail: Callable[[str], None], device: str | None = None) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        pipeline: Pipeline,
+        payload: Any,
+        points: Points | None,
+        *,
+        label: str,
+        job_id: str,
+        share: Any,
+        on_done: Callable[[Evaluation], None],
+        on_fail: Callable[[str], None],
+        device: str | None = None,
+    ) -> None:
         self.runner, self.gen, self.payload, self.points = runner, pipeline, payload, points
         self.label, self.job_id, self.share, self.device = label, job_id, share, device
         self.on_done, self.on_fail = on_done, on_fail
@@ -91,9 +105,15 @@ class RayPipeline:
             ref = self.runner.in_flight(share) if share is not None else None
             if ref is None:
                 ref = work_task.options(**self.runner.options).remote(
-                    self.payload, self.points, item, self.device, self.runner.opts.cpus_per_task)
-            p = Pending(item.kind, f"{self.label}/{work.describe(item)}", self.job_id,
-                        lambda r, j=j: self._got(step, out, j, r), self._fail)
+                    self.payload, self.points, item, self.device, self.runner.opts.cpus_per_task
+                )
+            p = Pending(
+                item.kind,
+                f"{self.label}/{work.describe(item)}",
+                self.job_id,
+                lambda r, j=j: self._got(step, out, j, r),
+                self._fail,
+            )
             self.runner.submit(ref, p, share)
 
     def _got(self, step: Step, out: list[Any], j: int, result: Any) -> None:
@@ -125,26 +145,49 @@ def shard_count(workers: int | None, opts: RayOptions) -> int:
     return max(1, int(res.get("CPU", 1)) // opts.cpus_per_task)
 
 
-def evaluate_on_ray(targets: list[Target], settings: Settings, store: Store, opts: RayOptions,
-                    workers: int | None = None, device: str | None = None,
-                    ) -> tuple[list[Evaluation], list[tuple[str, str]]]:
+def evaluate_on_ray(
+    targets: list[Target],
+    settings: Settings,
+    store: Store,
+    opts: RayOptions,
+    workers: int | None = None,
+    device: str | None = None,
+) -> tuple[list[Evaluation], list[tuple[str, str]]]:
     """Evaluate every target on Ray (a local instance of ``workers`` CPUs, or ``opts.address``),
     each evaluation's fixed batches cut into one shard per worker. Returns the evaluations, in
     the targets' order, and the failures as (run id, error)."""
-    started = start_ray(replace(opts, num_cpus=opts.num_cpus or (workers * opts.cpus_per_task if workers else None)))
+    started = start_ray(
+        replace(opts, num_cpus=opts.num_cpus or (workers * opts.cpus_per_task if workers else None))
+    )
     try:
         runner = Runner(opts)
         shards = shard_count(workers, opts)
         done: dict[str, Evaluation] = {}
         failed: list[tuple[str, str]] = []
-        bar = tqdm(desc="eval on Ray", unit="task", file=sys.stderr, disable=not opts.progress, dynamic_ncols=True)
-        runner.on_change = lambda: bar.set_postfix_str(f"running {len(runner.inflight)}", refresh=False)
+        bar = tqdm(
+            desc="eval on Ray",
+            unit="task",
+            file=sys.stderr,
+            disable=not opts.progress,
+            dynamic_ncols=True,
+        )
+        runner.on_change = lambda: bar.set_postfix_str(
+            f"running {len(runner.inflight)}", refresh=False
+        )
         for t in targets:
             plan = Plan(t, replace(settings, progress=False), shards=shards)
-            pipe = RayPipeline(runner, evaluation(plan, Book(store, plan)), ray.put(t), None, label=t.run_id,
-                               job_id=t.run_id, share=t.run_id, device=device,
-                               on_done=lambda ev, r=t.run_id: done.__setitem__(r, ev),
-                               on_fail=lambda err, r=t.run_id: failed.append((r, err)))
+            pipe = RayPipeline(
+                runner,
+                evaluation(plan, Book(store, plan)),
+                ray.put(t),
+                None,
+                label=t.run_id,
+                job_id=t.run_id,
+                share=t.run_id,
+                device=device,
+                on_done=lambda ev, r=t.run_id: done.__setitem__(r, ev),
+                on_fail=lambda err, r=t.run_id: failed.append((r, err)),
+            )
             pipe.start()
         try:
             runner.loop(lambda: bar.update(1))

@@ -57,8 +57,12 @@ class Estimate:
 
     def as_dict(self) -> dict[str, float | int]:
         lo, hi = self.interval
-        return {"acc": round(100 * self.acc, 2), "ci95": [round(100 * lo, 2), round(100 * hi, 2)],
-                "k": self.k, "n": self.n}
+        return {
+            "acc": round(100 * self.acc, 2),
+            "ci95": [round(100 * lo, 2), round(100 * hi, 2)],
+            "k": self.k,
+            "n": self.n,
+        }
 
 
 def estimate(flags: str) -> Estimate:
@@ -125,5 +129,4 @@ def group_rows(rows: Iterable[ResultRow]) -> dict[tuple[str, str, int], list[Res
     return out
 
 
-__all__ = ["Estimate", "WorstPoint", "attack_id", "estimate", "group_rows",
-           "wilson", "worst_case"]
+__all__ = ["Estimate", "WorstPoint", "attack_id", "estimate", "group_rows", "wilson", "worst_case"]

@@ -30,22 +30,29 @@ def format_table(ev: Evaluation, device: str) -> str:
     width = max(len(x) for x in names + ["attack"])
     head = f"{'attack':<{width}}" + "".join(f"{eps_in_255(e, digits=3):>19}" for e in s.eps_grid)
     lines = [
-        f"{t.run_id} ({src.dataset}, {src.config.get('model', '?')}, {src.config.get('defense', '?')}, "
-        f"weights {str(src.fingerprint)[7:19]}): n={len(t.y)} (first n test points), seed={s.seed}, "
-        f"batch={s.batch_size}, walk={s.walk}, {device}",
+        f"{t.run_id} ({src.dataset}, {src.config.get('model', '?')}, "
+        f"{src.config.get('defense', '?')}, "
+        f"weights {str(src.fingerprint)[7:19]}): n={len(t.y)} (first n test points), "
+        f"seed={s.seed}, batch={s.batch_size}, walk={s.walk}, {device}",
         f"clean accuracy {ci_cell(ev.clean_estimate)}%; robust accuracy % (95% Wilson interval) "
         "by Linf eps (x/255)",
         head,
         "-" * len(head),
     ]
     for name in names:
-        cells = "".join(f"{ci_cell(est[name][e]) if e in est[name] else '-':>19}" for e in s.eps_grid)
+        cells = "".join(
+            f"{ci_cell(est[name][e]) if e in est[name] else '-':>19}" for e in s.eps_grid
+        )
         lines.append(f"{name:<{width}}{cells}")
-    lines.append(f"{ANY} = per point, robust only if every attack above failed at that eps and at "
-                 "every smaller one")
+    lines.append(
+        f"{ANY} = per point, robust only if every attack above failed at that eps and at "
+        "every smaller one"
+    )
     if s.walk != Walk.UP:
-        lines.append(f"walk {s.walk}: the largest eps is a single run; a point robust there (or at a larger "
-                     "eps) is counted robust below it (inferred); broken is always proved")
+        lines.append(
+            f"walk {s.walk}: the largest eps is a single run; a point robust there (or at a larger "
+            "eps) is counted robust below it (inferred); broken is always proved"
+        )
     if ev.note:
         lines.append(f"note: {ev.note}")
     for f in ev.findings:
@@ -53,7 +60,12 @@ def format_table(ev: Evaluation, device: str) -> str:
             lines.append(f"FLAG {f.check}: {f.summary} -> {f.advice}")
     for msg, eps, points in ev.aa_warnings:
         flag, why = audit.classify_aa_warning(msg, points)
-        lines.append(f"{'FLAG' if flag else 'note'} autoattack-checks at {format_eps(eps)}: {msg} ({why})")
-    lines.append("UNRELIABLE: a check flagged this evaluation; it is kept out of the ranking"
-                 if ev.unreliable else f"checks passed: {', '.join(f.check for f in ev.findings)}")
+        lines.append(
+            f"{'FLAG' if flag else 'note'} autoattack-checks at {format_eps(eps)}: {msg} ({why})"
+        )
+    lines.append(
+        "UNRELIABLE: a check flagged this evaluation; it is kept out of the ranking"
+        if ev.unreliable
+        else f"checks passed: {', '.join(f.check for f in ev.findings)}"
+    )
     return "\n".join(lines)

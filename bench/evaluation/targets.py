@@ -45,12 +45,16 @@ def check_n(n: int) -> None:
         raise UsageError(f"--n must be a whole number in 1..{MAX_N}, got {n!r}")
 
 
-def attach_points(source: Any, n: int, data_dir: str | Path | None = None, download: bool = True) -> Target:
+def attach_points(
+    source: Any, n: int, data_dir: str | Path | None = None, download: bool = True
+) -> Target:
     """The first ``n`` test points of the source's data set (UsageError if there are fewer)."""
     check_n(n)
     test = load_dataset(source.dataset, "test", data_dir, download=download)
     if n > len(test):
-        raise UsageError(f"--n {n} is larger than the {source.dataset} test split ({len(test)} points)")
+        raise UsageError(
+            f"--n {n} is larger than the {source.dataset} test split ({len(test)} points)"
+        )
     return Target(source, test.images(slice(0, n)).contiguous(), test.y[:n].clone(), len(test))
 
 
@@ -67,7 +71,8 @@ def prepare_target(
     source = from_checkpoint(ckpt_path)
     if dataset is not None and dataset != source.dataset:
         raise UsageError(
-            f"checkpoint {source.run_id} was trained on {source.dataset}, not on --dataset {dataset}"
+            f"checkpoint {source.run_id} was trained on {source.dataset}, "
+            f"not on --dataset {dataset}"
         )
     return attach_points(source, n, data_dir, download)
 
@@ -76,9 +81,17 @@ def run_row(source: Any) -> RunRow:
     """The store's record of a model, from its source's configuration and run record."""
     cfg, run = dict(source.config or {}), dict(source.run or {})
     return RunRow(
-        run_id=source.run_id, path=str(source.path), dataset=source.dataset,
-        model=str(cfg.get("model", "unknown")), defense=str(cfg.get("defense", "external")),
-        defense_params=dict(cfg.get("defense_params") or {}), epochs=cfg.get("epochs"),
-        train_limit=cfg.get("train_limit"), train_seconds=run.get("train_seconds"),
-        config=cfg, run=run, fingerprint=source.fingerprint, kind=source.kind,
+        run_id=source.run_id,
+        path=str(source.path),
+        dataset=source.dataset,
+        model=str(cfg.get("model", "unknown")),
+        defense=str(cfg.get("defense", "external")),
+        defense_params=dict(cfg.get("defense_params") or {}),
+        epochs=cfg.get("epochs"),
+        train_limit=cfg.get("train_limit"),
+        train_seconds=run.get("train_seconds"),
+        config=cfg,
+        run=run,
+        fingerprint=source.fingerprint,
+        kind=source.kind,
     )

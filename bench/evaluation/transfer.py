@@ -9,14 +9,14 @@ classifies both the clean point and the source's example correctly. The diagonal
 white-box PGD of each model on itself.
 
 Stored in the diagnostics table (its layout unchanged): one row per (target, source, eps),
-check ``transfer-matrix`` (:data:`CHECK`), ``run_id`` the target, ``key`` the source's weights fingerprint and the eps
-(:func:`cell_key`: recomputing replaces the same rows, matrices at other eps are kept),
-``details`` the source run id and fingerprint, eps, the attack and its parameters, the points
-used, the robust count, its 95% interval and the per-point flags. Where the store holds the
-target's white-box evaluation at that eps, each off-diagonal cell also feeds the ``transfer``
-diagnostic (:func:`bench.evaluation.diagnostics.check_transfer`, same key). The diagonal repeats the grid
-walk's PGD at that eps: where the store holds that PGD row (same parameters, seed, batch size,
-and eps the grid's largest, where the walk runs it on every point), :func:`diagonal_check`
+check ``transfer-matrix`` (:data:`CHECK`), ``run_id`` the target, ``key`` the source's weights
+fingerprint and the eps (:func:`cell_key`: recomputing replaces the same rows, matrices at other
+eps are kept), ``details`` the source run id and fingerprint, eps, the attack and its parameters,
+the points used, the robust count, its 95% interval and the per-point flags. Where the store holds
+the target's white-box evaluation at that eps, each off-diagonal cell also feeds the ``transfer``
+diagnostic (:func:`bench.evaluation.diagnostics.check_transfer`, same key). The diagonal repeats
+the grid walk's PGD at that eps: where the store holds that PGD row (same parameters, seed, batch
+size, and eps the grid's largest, where the walk runs it on every point), :func:`diagonal_check`
 says whether they agree.
 """
 
@@ -43,8 +43,10 @@ CHECK = Check.TRANSFER_MATRIX  # the diagnostics rows of the matrix: measurement
 MAX_POINTS = 500  # points of each matrix, at most (the first of the evaluated n)
 ATTACK = "pgd"
 CORNER = "crafted on / evaluated on"
-SOURCE = ("cross-model transfer: PGD examples crafted on one model evaluated on another "
-          "(Szegedy et al. 2014, cross-model generalization)")
+SOURCE = (
+    "cross-model transfer: PGD examples crafted on one model evaluated on another "
+    "(Szegedy et al. 2014, cross-model generalization)"
+)
 
 
 def points(targets: Sequence[Target]) -> int:
@@ -68,8 +70,9 @@ def check_request(targets: Sequence[Target], eps: float) -> None:
         raise UsageError("--transfer-matrix needs at least two models of one data set")
 
 
-def craft(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int,
-          batch_size: int) -> torch.Tensor:
+def craft(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int, batch_size: int
+) -> torch.Tensor:
     """PGD examples (CPU) for ``x`` at ``eps`` on ``model``, in the grid walk's fixed batches."""
     pgd = make_attack(ATTACK)
     out = []
@@ -81,7 +84,9 @@ def craft(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, 
     return x_adv
 
 
-def robust_flags(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+def robust_flags(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor
+) -> torch.Tensor:
     """Per point: the model classifies both x and its transferred example correctly."""
     return (predict(model, x) == y) & (predict(model, x_adv) == y)
 
@@ -95,22 +100,44 @@ def cell_key(source_fingerprint: str, eps: float) -> str:
     return f"{source_fingerprint}@{eps_key(eps)}"
 
 
-def cell_row(source: Target, target: Target, eps: float, flags: torch.Tensor, seed: int,
-             batch_size: int) -> DiagnosticRow:
+def cell_row(
+    source: Target, target: Target, eps: float, flags: torch.Tensor, seed: int, batch_size: int
+) -> DiagnosticRow:
     """One cell of the matrix as a diagnostics row (never flagged: it is a measurement)."""
     text = flag_text(flags)
     est = estimate(text)
     lo, hi = est.interval
     details: dict[str, Any] = {
-        "source_run_id": source.run_id, "source_fingerprint": source.source.fingerprint,
-        "eps": eps, "attack": ATTACK, "params": make_attack(ATTACK).params, "seed": seed,
-        "batch_size": batch_size, "n": est.n, "robust": est.k, "ci95": [lo, hi],
-        "max_points": MAX_POINTS, "flags": text,
+        "source_run_id": source.run_id,
+        "source_fingerprint": source.source.fingerprint,
+        "eps": eps,
+        "attack": ATTACK,
+        "params": make_attack(ATTACK).params,
+        "seed": seed,
+        "batch_size": batch_size,
+        "n": est.n,
+        "robust": est.k,
+        "ci95": [lo, hi],
+        "max_points": MAX_POINTS,
+        "flags": text,
     }
-    summary = (f"PGD at eps {format_eps(eps)} crafted on {source.run_id}: {est.k}/{est.n} robust "
-               f"({100 * est.acc:.1f}%, 95% interval {100 * lo:.1f}-{100 * hi:.1f})")
-    return DiagnosticRow(target.run_id, target.source.fingerprint, len(target.y), CHECK,
-                         cell_key(source.source.fingerprint, eps), False, SOURCE, summary, details, "", _now())
+    summary = (
+        f"PGD at eps {format_eps(eps)} crafted on {source.run_id}: {est.k}/{est.n} robust "
+        f"({100 * est.acc:.1f}%, 95% interval {100 * lo:.1f}-{100 * hi:.1f})"
+    )
+    return DiagnosticRow(
+        target.run_id,
+        target.source.fingerprint,
+        len(target.y),
+        CHECK,
+        cell_key(source.source.fingerprint, eps),
+        False,
+        SOURCE,
+        summary,
+        details,
+        "",
+        _now(),
+    )
 
 
 def whitebox_flags(store: Store, target: Target, eps: float) -> torch.Tensor | None:
@@ -124,26 +151,59 @@ def whitebox_flags(store: Store, target: Target, eps: float) -> torch.Tensor | N
     return None
 
 
-def transfer_row(target: Target, source: Target, x_adv: torch.Tensor, whitebox: torch.Tensor,
-                 eps: float, sources: int = 1) -> DiagnosticRow:
+def transfer_row(
+    target: Target,
+    source: Target,
+    x_adv: torch.Tensor,
+    whitebox: torch.Tensor,
+    eps: float,
+    sources: int = 1,
+) -> DiagnosticRow:
     """The ``transfer`` diagnostic of ``target`` fed by the source's examples. ``sources``: how
     many other models' examples test this target; each test runs at ``dg.ALPHA / sources``
     (Bonferroni), so that a checkpoint is flagged by chance with probability at most
     ``dg.ALPHA`` however many models the matrix has."""
     m = len(x_adv)
-    f = dg.check_transfer(target.model, target.x[:m], target.y[:m], x_adv, whitebox[:m],
-                          alpha=dg.ALPHA / max(1, sources), eps=eps)
+    f = dg.check_transfer(
+        target.model,
+        target.x[:m],
+        target.y[:m],
+        x_adv,
+        whitebox[:m],
+        alpha=dg.ALPHA / max(1, sources),
+        eps=eps,
+    )
     details = dict(f.as_dict()["details"])
-    details.update({"source_run_id": source.run_id, "source_fingerprint": source.source.fingerprint,
-                    "eps": eps, "points": m, "from": CHECK})
-    summary = f"from {source.run_id} (transfer matrix, eps {format_eps(eps)}, {m} points): {f.summary}"
-    return DiagnosticRow(target.run_id, target.source.fingerprint, len(target.y), Check.TRANSFER,
-                         cell_key(source.source.fingerprint, eps), f.flagged, f.source, summary, details,
-                         f.advice, _now())
+    details.update(
+        {
+            "source_run_id": source.run_id,
+            "source_fingerprint": source.source.fingerprint,
+            "eps": eps,
+            "points": m,
+            "from": CHECK,
+        }
+    )
+    summary = (
+        f"from {source.run_id} (transfer matrix, eps {format_eps(eps)}, {m} points): {f.summary}"
+    )
+    return DiagnosticRow(
+        target.run_id,
+        target.source.fingerprint,
+        len(target.y),
+        Check.TRANSFER,
+        cell_key(source.source.fingerprint, eps),
+        f.flagged,
+        f.source,
+        summary,
+        details,
+        f.advice,
+        _now(),
+    )
 
 
-def matrix(group: Sequence[Target], eps: float, seed: int, batch_size: int,
-           store: Store | None = None) -> list[DiagnosticRow]:
+def matrix(
+    group: Sequence[Target], eps: float, seed: int, batch_size: int, store: Store | None = None
+) -> list[DiagnosticRow]:
     """Every cell of one data set's matrix, and the transfer findings the store allows."""
     m = points(group)
     x, y = group[0].x[:m], group[0].y[:m]
@@ -155,9 +215,15 @@ def matrix(group: Sequence[Target], eps: float, seed: int, batch_size: int,
     for source in group:  # one source's examples at a time: memory of m images
         x_adv = craft(source.model, x, y, eps, seed, batch_size)
         for target in group:
-            rows.append(cell_row(source, target, eps, robust_flags(target.model, x, y, x_adv), seed, batch_size))
+            rows.append(
+                cell_row(
+                    source, target, eps, robust_flags(target.model, x, y, x_adv), seed, batch_size
+                )
+            )
             if target is not source and wb.get(target.run_id) is not None:
-                rows.append(transfer_row(target, source, x_adv, wb[target.run_id], eps, len(group) - 1))
+                rows.append(
+                    transfer_row(target, source, x_adv, wb[target.run_id], eps, len(group) - 1)
+                )
     return rows
 
 
@@ -166,10 +232,16 @@ def _repeats(r: ResultRow, cell: DiagnosticRow) -> bool:
     weights, parameters, seed and batch size, at the grid's largest eps, walked bisect or down
     (which attack every clean-correct point there in one run)."""
     det = cell.details
-    return (r.attack == ATTACK and r.fingerprint == cell.fingerprint and r.walk in (Walk.BISECT, Walk.DOWN)
-            and canonical(r.params) == canonical(make_attack(ATTACK).params)
-            and eps_key(r.eps) == eps_key(det["eps"]) == eps_key(max(r.grid))
-            and r.seed == det["seed"] and r.batch_size == det["batch_size"] and r.n >= det["n"])
+    return (
+        r.attack == ATTACK
+        and r.fingerprint == cell.fingerprint
+        and r.walk in (Walk.BISECT, Walk.DOWN)
+        and canonical(r.params) == canonical(make_attack(ATTACK).params)
+        and eps_key(r.eps) == eps_key(det["eps"]) == eps_key(max(r.grid))
+        and r.seed == det["seed"]
+        and r.batch_size == det["batch_size"]
+        and r.n >= det["n"]
+    )
 
 
 def diagonal_check(store: Store, rows: Sequence[DiagnosticRow]) -> list[str]:
@@ -182,9 +254,11 @@ def diagonal_check(store: Store, rows: Sequence[DiagnosticRow]) -> list[str]:
             continue
         for r in store.results(d.run_id):
             if _repeats(r, d) and r.flags[: det["n"]] != det["flags"]:
-                out.append(f"{d.run_id}: the matrix's diagonal ({det['robust']}/{det['n']}) differs from "
-                           f"its stored PGD row at eps {format_eps(det['eps'])} "
-                           f"({r.flags[: det['n']].count('1')}/{det['n']})")
+                out.append(
+                    f"{d.run_id}: the matrix's diagonal ({det['robust']}/{det['n']}) differs from "
+                    f"its stored PGD row at eps {format_eps(det['eps'])} "
+                    f"({r.flags[: det['n']].count('1')}/{det['n']})"
+                )
     return out
 
 
@@ -192,18 +266,29 @@ def table(rows: Sequence[DiagnosticRow]) -> str:
     """The matrix as text: rows crafted on, columns evaluated on, accuracy in %."""
     cells = [r for r in rows if r.check == CHECK]
     names = list(dict.fromkeys(r.run_id for r in cells))
-    acc = {(r.details["source_run_id"], r.run_id): 100 * r.details["robust"] / r.details["n"] for r in cells}
+    acc = {
+        (r.details["source_run_id"], r.run_id): 100 * r.details["robust"] / r.details["n"]
+        for r in cells
+    }
     width = max(len(s) for s in names + [CORNER])
     cols = [max(len(s), 6) + 2 for s in names]
     lines = [f"{CORNER:<{width}}" + "".join(f"{s:>{w}}" for s, w in zip(names, cols))]
     for src in names:
-        lines.append(f"{src:<{width}}" + "".join(f"{acc.get((src, t), float('nan')):>{w}.1f}"
-                                                 for t, w in zip(names, cols)))
+        lines.append(
+            f"{src:<{width}}"
+            + "".join(f"{acc.get((src, t), float('nan')):>{w}.1f}" for t, w in zip(names, cols))
+        )
     return "\n".join(lines)
 
 
-def write_matrix(db: Any, targets: Sequence[Target], eps: float, seed: int, batch_size: int,
-                 out: TextIO | None = sys.stdout) -> list[DiagnosticRow]:
+def write_matrix(
+    db: Any,
+    targets: Sequence[Target],
+    eps: float,
+    seed: int,
+    batch_size: int,
+    out: TextIO | None = sys.stdout,
+) -> list[DiagnosticRow]:
     """Compute each data set's matrix (data sets with one model are skipped, with a line) and
     store it in ``db``; prints each matrix on ``out``."""
     every: list[DiagnosticRow] = []
@@ -219,11 +304,23 @@ def write_matrix(db: Any, targets: Sequence[Target], eps: float, seed: int, batc
                 print(f"bench: warning: transfer matrix: {line}", file=sys.stderr)
             every += rows
             if out is not None:
-                print(f"transfer matrix, {name}: PGD at eps {format_eps(eps)}, first "
-                      f"{points(group)} test points (at most {MAX_POINTS}), accuracy %, "
-                      f"{time.perf_counter() - started:.1f} s\n{table(rows)}", file=out)
+                print(
+                    f"transfer matrix, {name}: PGD at eps {format_eps(eps)}, first "
+                    f"{points(group)} test points (at most {MAX_POINTS}), accuracy %, "
+                    f"{time.perf_counter() - started:.1f} s\n{table(rows)}",
+                    file=out,
+                )
     return every
 
 
-__all__ = ["CHECK", "MAX_POINTS", "cell_key", "check_request", "craft", "diagonal_check", "matrix", "points",
-           "write_matrix"]
+__all__ = [
+    "CHECK",
+    "MAX_POINTS",
+    "cell_key",
+    "check_request",
+    "craft",
+    "diagonal_check",
+    "matrix",
+    "points",
+    "write_matrix",
+]

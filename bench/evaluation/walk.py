@@ -148,8 +148,14 @@ class Recorder:
 
 
 def _attack_batch(
-    model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
-    eps: float, seed: int, offset: int = 0,
+    model: nn.Module,
+    attack: Attack,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    idx: torch.Tensor,
+    eps: float,
+    seed: int,
+    offset: int = 0,
 ) -> torch.Tensor:
     """Still-robust flags (CPU) of the points ``idx`` after ``attack`` at ``eps``; ``offset``: the
     whole set's index of x[0] (a shard), so that per-point seeds match an unsharded run."""
@@ -265,7 +271,13 @@ class _State:
 
 
 def _walk_eps(
-    model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, state: _State, j: int, w: Walk,
+    model: nn.Module,
+    attack: Attack,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    state: _State,
+    j: int,
+    w: Walk,
 ) -> int:
     """Attack, batch by fixed batch, the points the walk tests at grid index j; updates
     ``state`` and returns how many points were attacked."""
@@ -281,11 +293,19 @@ def _walk_eps(
         started = time.perf_counter()
         idx = due[lo:hi].nonzero().flatten() + lo  # only the points this eps decides
         if w.bar is not None:
-            w.bar.set_postfix_str(f"{attack.display} eps={format_eps(eps)} batch {k + 1}/{n_batches} "
-                                  f"attacking {len(idx)}", refresh=True)
+            w.bar.set_postfix_str(
+                f"{attack.display} eps={format_eps(eps)} batch {k + 1}/{n_batches} "
+                f"attacking {len(idx)}",
+                refresh=True,
+            )
         if len(idx):
-            state.settle(idx, j, _attack_batch(model, attack, x, y, idx, eps, batch_seed(w.seed, eps, k + k0),
-                                               offset=k0 * B))
+            state.settle(
+                idx,
+                j,
+                _attack_batch(
+                    model, attack, x, y, idx, eps, batch_seed(w.seed, eps, k + k0), offset=k0 * B
+                ),
+            )
         seconds = time.perf_counter() - started
         w.recorder.batch(eps, k + k0, state.flags_at(j)[lo:hi].clone(), seconds)
         if w.on_batch is not None and len(idx):
@@ -294,8 +314,15 @@ def _walk_eps(
     return attacked
 
 
-def _run_steps(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, state: _State, w: Walk,
-               result: GridResult) -> None:
+def _run_steps(
+    model: nn.Module,
+    attack: Attack,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    state: _State,
+    w: Walk,
+    result: GridResult,
+) -> None:
     """Every attacked eps in the walk's order: taken from the recorder when finished before,
     else attacked; each finished step is recorded at once (eps 0 with the first of them)."""
     zeros = [j for j, e in enumerate(w.eps) if e == 0]
@@ -308,7 +335,9 @@ def _run_steps(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tenso
         else:
             result.attacked[j] = _walk_eps(model, attack, x, y, state, j, w)
             result.seconds[j] = time.perf_counter() - started
-            for z in zeros:  # the eps-0 rows, stored with the first attacked step (not before an error)
+            for (
+                z
+            ) in zeros:  # the eps-0 rows, stored with the first attacked step (not before an error)
                 w.recorder.finish(w.eps[z], state.flags_at(z), 0.0)
             zeros = []
             w.recorder.finish(w.eps[j], state.flags_at(j), result.seconds[j])
@@ -347,8 +376,16 @@ def grid_walk(
     y_cpu = y.detach().cpu()
     if clean is None:
         clean = predict(model, x) == y_cpu
-    w = Walk(sorted(float(e) for e in eps_grid), batch_size, seed, bar, recorder or Recorder(), on_batch,
-             first_batch, walk)
+    w = Walk(
+        sorted(float(e) for e in eps_grid),
+        batch_size,
+        seed,
+        bar,
+        recorder or Recorder(),
+        on_batch,
+        first_batch,
+        walk,
+    )
     m = len(w.eps)
     state = _State.start(clean.detach().cpu().bool(), w.eps)
     result = GridResult(attack, w.eps, [], [0.0] * m, walk=walk, attacked=[0] * m)

@@ -112,7 +112,10 @@ class Capture(Recorder):
 
 def by_batch(flags: torch.Tensor, batch_size: int, k0: int) -> dict[int, str]:
     """Flags of consecutive points from batch ``k0`` on, split into the fixed batches."""
-    return {k0 + i: flag_text(flags[lo:lo + batch_size]) for i, lo in enumerate(range(0, len(flags), batch_size))}
+    return {
+        k0 + i: flag_text(flags[lo : lo + batch_size])
+        for i, lo in enumerate(range(0, len(flags), batch_size))
+    }
 
 
 @dataclass
@@ -125,20 +128,43 @@ class Live:
     on_batch: Callable[[Attack, float, int, float], None] | None = None
 
 
-def walk_shard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: Shard, device: str,
-               live: Live | None = None) -> ShardResult:
+def walk_shard(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    s: Shard,
+    device: str,
+    live: Live | None = None,
+) -> ShardResult:
     """Walk the grid with each attack of ``s.which`` on batches k0..k1-1 of the points ``x``,
     ``y`` (the whole evaluated set) with ``first_batch=k0``: the flags equal an unsharded walk's."""
     live = live or Live()
     B = s.batch_size
-    xs, ys = x[s.k0 * B:s.k1 * B], y[s.k0 * B:s.k1 * B]
+    xs, ys = x[s.k0 * B : s.k1 * B], y[s.k0 * B : s.k1 * B]
     clean = predict(model, xs) == ys
     result = ShardResult(s.k0, s.k1, by_batch(clean, B, s.k0), device=device)
     with collect_warnings() as warned:
         for i in s.which:
-            rec = live.recorder(i, int(clean.sum()) / max(len(clean), 1)) if live.recorder else Capture()
-            r = grid_walk(model, s.attacks[i], xs, ys, s.eps, batch_size=B, seed=s.seed, clean=clean,
-                          bar=live.bar, recorder=rec, on_batch=live.on_batch, first_batch=s.k0, walk=s.walk)
+            rec = (
+                live.recorder(i, int(clean.sum()) / max(len(clean), 1))
+                if live.recorder
+                else Capture()
+            )
+            r = grid_walk(
+                model,
+                s.attacks[i],
+                xs,
+                ys,
+                s.eps,
+                batch_size=B,
+                seed=s.seed,
+                clean=clean,
+                bar=live.bar,
+                recorder=rec,
+                on_batch=live.on_batch,
+                first_batch=s.k0,
+                walk=s.walk,
+            )
             result.steps[i] = rec.steps if isinstance(rec, Capture) else {}
             result.stats[i] = Stats(r.attacked, r.seconds, r.reused)
     result.warnings = list(dict.fromkeys(warned))
@@ -161,8 +187,14 @@ def costly(model: nn.Module, x: torch.Tensor, y: torch.Tensor, w: Costly) -> lis
     return audit.costly(model, x, y, audit.Costly(w.eps, w.worst, source, w.seed))
 
 
-def execute(item: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str,
-            live: Live | None = None) -> Any:
+def execute(
+    item: Any,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: str,
+    live: Live | None = None,
+) -> Any:
     """Do one work item on a model already on its device (``device``: its label for the rows)."""
     model.eval()
     if isinstance(item, Shard):
@@ -185,5 +217,16 @@ def describe(item: Any) -> str:
     return str(getattr(item, "kind", type(item).__name__))
 
 
-__all__: Sequence[str] = ["Capture", "Cheap", "Clean", "Costly", "Inference", "Live", "Shard", "ShardResult", "Stats",
-                          "execute", "walk_shard"]
+__all__: Sequence[str] = [
+    "Capture",
+    "Cheap",
+    "Clean",
+    "Costly",
+    "Inference",
+    "Live",
+    "Shard",
+    "ShardResult",
+    "Stats",
+    "execute",
+    "walk_shard",
+]

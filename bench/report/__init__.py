@@ -72,22 +72,33 @@ def _sets(store: Store, rank_eps: float | None) -> dict[str, tuple[int, list[mod
     return model.load(store, rank_eps)
 
 
-def render(store: Store, rank_by: str = "worst-case", rank_eps: float | None = None,
-           visuals: Visuals | None = None) -> dict[str, bytes]:
+def render(
+    store: Store,
+    rank_by: str = "worst-case",
+    rank_eps: float | None = None,
+    visuals: Visuals | None = None,
+) -> dict[str, bytes]:
     """Every output file (relative name -> bytes) of the store's report; ``visuals``: the
     pictures made from the checkpoints (none if not given)."""
     return _render(store, _sets(store, rank_eps), rank_by, visuals)
 
 
-def _figures(sets: dict[str, tuple[int, list[model.Model]]], rank_by: str,
-             matrices: dict[str, list[heatmap.Matrix]]) -> tuple[dict[str, bytes], dict[str, list[str]], dict[str, str]]:
+def _figures(
+    sets: dict[str, tuple[int, list[model.Model]]],
+    rank_by: str,
+    matrices: dict[str, list[heatmap.Matrix]],
+) -> tuple[dict[str, bytes], dict[str, list[str]], dict[str, str]]:
     """The plots made from the store: files, their order per data set, captions."""
     files: dict[str, bytes] = {}
     order: dict[str, list[str]] = {}
     captions: dict[str, str] = {}
     for name, (key, models) in sets.items():  # trade-off, transfer, then accuracy against eps
         one = {name: (key, models)}
-        mine = {**tradeoff.plots(one, rank_by), **heatmap.plots({name: matrices.get(name, [])}), **plots.plots(one)}
+        mine = {
+            **tradeoff.plots(one, rank_by),
+            **heatmap.plots({name: matrices.get(name, [])}),
+            **plots.plots(one),
+        }
         files.update(mine)
         order[name] = list(mine)
         captions.update({f: _caption(f, matrices.get(name, [])) for f in mine})
@@ -96,18 +107,24 @@ def _figures(sets: dict[str, tuple[int, list[model.Model]]], rank_by: str,
 
 def _caption(name: str, matrices: list[heatmap.Matrix]) -> str:
     if name.startswith("tradeoff-"):
-        return ("Clean against worst-case robust accuracy at the ranking eps, one point per entry "
-                "(seeds: their mean, bars: the hull of their 95% intervals); ringed and dashed: the Pareto "
-                "front (the entries no other entry dominates: at least as good on both axes, better on one); "
-                "hollow: not ranked.")
+        return (
+            "Clean against worst-case robust accuracy at the ranking eps, one point per entry "
+            "(seeds: their mean, bars: the hull of their 95% intervals); ringed and dashed: "
+            "the Pareto front (the entries no other entry dominates: at least as good on both "
+            "axes, better on one); hollow: not ranked."
+        )
     for mx in matrices:
         if mx.name == name:
             return mx.caption
     return "Accuracy against eps, band: 95% interval."
 
 
-def _render(store: Store, sets: dict[str, tuple[int, list[model.Model]]], rank_by: str,
-            visuals: Visuals | None) -> dict[str, bytes]:
+def _render(
+    store: Store,
+    sets: dict[str, tuple[int, list[model.Model]]],
+    rank_by: str,
+    visuals: Visuals | None,
+) -> dict[str, bytes]:
     matrices = heatmap.load(store, sets)
     files: dict[str, bytes] = {LEADERBOARD: markdown.render(sets, rank_by, matrices).encode()}
     figs, order, captions = _figures(sets, rank_by, matrices)
@@ -145,12 +162,22 @@ def _previous(out: Path) -> list[str]:
         listed = json.loads((out / MANIFEST).read_text()).get("files", [])
     except (OSError, ValueError, AttributeError):
         return []
-    return [f for f in listed if isinstance(f, str) and ".." not in Path(f).parts and not Path(f).is_absolute()]
+    return [
+        f
+        for f in listed
+        if isinstance(f, str) and ".." not in Path(f).parts and not Path(f).is_absolute()
+    ]
 
 
-def write_report(db: str | Path, out: str | Path, rank_by: str = "worst-case",
-                 rank_eps: float | None = None, *, images: bool = True,
-                 data_dir: str | Path | None = None) -> ReportFiles:
+def write_report(
+    db: str | Path,
+    out: str | Path,
+    rank_by: str = "worst-case",
+    rank_eps: float | None = None,
+    *,
+    images: bool = True,
+    data_dir: str | Path | None = None,
+) -> ReportFiles:
     """Render the report of store ``db`` into directory ``out``; UsageError before writing.
     ``images``: also the pictures from the checkpoints (test images from ``data_dir``, else
     each checkpoint's own or bench's default data directory)."""
@@ -173,6 +200,13 @@ def write_report(db: str | Path, out: str | Path, rank_by: str = "worst-case",
     for name in stale:  # only files an earlier report of bench wrote here
         (out / name).unlink(missing_ok=True)
     _write(out / MANIFEST, (json.dumps({"files": sorted(kept)}, indent=2) + "\n").encode())
-    return ReportFiles(out, out / LEADERBOARD, [out / n for n in sorted(files) if n.endswith(".png")],
-                       [out / n for n in sorted(files) if n.startswith("json/")], out / "results.csv",
-                       out / "results.json", out / INDEX, visuals.seconds if visuals else 0.0)
+    return ReportFiles(
+        out,
+        out / LEADERBOARD,
+        [out / n for n in sorted(files) if n.endswith(".png")],
+        [out / n for n in sorted(files) if n.startswith("json/")],
+        out / "results.csv",
+        out / "results.json",
+        out / INDEX,
+        visuals.seconds if visuals else 0.0,
+    )

@@ -28,7 +28,9 @@ def _png(fig: Any) -> bytes:
 def _show(ax: Any, img: torch.Tensor) -> None:
     """An image [C, H, W] in [0, 1], greyscale or RGB, without ticks."""
     arr = img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
-    ax.imshow(arr, cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(
+        arr, cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1, interpolation="nearest"
+    )
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -44,8 +46,13 @@ def _name(classes: list[str], c: int) -> str:
     return classes[c] if 0 <= c < len(classes) else str(c)
 
 
-def gradients_png(dataset: str, x: torch.Tensor, y: torch.Tensor, classes: list[str],
-                  rows: list[tuple[str, torch.Tensor]]) -> bytes:
+def gradients_png(
+    dataset: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: list[str],
+    rows: list[tuple[str, torch.Tensor]],
+) -> bytes:
     """Row 0: the images with their labels; then one row of input gradients per checkpoint."""
     k, r = len(x), 1 + len(rows)
     fig = _canvas(1.6 + 1.25 * k, 0.6 + 1.3 * r)
@@ -63,12 +70,23 @@ def gradients_png(dataset: str, x: torch.Tensor, y: torch.Tensor, classes: list[
     return _png(fig)
 
 
-def strip_png(title: str, x: torch.Tensor, y: torch.Tensor, classes: list[str], t: dict[str, torch.Tensor],
-              captions: list[str], eps_large: str, eps_grid: str) -> bytes:
+def strip_png(
+    title: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: list[str],
+    t: dict[str, torch.Tensor],
+    captions: list[str],
+    eps_large: str,
+    eps_grid: str,
+) -> bytes:
     """Clean, first attack at the grid's largest eps, PGD at a large eps; predicted labels."""
     k = len(x)
-    rows = [("clean", x, t["pred_clean"]), (f"first attack\n(grid max {eps_grid})", t["x_first"], t["pred_first"]),
-            (f"PGD\neps {eps_large}", t["x_large"], t["pred_large"])]
+    rows = [
+        ("clean", x, t["pred_clean"]),
+        (f"first attack\n(grid max {eps_grid})", t["x_first"], t["pred_first"]),
+        (f"PGD\neps {eps_large}", t["x_large"], t["pred_large"]),
+    ]
     fig = _canvas(1.9 + 1.35 * k, 0.6 + 1.65 * len(rows))
     axes = fig.subplots(len(rows), k, squeeze=False)
     for i, (label, imgs, pred) in enumerate(rows):
@@ -76,7 +94,9 @@ def strip_png(title: str, x: torch.Tensor, y: torch.Tensor, classes: list[str], 
             ax = axes[i][j]
             _show(ax, imgs[j])
             right = int(pred[j]) == int(y[j])
-            ax.set_title(_name(classes, int(pred[j])), fontsize=7, color="green" if right else "red")
+            ax.set_title(
+                _name(classes, int(pred[j])), fontsize=7, color="green" if right else "red"
+            )
             if i == 1:
                 ax.set_xlabel(captions[j], fontsize=6)
         axes[i][0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")

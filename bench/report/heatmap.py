@@ -1,7 +1,8 @@
 """The transfer matrix in the report: a heatmap of accuracy (rows: crafted on, columns:
 evaluated on) with n and 95% intervals, and the same as a markdown table. Read from the
-diagnostics rows that ``bench eval --transfer-matrix`` stores (see :mod:`bench.evaluation.transfer`); a
-cell is shown only while both its models' weights are the ones the store holds now."""
+diagnostics rows that ``bench eval --transfer-matrix`` stores (see
+:mod:`bench.evaluation.transfer`); a cell is shown only while both its models' weights are the
+ones the store holds now."""
 
 from __future__ import annotations
 
@@ -37,10 +38,13 @@ class Matrix:
     @property
     def caption(self) -> str:
         """What the matrix is: attack, eps, points and the cap on them."""
-        return (f"Transfer on {self.dataset}: bench's PGD ({self.params.get('steps', '?')} steps, random "
-                f"start) at eps {format_eps(self.eps)}, crafted on each row's model, accuracy (%) of "
-                f"each column's model; the first {self.n} test points (at most {self.max_points}); "
-                "diagonal: white-box PGD on itself.")
+        return (
+            f"Transfer on {self.dataset}: bench's PGD ({self.params.get('steps', '?')} steps, "
+            f"random start) at eps {format_eps(self.eps)}, crafted on each row's model, "
+            "accuracy (%) of "
+            f"each column's model; the first {self.n} test points (at most {self.max_points}); "
+            "diagonal: white-box PGD on itself."
+        )
 
 
 def _label(m: Model, models: list[Model]) -> str:
@@ -54,7 +58,9 @@ def _pair(d: DiagnosticRow, by_id: dict[str, Model]) -> tuple[Model, Model] | No
     target, source = by_id.get(d.run_id), by_id.get(d.details.get("source_run_id", ""))
     if target is None or source is None:
         return None  # a model left the store (or is of another data set)
-    if target.run.fingerprint != d.fingerprint or source.run.fingerprint != d.details.get("source_fingerprint"):
+    if target.run.fingerprint != d.fingerprint or source.run.fingerprint != d.details.get(
+        "source_fingerprint"
+    ):
         return None  # retrained since
     return source, target
 
@@ -70,8 +76,16 @@ def load(store: Store, sets: dict[str, tuple[int, list[Model]]]) -> dict[str, li
             pair, det = _pair(d, by_id), d.details
             if pair is None:
                 continue
-            mx = found.setdefault((eps_key(det["eps"]), det["n"]),
-                                  Matrix(name, det["eps"], det["n"], det.get("params", {}), det.get("max_points", det["n"])))
+            mx = found.setdefault(
+                (eps_key(det["eps"]), det["n"]),
+                Matrix(
+                    name,
+                    det["eps"],
+                    det["n"],
+                    det.get("params", {}),
+                    det.get("max_points", det["n"]),
+                ),
+            )
             mx.cells[(pair[0].run_id, pair[1].run_id)] = Estimate(det["robust"], det["n"])
         for mx in found.values():
             mx.runs = [m.run_id for m in models if any(m.run_id in k for k in mx.cells)]
@@ -91,7 +105,10 @@ def png(mx: Matrix) -> bytes:
     fig = Figure(figsize=(2.2 + 1.15 * k, 1.8 + 0.75 * k), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    grid = [[100 * mx.cells[(s, t)].acc if (s, t) in mx.cells else float("nan") for t in mx.runs] for s in mx.runs]
+    grid = [
+        [100 * mx.cells[(s, t)].acc if (s, t) in mx.cells else float("nan") for t in mx.runs]
+        for s in mx.runs
+    ]
     im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100)
     for i, s in enumerate(mx.runs):  # the numbers on the cells
         for j, t in enumerate(mx.runs):
@@ -101,8 +118,10 @@ def png(mx: Matrix) -> bytes:
     ax.set_yticks(range(k), names, fontsize=8)
     ax.set_xlabel("evaluated on")
     ax.set_ylabel("crafted on (PGD)")
-    ax.set_title(f"Transfer accuracy (%) at eps {format_eps(mx.eps)}, n = {mx.n} "
-                 f"(at most {mx.max_points})", fontsize=9)
+    ax.set_title(
+        f"Transfer accuracy (%) at eps {format_eps(mx.eps)}, n = {mx.n} (at most {mx.max_points})",
+        fontsize=9,
+    )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -116,7 +135,9 @@ def _annotate(ax: Any, i: int, j: int, e: Estimate | None) -> None:
         return
     lo, hi = e.interval
     text = f"{100 * e.acc:.1f}\n({100 * lo:.0f}–{100 * hi:.0f})"
-    ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if e.acc < 0.6 else "black")
+    ax.text(
+        j, i, text, ha="center", va="center", fontsize=7, color="white" if e.acc < 0.6 else "black"
+    )
 
 
 def plots(matrices: dict[str, list[Matrix]]) -> dict[str, bytes]:
@@ -127,6 +148,9 @@ def plots(matrices: dict[str, list[Matrix]]) -> dict[str, bytes]:
 def markdown(mx: Matrix) -> list[str]:
     """The matrix as a markdown table with its caption."""
     head = ["crafted on (row) / evaluated on (column)"] + [mx.labels.get(r, r) for r in mx.runs]
-    body = [[mx.labels.get(s, s)] + [ci(mx.cells[(s, t)]) if (s, t) in mx.cells else DASH for t in mx.runs]
-            for s in mx.runs]
+    body = [
+        [mx.labels.get(s, s)]
+        + [ci(mx.cells[(s, t)]) if (s, t) in mx.cells else DASH for t in mx.runs]
+        for s in mx.runs
+    ]
     return [mx.caption, ""] + table(head, body, right_from=1)

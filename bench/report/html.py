@@ -17,21 +17,27 @@ from bench.report.heatmap import Matrix
 from bench.report.model import Model
 from bench.report.text import slug
 
-PICTURES = ("The pictures below are computed from each checkpoint, not read from the store (it keeps "
-            "per-point flags, not images) and cached by weights fingerprint under `cache/`; no number "
-            "of this report comes from them.")
+PICTURES = (
+    "The pictures below are computed from each checkpoint, not read from the store (it keeps "
+    "per-point flags, not images) and cached by weights fingerprint under `cache/`; no number "
+    "of this report comes from them."
+)
 
 CSS = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px; padding: 0 1em; color: #222; }
-h1, h2, h3 { line-height: 1.2; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px; \
+padding: 0 1em; color: #222; }
+h1, h2, h3 { line-height: 1.2; } \
+h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
 table { border-collapse: collapse; margin: .6em 0 1em; font-size: 12.5px; }
 th, td { border: 1px solid #ddd; padding: 3px 7px; vertical-align: top; }
 th { background: #f3f3f3; cursor: pointer; user-select: none; position: sticky; top: 0; }
-th[aria-sort="ascending"]::after { content: " \\25B2"; } th[aria-sort="descending"]::after { content: " \\25BC"; }
+th[aria-sort="ascending"]::after { content: " \\25B2"; } \
+th[aria-sort="descending"]::after { content: " \\25BC"; }
 tbody tr:nth-child(even) { background: #fafafa; } td.num { text-align: right; white-space: nowrap; }
 code { background: #f2f2f2; padding: 0 3px; border-radius: 3px; }
 figure { margin: 1em 0; display: inline-block; vertical-align: top; max-width: 100%; }
-figure img { max-width: 100%; border: 1px solid #eee; } figcaption { font-size: 12px; color: #555; max-width: 900px; }
+figure img { max-width: 100%; border: 1px solid #eee; } \
+figcaption { font-size: 12px; color: #555; max-width: 900px; }
 .notes { font-size: 12.5px; color: #555; }
 """
 
@@ -43,7 +49,8 @@ JS = """
   }
   function sortBy(table, th, col) {
     var asc = th.getAttribute("aria-sort") !== "ascending", dir = asc ? 1 : -1;
-    Array.prototype.forEach.call(th.parentNode.cells, function (h) { h.removeAttribute("aria-sort"); });
+    Array.prototype.forEach.call(th.parentNode.cells, function (h) { \
+h.removeAttribute("aria-sort"); });
     th.setAttribute("aria-sort", asc ? "ascending" : "descending");
     var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
     var numeric = rows.some(function (r) { return !isNaN(key(r, col)); });
@@ -67,7 +74,9 @@ JS = """
 """
 
 NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)(?![\d.])(?:/(\d+))?")  # 60.0 (...), 7, 8/255
-DURATION = re.compile(r"^\s*(?:(\d+) h )?(?:(\d+) min)?(?: ?(\d+(?:\.\d+)?) s)?\s*$")  # format_seconds
+DURATION = re.compile(
+    r"^\s*(?:(\d+) h )?(?:(\d+) min)?(?: ?(\d+(?:\.\d+)?) s)?\s*$"
+)  # format_seconds
 
 
 def inline(text: str) -> str:
@@ -147,15 +156,21 @@ def figure(name: str, data: bytes, caption: str) -> str:
     kind of figure (the name's first part: tradeoff, transfer, plot, gradients, adversarial)."""
     src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
     stem = html.escape(name.removesuffix(".png"))
-    return (f'<figure id="{stem}" class="{stem.split("-")[0]}"><img src="{src}" alt="{html.escape(name)}">'
-            f"<figcaption>{inline(caption)} <code>{html.escape(name)}</code></figcaption></figure>")
+    return (
+        f'<figure id="{stem}" class="{stem.split("-")[0]}">'
+        f'<img src="{src}" alt="{html.escape(name)}">'
+        f"<figcaption>{inline(caption)} <code>{html.escape(name)}</code></figcaption></figure>"
+    )
 
 
 def _section(name: str, key: int, models: list[Model], rank_by: str, matrices: list[Matrix]) -> str:
     """A data set's tables; its first table, the ranked one, is marked as the leaderboard."""
     body = convert(markdown.dataset_section(name, key, models, rank_by, matrices))
-    return body.replace('<table class="sortable">',
-                        f'<table class="sortable leaderboard" id="leaderboard-{slug(name)}">', 1)
+    return body.replace(
+        '<table class="sortable">',
+        f'<table class="sortable leaderboard" id="leaderboard-{slug(name)}">',
+        1,
+    )
 
 
 def _figures(names: list[str], files: dict[str, bytes], captions: dict[str, str]) -> str:
@@ -168,19 +183,31 @@ def _figures(names: list[str], files: dict[str, bytes], captions: dict[str, str]
     return '<div class="figures">' + "".join(out) + "</div>"
 
 
-def render(sets: dict[str, tuple[int, list[Model]]], rank_by: str, matrices: dict[str, list[Matrix]],
-           files: dict[str, bytes], figs: dict[str, list[str]], captions: dict[str, str],
-           notes: list[str]) -> str:
+def render(
+    sets: dict[str, tuple[int, list[Model]]],
+    rank_by: str,
+    matrices: dict[str, list[Matrix]],
+    files: dict[str, bytes],
+    figs: dict[str, list[str]],
+    captions: dict[str, str],
+    notes: list[str],
+) -> str:
     """The page: settings, then per data set its tables and figures, then every curve."""
     parts = [convert(markdown.header(sets, rank_by))]
     for name, (key, models) in sets.items():
         parts.append(_section(name, key, models, rank_by, matrices.get(name, [])))
         parts.append(_figures(figs.get(name, []), files, captions))
     if notes:
-        parts.append('<h2>Pictures not made</h2><ul class="notes">'
-                     + "".join(f"<li>{inline(n)}</li>" for n in notes) + "</ul>")
+        parts.append(
+            '<h2>Pictures not made</h2><ul class="notes">'
+            + "".join(f"<li>{inline(n)}</li>" for n in notes)
+            + "</ul>"
+        )
     parts.append(convert(markdown.curves_section(sets)))
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>bench report</title><style>{CSS}</style></head><body>\n"
-            + "\n".join(parts) + f"\n<script>{JS}</script>\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>bench report</title><style>{CSS}</style></head><body>\n"
+        + "\n".join(parts)
+        + f"\n<script>{JS}</script>\n</body></html>\n"
+    )

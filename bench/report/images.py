@@ -77,7 +77,9 @@ class Visuals:
 # ------------------------------------------------------------------------- what to show
 
 
-def pick(dataset: str, data_dirs: Sequence[Path | None]) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+def pick(
+    dataset: str, data_dirs: Sequence[Path | None]
+) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     """The handful: the first image of each class among the first POOL test points."""
     test, errors = None, []
     for d in data_dirs:  # the first data directory that holds the test split
@@ -121,8 +123,13 @@ def _first_break(m: Model, variants: list[Variant], key: int, i: int) -> Plan:
             first = min(k for k, r in m.curves[v].items() if r.flags[i] == "0")
             if first == 0:
                 return "misclassified when clean"
-            return {"attack": v.attack, "params": v.params_dict, "eps": m.curves[v][first].eps,
-                    "seed": row.seed, "batch_size": row.batch_size}
+            return {
+                "attack": v.attack,
+                "params": v.params_dict,
+                "eps": m.curves[v][first].eps,
+                "seed": row.seed,
+                "batch_size": row.batch_size,
+            }
     return f"no attack broke it at eps {format_eps(key / 1e9)}"
 
 
@@ -148,25 +155,46 @@ def rebuild(p: dict[str, Any]) -> Any:
     for k, v in p["params"].items():
         if defaults.get(k) == v or (k == "attacks" and p["params"].get("version") != "custom"):
             continue
-        values[k] = ",".join(map(str, v)) if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else str(v)
+        values[k] = (
+            ",".join(map(str, v))
+            if isinstance(v, list)
+            else str(v).lower()
+            if isinstance(v, bool)
+            else str(v)
+        )
     return make_attack(p["attack"], values)
 
 
-def _rerun(net: nn.Module, p: dict[str, Any], x: torch.Tensor, y: torch.Tensor, i: int) -> torch.Tensor | None:
+def _rerun(
+    net: nn.Module, p: dict[str, Any], x: torch.Tensor, y: torch.Tensor, i: int
+) -> torch.Tensor | None:
     """The attack's example for one image (seeded as its batch was), or None if it can't run."""
     try:
         attack = rebuild(p)
         with collect_warnings():
-            x_adv = attack.run(net, x, y, p["eps"], batch_seed(p["seed"], p["eps"], i // p["batch_size"]),
-                               index=torch.tensor([i])).cpu()
+            x_adv = attack.run(
+                net,
+                x,
+                y,
+                p["eps"],
+                batch_seed(p["seed"], p["eps"], i // p["batch_size"]),
+                index=torch.tensor([i]),
+            ).cpu()
         check_budget(x, x_adv, p["eps"])
     except Exception:  # noqa: BLE001 - a picture, never a number: shown as "rerun failed"
         return None
     return x_adv
 
 
-def compute(net: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: list[int], plans: list[Plan],
-            seed: int, eps_large: float) -> dict[str, torch.Tensor]:
+def compute(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    idx: list[int],
+    plans: list[Plan],
+    seed: int,
+    eps_large: float,
+) -> dict[str, torch.Tensor]:
     """Gradients, the first attack's examples and large-eps PGD's, with predictions."""
     grad = dg.input_gradients(net, x, y)
     pred_clean = predict(net, x)
@@ -178,9 +206,15 @@ def compute(net: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: list[int], pl
                 x_first[j], ok[j] = adv[0], 1
     pgd = make_attack("pgd", {"steps": str(LARGE_STEPS)})
     x_large = pgd.run(net, x, y, eps_large, seed, index=torch.tensor(idx)).cpu()
-    return {"grad": torch.zeros_like(x) if grad is None else grad.float().cpu(), "x_first": x_first,
-            "x_large": x_large, "pred_clean": pred_clean, "pred_first": predict(net, x_first),
-            "pred_large": predict(net, x_large), "rerun_ok": ok}
+    return {
+        "grad": torch.zeros_like(x) if grad is None else grad.float().cpu(),
+        "x_first": x_first,
+        "x_large": x_large,
+        "pred_clean": pred_clean,
+        "pred_first": predict(net, x_first),
+        "pred_large": predict(net, x_large),
+        "rerun_ok": ok,
+    }
 
 
 # ------------------------------------------------------------------------- checkpoints, cache
@@ -189,16 +223,26 @@ def compute(net: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: list[int], pl
 def load_net(run: RunRow) -> tuple[nn.Module | None, str]:
     """The evaluated weights from the run's checkpoint, or None and why not."""
     if run.kind != SourceKind.CHECKPOINT:
-        return None, f"`{run.run_id}`: pictures are made for bench checkpoints only (this is a {run.kind} model)"
+        return (
+            None,
+            f"`{run.run_id}`: pictures are made for bench checkpoints only "
+            f"(this is a {run.kind} model)",
+        )
     if not Path(run.path).is_absolute():
         return None, f"`{run.run_id}`: its recorded path {run.path} is not absolute: no pictures"
     try:
         src = from_checkpoint(run.path)
     except UsageError as exc:
-        return None, f"`{run.run_id}`: checkpoint {run.path} is gone or unreadable ({exc}): no pictures"
+        return (
+            None,
+            f"`{run.run_id}`: checkpoint {run.path} is gone or unreadable ({exc}): no pictures",
+        )
     if src.fingerprint != run.fingerprint:
-        return None, (f"`{run.run_id}`: checkpoint {run.path} now holds other weights "
-                      f"({src.fingerprint[7:19]}) than the evaluated ones ({run.fingerprint[7:19]}): no pictures")
+        return None, (
+            f"`{run.run_id}`: checkpoint {run.path} now holds other weights "
+            f"({src.fingerprint[7:19]}) than the evaluated ones ({run.fingerprint[7:19]}): "
+            "no pictures"
+        )
     return src.model, ""
 
 
@@ -206,7 +250,9 @@ def cache_name(m: Model, idx: list[int], plans: list[Plan], seed: int, eps_large
     """``cache/<fingerprint>-pictures-<key>.safetensors``: the key hashes what the tensors hold."""
     what = canonical([CACHE_VERSION, m.run.dataset, idx, plans, seed, eps_large, LARGE_STEPS])
     key = hashlib.sha256(what.encode()).hexdigest()[:12]
-    return f"{CACHE_DIR}/{m.run.fingerprint.removeprefix('sha256:')[:16]}-pictures-{key}.safetensors"
+    return (
+        f"{CACHE_DIR}/{m.run.fingerprint.removeprefix('sha256:')[:16]}-pictures-{key}.safetensors"
+    )
 
 
 def _read_cache(path: Path) -> dict[str, torch.Tensor] | None:
@@ -218,8 +264,9 @@ def _read_cache(path: Path) -> dict[str, torch.Tensor] | None:
     return got if set(TENSORS) <= set(got) else None
 
 
-def pictures(m: Model, idx: list[int], x: torch.Tensor, y: torch.Tensor, out: Path,
-             v: Visuals) -> tuple[list[Plan], dict[str, torch.Tensor]] | None:
+def pictures(
+    m: Model, idx: list[int], x: torch.Tensor, y: torch.Tensor, out: Path, v: Visuals
+) -> tuple[list[Plan], dict[str, torch.Tensor]] | None:
     """One checkpoint's tensors: from the cache, else computed from its checkpoint (and cached)."""
     plans = plan(m, idx)
     seed = next((r.seed for c in m.curves.values() for r in c.values()), 0)
@@ -233,7 +280,9 @@ def pictures(m: Model, idx: list[int], x: torch.Tensor, y: torch.Tensor, out: Pa
         try:
             cached = compute(net, x, y, idx, plans, seed, large_eps(m.run.dataset))
         except Exception as exc:  # noqa: BLE001 - a picture, never a number: the report goes on
-            v.notes.append(f"`{m.run_id}`: computing its pictures failed ({type(exc).__name__}: {exc})")
+            v.notes.append(
+                f"`{m.run_id}`: computing its pictures failed ({type(exc).__name__}: {exc})"
+            )
             return None
         data = safetensors.torch.save({k: t.contiguous() for k, t in cached.items()})
         atomic_write_bytes(out / name, data)
@@ -257,7 +306,9 @@ def _data_dirs(explicit: str | Path | None, models: list[Model]) -> list[Path | 
     return dirs + [None]
 
 
-def dataset_figures(name: str, models: list[Model], out: Path, data_dir: str | Path | None, v: Visuals) -> None:
+def dataset_figures(
+    name: str, models: list[Model], out: Path, data_dir: str | Path | None, v: Visuals
+) -> None:
     """The gradient figure and one adversarial strip per checkpoint of one data set."""
     ckpts = [m for m in models if m.run.kind == SourceKind.CHECKPOINT]
     v.notes += [load_net(m.run)[1] for m in models if m.run.kind != SourceKind.CHECKPOINT]
@@ -266,40 +317,72 @@ def dataset_figures(name: str, models: list[Model], out: Path, data_dir: str | P
     try:
         idx, x, y = pick(name, _data_dirs(data_dir, ckpts))
     except UsageError as exc:
-        v.notes.append(f"{name}: the test images for the pictures were not found ({exc}); pass --data-dir")
+        v.notes.append(
+            f"{name}: the test images for the pictures were not found ({exc}); pass --data-dir"
+        )
         return
     classes = list(dataset_info(name).classes)
     shown = [(m, got) for m in ckpts if (got := pictures(m, idx, x, y, out, v)) is not None]
     if not shown:
         return
     gname = f"gradients-{slug(name)}.png"
-    labels = [m.run.defense + (f" ({m.run_id})" if sum(o.run.defense == m.run.defense for o, _ in shown) > 1 else "")
-              for m, _ in shown]
-    v.files[gname] = figures.gradients_png(name, x, y, classes, [(lab, t["grad"]) for lab, (_, (_, t)) in zip(labels, shown)])
+    labels = [
+        m.run.defense
+        + (f" ({m.run_id})" if sum(o.run.defense == m.run.defense for o, _ in shown) > 1 else "")
+        for m, _ in shown
+    ]
+    v.files[gname] = figures.gradients_png(
+        name, x, y, classes, [(lab, t["grad"]) for lab, (_, (_, t)) in zip(labels, shown)]
+    )
     v.shown.setdefault(name, []).append(gname)
-    v.captions[gname] = (f"Loss gradient with respect to the input, {name}, test images {idx} (each map "
-                         "scaled to its 99th percentile of |gradient|; grey is zero)")
+    v.captions[gname] = (
+        f"Loss gradient with respect to the input, {name}, test images {idx} (each map "
+        "scaled to its 99th percentile of |gradient|; grey is zero)"
+    )
     for m, (plans, t) in shown:
         _strip(name, m, x, y, classes, plans, t, v)
 
 
-def _strip(name: str, m: Model, x: torch.Tensor, y: torch.Tensor, classes: list[str],
-           plans: list[Plan], t: dict[str, torch.Tensor], v: Visuals) -> None:
+def _strip(
+    name: str,
+    m: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: list[str],
+    plans: list[Plan],
+    t: dict[str, torch.Tensor],
+    v: Visuals,
+) -> None:
     """The adversarial strip of one checkpoint, with its caption, into ``v``."""
-    caps = [caption(p, bool(t["pred_clean"][j] == y[j]), bool(t["rerun_ok"][j])) for j, p in enumerate(plans)]
+    caps = [
+        caption(p, bool(t["pred_clean"][j] == y[j]), bool(t["rerun_ok"][j]))
+        for j, p in enumerate(plans)
+    ]
     eps_l = format_eps(large_eps(name))
     fname = f"adversarial-{slug(name)}-{safe_name(m.run_id)}.png"
     v.shown.setdefault(name, []).append(fname)
-    v.files[fname] = figures.strip_png(f"{m.run.defense} ({m.run_id})", x, y, classes, t, caps, eps_l,
-                                       format_eps(max(m.eps_keys, default=0) / 1e9))
-    v.captions[fname] = (f"{m.run_id}: clean images; the example of the first attack that broke each "
-                         "at the grid's largest eps (the store keeps only per-point flags, so the example "
-                         "is recomputed from the checkpoint: that attack rerun with its stored seed at the "
-                         f"eps where it first broke the image); PGD ({LARGE_STEPS} steps) at eps {eps_l}, "
-                         "far above the grid. Labels: the model's prediction (green: correct, red: wrong)")
+    v.files[fname] = figures.strip_png(
+        f"{m.run.defense} ({m.run_id})",
+        x,
+        y,
+        classes,
+        t,
+        caps,
+        eps_l,
+        format_eps(max(m.eps_keys, default=0) / 1e9),
+    )
+    v.captions[fname] = (
+        f"{m.run_id}: clean images; the example of the first attack that broke each "
+        "at the grid's largest eps (the store keeps only per-point flags, so the example "
+        "is recomputed from the checkpoint: that attack rerun with its stored seed at the "
+        f"eps where it first broke the image); PGD ({LARGE_STEPS} steps) at eps {eps_l}, "
+        "far above the grid. Labels: the model's prediction (green: correct, red: wrong)"
+    )
 
 
-def build(sets: dict[str, tuple[int, list[Model]]], out: Path, data_dir: str | Path | None = None) -> Visuals:
+def build(
+    sets: dict[str, tuple[int, list[Model]]], out: Path, data_dir: str | Path | None = None
+) -> Visuals:
     """Every data set's pictures, computed on the CPU where not cached under ``out``."""
     started = time.perf_counter()
     v = Visuals()

@@ -46,26 +46,50 @@ def model_info(m: Model, key: int, labels: dict[Variant, str]) -> dict[str, Any]
     """The JSON document of one model at the ranking eps ``key``."""
     worst = m.at(WORST, key)
     info: dict[str, Any] = {
-        "link": None, "name": m.run_id, "authors": None, "additional_data": False,
-        "number_forward_passes": 1, "dataset": m.run.dataset, "venue": None,
-        "architecture": m.run.model, "threat_model": "Linf", "eps": format_eps(key / 1e9),
-        "clean_acc": pct(m.clean), "reported": None,
+        "link": None,
+        "name": m.run_id,
+        "authors": None,
+        "additional_data": False,
+        "number_forward_passes": 1,
+        "dataset": m.run.dataset,
+        "venue": None,
+        "architecture": m.run.model,
+        "threat_model": "Linf",
+        "eps": format_eps(key / 1e9),
+        "clean_acc": pct(m.clean),
+        "reported": None,
     }
     info.update(_aa(m, key))
-    info.update({
-        "clean_ci95": m.clean.as_dict()["ci95"],
-        "worst_case_acc": pct(worst), "worst_case": worst.as_dict() if worst else None,
-        "worst_case_missing": m.worst[key].missing if key in m.worst else None,
-        "n_eval": m.n, "fingerprint": m.run.fingerprint, "source_kind": m.run.kind,
-        "defense": m.run.defense, "defense_params": m.run.defense_params, "seed": m.seed,
-        "epochs": m.run.epochs,
-        "train_seconds": None if m.run.train_seconds is None else round(m.run.train_seconds, 1),
-        "flags": m.flags, "unreliable": m.unreliable,
-        "findings": [{"check": f.check, "flagged": f.flagged, "summary": f.summary,
-                      "details": f.details, "source": f.source} for f in m.findings],
-        "curves": _curves(m, labels),
-        "robustbench_submission": robustbench.submission(m, key),
-    })
+    info.update(
+        {
+            "clean_ci95": m.clean.as_dict()["ci95"],
+            "worst_case_acc": pct(worst),
+            "worst_case": worst.as_dict() if worst else None,
+            "worst_case_missing": m.worst[key].missing if key in m.worst else None,
+            "n_eval": m.n,
+            "fingerprint": m.run.fingerprint,
+            "source_kind": m.run.kind,
+            "defense": m.run.defense,
+            "defense_params": m.run.defense_params,
+            "seed": m.seed,
+            "epochs": m.run.epochs,
+            "train_seconds": None if m.run.train_seconds is None else round(m.run.train_seconds, 1),
+            "flags": m.flags,
+            "unreliable": m.unreliable,
+            "findings": [
+                {
+                    "check": f.check,
+                    "flagged": f.flagged,
+                    "summary": f.summary,
+                    "details": f.details,
+                    "source": f.source,
+                }
+                for f in m.findings
+            ],
+            "curves": _curves(m, labels),
+            "robustbench_submission": robustbench.submission(m, key),
+        }
+    )
     if m.run.kind == SourceKind.ROBUSTBENCH:
         info.update(_published(m, key))
     return info
@@ -83,12 +107,17 @@ def _published(m: Model, key: int) -> dict[str, Any]:
     basis = m.basis_variant(key)
     ours = m.at(basis, key) if basis is not None else None
     return {
-        "published": pub, "published_note": robustbench.published_note(m),
+        "published": pub,
+        "published_note": robustbench.published_note(m),
         "ours_vs_published": {
             "eps": format_eps(key / 1e9),
-            "clean_acc": {"ours": _pct_number(m.clean),
-                          "published": None if pub is None else pub.get("clean_acc")},
-            "autoattack_acc": {"ours": _pct_number(ours),
-                               "published": None if pub is None else pub.get("autoattack_acc")},
+            "clean_acc": {
+                "ours": _pct_number(m.clean),
+                "published": None if pub is None else pub.get("clean_acc"),
+            },
+            "autoattack_acc": {
+                "ours": _pct_number(ours),
+                "published": None if pub is None else pub.get("autoattack_acc"),
+            },
         },
     }

@@ -25,39 +25,59 @@ from bench.vocab import Check, SourceKind
 
 #: What each flag means and what to run next (shown under each table that carries a flag).
 FLAG_LEGEND: dict[str, tuple[str, str]] = {
-    Check.RANDOMIZED: ("repeated forward passes on the same input disagree (AutoAttack checks.py)",
-                       "evaluate with `--aa-version rand` and `eotpgd`; bench does so by itself"),
-    Check.PROBABILITIES: ("the model outputs probabilities, not logits (AutoAttack checks.py)",
-                          "return logits; attacks on the CE of probabilities are weakened"),
-    Check.GRADIENTS: ("zero, NaN or infinite input gradients on some points (AutoAttack checks.py; "
-                      "Pintor et al. 2022, unavailable gradients)",
-                      "use an adaptive attack (BPDA, a differentiable surrogate), or `square`"),
-    Check.SQUARE_VS_WHITEBOX: ("the black-box Square attack broke significantly more points than "
-                               "the white-box attacks (AutoAttack checks.py; McNemar p < 0.01)",
-                               "gradient masking likely: run an adaptive attack"),
-    Check.ITERATIVE_VS_SINGLE_STEP: ("an iterative attack did significantly worse than FGSM "
-                                     "(Carlini et al. 2019; McNemar p < 0.01)",
-                                     "gradient masking or a broken attack: run `bench diagnose`"),
-    Check.LARGE_BUDGET: ("accuracy does not fall to about zero under a very large budget "
-                         "(Carlini et al. 2019; Pintor et al. 2022, unconstrained attack failure)",
-                         "the attacks are failing, not the model succeeding: adaptive attack"),
-    Check.LOSS_TRACE: ("the attack loss was still improving at its last steps (Pintor et al. "
-                       "2022, incomplete optimization)",
-                       "rerun with more steps, e.g. `--set pgd.steps=100`"),
-    Check.TRANSFER: ("examples crafted on another model break points the white-box attacks left "
-                     "standing (Pintor et al. 2022, transfer failure)",
-                     "the white-box attacks fail on this model: adaptive attack"),
+    Check.RANDOMIZED: (
+        "repeated forward passes on the same input disagree (AutoAttack checks.py)",
+        "evaluate with `--aa-version rand` and `eotpgd`; bench does so by itself",
+    ),
+    Check.PROBABILITIES: (
+        "the model outputs probabilities, not logits (AutoAttack checks.py)",
+        "return logits; attacks on the CE of probabilities are weakened",
+    ),
+    Check.GRADIENTS: (
+        "zero, NaN or infinite input gradients on some points (AutoAttack checks.py; "
+        "Pintor et al. 2022, unavailable gradients)",
+        "use an adaptive attack (BPDA, a differentiable surrogate), or `square`",
+    ),
+    Check.SQUARE_VS_WHITEBOX: (
+        "the black-box Square attack broke significantly more points than "
+        "the white-box attacks (AutoAttack checks.py; McNemar p < 0.01)",
+        "gradient masking likely: run an adaptive attack",
+    ),
+    Check.ITERATIVE_VS_SINGLE_STEP: (
+        "an iterative attack did significantly worse than FGSM "
+        "(Carlini et al. 2019; McNemar p < 0.01)",
+        "gradient masking or a broken attack: run `bench diagnose`",
+    ),
+    Check.LARGE_BUDGET: (
+        "accuracy does not fall to about zero under a very large budget "
+        "(Carlini et al. 2019; Pintor et al. 2022, unconstrained attack failure)",
+        "the attacks are failing, not the model succeeding: adaptive attack",
+    ),
+    Check.LOSS_TRACE: (
+        "the attack loss was still improving at its last steps (Pintor et al. "
+        "2022, incomplete optimization)",
+        "rerun with more steps, e.g. `--set pgd.steps=100`",
+    ),
+    Check.TRANSFER: (
+        "examples crafted on another model break points the white-box attacks left "
+        "standing (Pintor et al. 2022, transfer failure)",
+        "the white-box attacks fail on this model: adaptive attack",
+    ),
     Check.WALK_INFERENCE: (
         "points counted robust at a smaller eps because the attacks left them robust at the "
         "largest one are broken by PGD run there directly: attack success does not grow with eps "
         "(Carlini et al. 2019)",
         "rerun with `bench eval --walk up` (every eps measured) and adaptive attacks",
     ),
-    Check.AUTOATTACK_CHECKS: ("a warning of AutoAttack's own checks.py during the evaluation",
-                              "read AutoAttack's flags_doc.md for the message"),
-    "catastrophic-overfitting": ("single-step adversarial training collapsed: held-out PGD "
-                                 "accuracy fell while FGSM accuracy held (Wong et al. 2020)",
-                                 "retrain with FGSM-RS at a smaller step, or PGD-AT"),
+    Check.AUTOATTACK_CHECKS: (
+        "a warning of AutoAttack's own checks.py during the evaluation",
+        "read AutoAttack's flags_doc.md for the message",
+    ),
+    "catastrophic-overfitting": (
+        "single-step adversarial training collapsed: held-out PGD "
+        "accuracy fell while FGSM accuracy held (Wong et al. 2020)",
+        "retrain with FGSM-RS at a smaller step, or PGD-AT",
+    ),
 }
 
 
@@ -72,17 +92,23 @@ def header(sets: dict[str, tuple[int, list[Model]]], rank_by: str) -> list[str]:
         for lib, ver in r.versions.items():
             versions.setdefault(lib, set()).add(str(ver))
     lines = [
-        "# Robustness leaderboard", "",
-        "Settings, as recorded in the results store:", "",
-        f"- Models: {len(models)} (" + ", ".join(f"{k}: {len(v[1])}" for k, v in sets.items()) + ")",
+        "# Robustness leaderboard",
+        "",
+        "Settings, as recorded in the results store:",
+        "",
+        f"- Models: {len(models)} ("
+        + ", ".join(f"{k}: {len(v[1])}" for k, v in sets.items())
+        + ")",
         "- Threat model: L-infinity, eps on the pixel scale of images in [0, 1]",
-        "- Ranking eps: " + ", ".join(f"{k} {format_eps(v[0] / 1e9)}" for k, v in sets.items() if v[0] is not None),
+        "- Ranking eps: "
+        + ", ".join(f"{k} {format_eps(v[0] / 1e9)}" for k, v in sets.items() if v[0] is not None),
         f"- Ranking basis: {_basis_text(rank_by)}",
         "- Eps grid: " + ", ".join(format_eps(e) for e in sorted({r.eps for r in rows})),
         f"- Test points n: {joined(m.n for m in models)} (the first n points of each test split; "
         "every number of a row comes from the same n points)",
         f"- Training epochs: {joined(m.run.epochs for m in models)}",
-        f"- Attack seeds: {joined(r.seed for r in rows)}; batch sizes: {joined(r.batch_size for r in rows)} "
+        f"- Attack seeds: {joined(r.seed for r in rows)}; "
+        f"batch sizes: {joined(r.batch_size for r in rows)} "
         "(batch k at eps e seeded from (seed, e, k))",
         "- Intervals: 95% Wilson score intervals, in %; seeds of one configuration: mean ± std "
         "[hull of their intervals]",
@@ -91,8 +117,13 @@ def header(sets: dict[str, tuple[int, list[Model]]], rank_by: str) -> list[str]:
     plain = sorted((v for v in variants if v.attack != ANY), key=lambda v: v.sort_key)
     lines.append("- Attack parameters: " + "; ".join(f"{labels[v]} `{v.params}`" for v in plain))
     lines.append(f"- Device: {joined(r.device for r in rows)}")
-    lines.append("- Library versions: " + (", ".join(
-        f"{lib} {' / '.join(sorted(vs))}" for lib, vs in sorted(versions.items())) or DASH))
+    lines.append(
+        "- Library versions: "
+        + (
+            ", ".join(f"{lib} {' / '.join(sorted(vs))}" for lib, vs in sorted(versions.items()))
+            or DASH
+        )
+    )
     return lines
 
 
@@ -100,14 +131,19 @@ def _aa_lines(rows: list) -> list[str]:
     aa = sorted({json.dumps(r.params, sort_keys=True) for r in rows if r.attack == AUTOATTACK})
     if not aa:
         return ["- AutoAttack: not run"]
-    return [f"- AutoAttack version {json.loads(t).get('version', DASH)}: "
-            f"{', '.join(aa_attack_list(json.loads(t))) or DASH} (params `{t}`)" for t in aa]
+    return [
+        f"- AutoAttack version {json.loads(t).get('version', DASH)}: "
+        f"{', '.join(aa_attack_list(json.loads(t))) or DASH} (params `{t}`)"
+        for t in aa
+    ]
 
 
 def _basis_text(rank_by: str) -> str:
     if rank_by in ("worst-case", ANY):
-        return ("worst case at the ranking eps, over every attack run there, counted only when "
-                "standard AutoAttack is among them (AutoAttack rand for a randomized model)")
+        return (
+            "worst case at the ranking eps, over every attack run there, counted only when "
+            "standard AutoAttack is among them (AutoAttack rand for a randomized model)"
+        )
     if rank_by == AUTOATTACK:
         return "standard AutoAttack at the ranking eps (rand for a randomized model)"
     return f"{rank_by} at the ranking eps" if rank_by != "clean" else "clean accuracy"
@@ -127,40 +163,79 @@ def _gap(e: Entry, key: int) -> str:
 def _row(r: Ranked, columns: list[Variant], key: int) -> list[str]:
     e = r.entry
     place = str(r.place) if r.place is not None else DASH
-    missing = sorted({a for m in e.models for a in (m.worst.get(key).missing if m.worst.get(key) else [])})
+    missing = sorted(
+        {a for m in e.models for a in (m.worst.get(key).missing if m.worst.get(key) else [])}
+    )
     worst = ci_many(e.values(WORST, key)) + (" ⚠ missing: " + ", ".join(missing) if missing else "")
     flags = ", ".join(e.flags) or ""
     if r.reason:
         flags = (flags + "; " if flags else "") + r.reason
     m = e.first
-    return ([place, m.run.defense, m.run.model, ", ".join(f"`{x.run_id}`" for x in e.models),
-             ci_many(e.clean())]
-            + [ci_many(e.values(v, key)) for v in columns]
-            + [worst, _gap(e, key), ", ".join(map(str, r.overlaps)) or "none", flags or "none",
-               str(m.n), DASH if m.run.epochs is None else str(m.run.epochs),
-               format_seconds(m.run.train_seconds)])
+    return (
+        [
+            place,
+            m.run.defense,
+            m.run.model,
+            ", ".join(f"`{x.run_id}`" for x in e.models),
+            ci_many(e.clean()),
+        ]
+        + [ci_many(e.values(v, key)) for v in columns]
+        + [
+            worst,
+            _gap(e, key),
+            ", ".join(map(str, r.overlaps)) or "none",
+            flags or "none",
+            str(m.n),
+            DASH if m.run.epochs is None else str(m.run.epochs),
+            format_seconds(m.run.train_seconds),
+        ]
+    )
 
 
-def dataset_section(name: str, key: int, models: list[Model], rank_by: str,
-                    matrices: Iterable[heatmap.Matrix] = ()) -> list[str]:
+def dataset_section(
+    name: str, key: int, models: list[Model], rank_by: str, matrices: Iterable[heatmap.Matrix] = ()
+) -> list[str]:
     """The ranked table of one data set, its notes and legend, the transfer matrices."""
     eps = format_eps(key / 1e9)
     variants = {v for m in models for v in m.curves}
     labels = variant_labels(variants)
-    columns = sorted((v for v in variants if any(key in m.curves.get(v, {}) for m in models)),
-                     key=lambda v: v.sort_key)
-    head = (["rank", "defense", "model", "run id", "clean"] + [labels[v] for v in columns]
-            + ["worst case", "attack gap (FGSM − worst)", "intervals overlap with rank", "flags",
-               "n", "epochs", "training time"])
+    columns = sorted(
+        (v for v in variants if any(key in m.curves.get(v, {}) for m in models)),
+        key=lambda v: v.sort_key,
+    )
+    head = (
+        ["rank", "defense", "model", "run id", "clean"]
+        + [labels[v] for v in columns]
+        + [
+            "worst case",
+            "attack gap (FGSM − worst)",
+            "intervals overlap with rank",
+            "flags",
+            "n",
+            "epochs",
+            "training time",
+        ]
+    )
     ranked = rank(entries(models), key, rank_by)
-    lines = [f"## {name}", "", f"Accuracy in % (95% interval) at eps = {eps}; ranked by "
-             f"{_basis_text(rank_by)}.", ""]
+    lines = [
+        f"## {name}",
+        "",
+        f"Accuracy in % (95% interval) at eps = {eps}; ranked by {_basis_text(rank_by)}.",
+        "",
+    ]
     lines += table(head, [_row(r, columns, key) for r in ranked], right_from=4)
-    lines += ["", "Rows whose intervals overlap are not separated: their order may be chance. "
-              "The attack gap is FGSM accuracy minus worst-case accuracy, in points."]
+    lines += [
+        "",
+        "Rows whose intervals overlap are not separated: their order may be chance. "
+        "The attack gap is FGSM accuracy minus worst-case accuracy, in points.",
+    ]
     lines += _legend({f for r in ranked for f in r.entry.flags})
     for mx in matrices:
-        lines += ["", "Transfer matrix (`bench eval --transfer-matrix`), accuracy in % (95% interval):", ""]
+        lines += [
+            "",
+            "Transfer matrix (`bench eval --transfer-matrix`), accuracy in % (95% interval):",
+            "",
+        ]
         lines += heatmap.markdown(mx)
     lines += published_section(models, key)
     lines += [""] + worst_by_eps(models)
@@ -173,21 +248,43 @@ def published_section(models: list[Model], key: int) -> list[str]:
     zoo = [m for m in models if m.run.kind == SourceKind.ROBUSTBENCH]
     if not zoo:
         return []
-    head = ["run id", "eps", "clean (ours)", "clean (published)", "AutoAttack (ours)",
-            "AutoAttack (published)", "n (ours)"]
+    head = [
+        "run id",
+        "eps",
+        "clean (ours)",
+        "clean (published)",
+        "AutoAttack (ours)",
+        "AutoAttack (published)",
+        "n (ours)",
+    ]
     body, notes = [], []
     for m in zoo:
         pub = robustbench.published(m)
         if pub is None:
-            notes.append(f"- `{m.run_id}`: no published numbers ({robustbench.published_note(m) or 'none recorded'}).")
+            notes.append(
+                f"- `{m.run_id}`: no published numbers "
+                f"({robustbench.published_note(m) or 'none recorded'})."
+            )
             continue
         k = robustbench.published_key(m, key)
         basis = m.basis_variant(k)
-        body.append([f"`{m.run_id}`", format_eps(k / 1e9), ci(m.clean), _num(pub.get("clean_acc")),
-                     ci(m.at(basis, k)) if basis is not None else DASH,
-                     _num(pub.get("autoattack_acc")), str(m.n)])
-    lines = ["", "RobustBench models, published clean / AutoAttack accuracy (%) beside ours (their "
-             "model-info files; published numbers are on the full test set):", ""]
+        body.append(
+            [
+                f"`{m.run_id}`",
+                format_eps(k / 1e9),
+                ci(m.clean),
+                _num(pub.get("clean_acc")),
+                ci(m.at(basis, k)) if basis is not None else DASH,
+                _num(pub.get("autoattack_acc")),
+                str(m.n),
+            ]
+        )
+    lines = [
+        "",
+        "RobustBench models, published clean / AutoAttack accuracy (%) beside ours (their "
+        "model-info files; published numbers are on the full test set):",
+        "",
+    ]
     if body:
         lines += table(head, body, right_from=1)
     return lines + ([""] + notes if body and notes else notes)
@@ -216,7 +313,9 @@ def worst_by_eps(models: list[Model]) -> list[str]:
     keys = sorted({k for m in models for k in m.worst})
     head = ["run id", "n"] + [format_eps(k / 1e9) for k in keys]
     body = [[f"`{m.run_id}`", str(m.n)] + [ci(m.at(WORST, k)) for k in keys] for m in models]
-    return ["Worst case (%, 95% interval) at every eps evaluated:", ""] + table(head, body, right_from=1)
+    return ["Worst case (%, 95% interval) at every eps evaluated:", ""] + table(
+        head, body, right_from=1
+    )
 
 
 def curves_section(sets: dict[str, tuple[int, list[Model]]]) -> list[str]:
@@ -231,13 +330,19 @@ def curves_section(sets: dict[str, tuple[int, list[Model]]]) -> list[str]:
 
 def _curve_table(name: str, m: Model, labels: dict[Variant, str]) -> list[str]:
     keys = m.eps_keys
-    body = [[labels[v]] + [ci(m.at(v, k)) if k in m.curves[v] else DASH for k in keys]
-            for v in sorted(m.curves, key=lambda v: v.sort_key)]
+    body = [
+        [labels[v]] + [ci(m.at(v, k)) if k in m.curves[v] else DASH for k in keys]
+        for v in sorted(m.curves, key=lambda v: v.sort_key)
+    ]
     body.append(["worst case"] + [ci(m.at(WORST, k)) for k in keys])
     fp = m.run.fingerprint.removeprefix("sha256:")[:12]
     other = f"; also evaluated at n = {', '.join(map(str, m.other_ns))}" if m.other_ns else ""
-    lines = [f"### {name} / {m.run.defense} / `{m.run_id}`", "",
-             f"Model {m.run.model}, weights `{fp}`, clean accuracy {ci(m.clean)}, n = {m.n}{other}.", ""]
+    lines = [
+        f"### {name} / {m.run.defense} / `{m.run_id}`",
+        "",
+        f"Model {m.run.model}, weights `{fp}`, clean accuracy {ci(m.clean)}, n = {m.n}{other}.",
+        "",
+    ]
     lines += table(["attack"] + [format_eps(k / 1e9) for k in keys], body, right_from=1)
     for f in m.findings:
         if f.flagged:
@@ -245,8 +350,11 @@ def _curve_table(name: str, m: Model, labels: dict[Variant, str]) -> list[str]:
     return lines + [""]
 
 
-def render(sets: dict[str, tuple[int, list[Model]]], rank_by: str = "worst-case",
-           matrices: dict[str, list[heatmap.Matrix]] | None = None) -> str:
+def render(
+    sets: dict[str, tuple[int, list[Model]]],
+    rank_by: str = "worst-case",
+    matrices: dict[str, list[heatmap.Matrix]] | None = None,
+) -> str:
     """The whole ``leaderboard.md``."""
     lines = header(sets, rank_by) + [""]
     for name, (key, models) in sets.items():

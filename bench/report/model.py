@@ -123,9 +123,15 @@ class Model:
 def _choose(groups: list[list[ResultRow]], basis_key: int | None) -> list[ResultRow]:
     """The evaluation of a model shown in its row: the largest n with standard AutoAttack at the
     basis eps, else the largest n."""
+
     def has_basis(rows: list[ResultRow]) -> bool:
-        return any(r.attack == AUTOATTACK and r.params.get("version") in ("standard", "rand")
-                   and eps_key(r.eps) == basis_key for r in rows)
+        return any(
+            r.attack == AUTOATTACK
+            and r.params.get("version") in ("standard", "rand")
+            and eps_key(r.eps) == basis_key
+            for r in rows
+        )
+
     with_basis = [g for g in groups if basis_key is not None and has_basis(g)]
     return max(with_basis or groups, key=lambda g: g[0].n)
 
@@ -139,8 +145,9 @@ def _clean_flags(rows: list[ResultRow]) -> str:
     return "1" * rows[0].n
 
 
-def build_model(run: RunRow, rows: list[ResultRow], findings: list[DiagnosticRow],
-                basis_key: int | None) -> Model:
+def build_model(
+    run: RunRow, rows: list[ResultRow], findings: list[DiagnosticRow], basis_key: int | None
+) -> Model:
     groups = list(group_rows(rows).values())
     chosen = _choose(groups, basis_key)
     n = chosen[0].n
@@ -150,8 +157,15 @@ def build_model(run: RunRow, rows: list[ResultRow], findings: list[DiagnosticRow
     clean = _clean_flags(chosen)
     worst = {eps_key(w.eps): w for w in worst_case(chosen, clean)}
     mine = [f for f in findings if f.n == n]
-    return Model(run, n, curves, worst, _clean_estimate(chosen, clean), mine,
-                 sorted({g[0].n for g in groups} - {n}))
+    return Model(
+        run,
+        n,
+        curves,
+        worst,
+        _clean_estimate(chosen, clean),
+        mine,
+        sorted({g[0].n for g in groups} - {n}),
+    )
 
 
 def _clean_estimate(rows: list[ResultRow], clean: str) -> Estimate:
@@ -170,8 +184,11 @@ def rank_eps_key(rows: Iterable[ResultRow]) -> int | None:
     """Default ranking eps of a data set: the largest eps with standard (or rand) AutoAttack,
     else the largest eps evaluated."""
     rows = list(rows)
-    aa = [eps_key(r.eps) for r in rows
-          if r.attack == AUTOATTACK and r.params.get("version") in ("standard", "rand")]
+    aa = [
+        eps_key(r.eps)
+        for r in rows
+        if r.attack == AUTOATTACK and r.params.get("version") in ("standard", "rand")
+    ]
     every = [eps_key(r.eps) for r in rows]
     return max(aa) if aa else (max(every) if every else None)
 
@@ -205,8 +222,10 @@ def load(store: Store, rank_eps: float | None = None) -> dict[str, tuple[int, li
     for name in sorted(by_set):
         rows = [r for rid in by_set[name] for r in by_run[rid]]
         key = eps_key(rank_eps) if rank_eps is not None else rank_eps_key(rows)
-        models = [build_model(runs.get(rid) or _stub(rid, name), by_run[rid], findings.get(rid, []), key)
-                  for rid in by_set[name]]
+        models = [
+            build_model(runs.get(rid) or _stub(rid, name), by_run[rid], findings.get(rid, []), key)
+            for rid in by_set[name]
+        ]
         out[name] = (key, models)
     return out
 
@@ -262,8 +281,10 @@ def entries(models: list[Model]) -> list[Entry]:
     groups: dict[str, list[Model]] = {}
     for m in models:
         groups.setdefault(identity(m), []).append(m)
-    return sorted((Entry(sorted(g, key=lambda m: str(m.seed))) for g in groups.values()),
-                  key=lambda e: e.first.run_id)
+    return sorted(
+        (Entry(sorted(g, key=lambda m: str(m.seed))) for g in groups.values()),
+        key=lambda e: e.first.run_id,
+    )
 
 
 def mean(vals: list[Estimate]) -> float:
@@ -326,7 +347,9 @@ def rank(ents: list[Entry], key: int, rank_by: str = "worst-case") -> list[Ranke
         r.place = i
     for r in ranked:
         lo, hi = span(r.score or [])
-        r.overlaps = [o.place for o in ranked if o is not r and _overlap((lo, hi), span(o.score or []))]  # type: ignore[misc]
+        r.overlaps = [
+            o.place for o in ranked if o is not r and _overlap((lo, hi), span(o.score or []))
+        ]  # type: ignore[misc]
     return ranked + unranked
 
 

@@ -22,8 +22,15 @@ def plot_png(title: str, lines: list[Line]) -> bytes:
     ax = fig.add_subplot()
     markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
     for i, (label, xs, ys, lo, hi) in enumerate(lines):
-        (line,) = ax.plot(xs, ys, marker=markers[i % len(markers)], markersize=4, linewidth=1.5,
-                          linestyle=["-", "--", "-.", ":"][(i // 10) % 4], label=label)
+        (line,) = ax.plot(
+            xs,
+            ys,
+            marker=markers[i % len(markers)],
+            markersize=4,
+            linewidth=1.5,
+            linestyle=["-", "--", "-.", ":"][(i // 10) % 4],
+            label=label,
+        )
         ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.12, linewidth=0)
     xmax = max((max(xs) for _, xs, *_ in lines if xs), default=8.0)
     ax.set_xlim(-0.2, xmax + 0.2)
@@ -44,8 +51,13 @@ def _line(label: str, m: Model, v: Variant) -> Line:
     keys = m.eps_keys if v == WORST else sorted(m.curves[v])
     est = [m.at(v, k) for k in keys]
     pts = [(k, e) for k, e in zip(keys, est) if e is not None]
-    return (label, [k / 1e9 * 255 for k, _ in pts], [100 * e.acc for _, e in pts],
-            [100 * e.interval[0] for _, e in pts], [100 * e.interval[1] for _, e in pts])
+    return (
+        label,
+        [k / 1e9 * 255 for k, _ in pts],
+        [100 * e.acc for _, e in pts],
+        [100 * e.interval[0] for _, e in pts],
+        [100 * e.interval[1] for _, e in pts],
+    )
 
 
 def _label(m: Model, models: list[Model], extra: str) -> str:
@@ -61,10 +73,16 @@ def plots(sets: dict[str, tuple[int, list[Model]]]) -> dict[str, bytes]:
         labels = variant_labels(variants)
         for attack in sorted({v.attack for v in variants}, key=lambda a: (a == AUTOATTACK, a)):
             mine = sorted((v for v in variants if v.attack == attack), key=lambda v: v.sort_key)
-            lines = [_line(_label(m, models, f" {labels[v]}" if len(mine) > 1 else ""), m, v)
-                     for m in models for v in mine if v in m.curves]
-            title = (f"{'AutoAttack' if len(mine) > 1 else base_label(mine[0])} on {name} "
-                     f"(n = {joined(m.n for m in models if any(v in m.curves for v in mine))})")
+            lines = [
+                _line(_label(m, models, f" {labels[v]}" if len(mine) > 1 else ""), m, v)
+                for m in models
+                for v in mine
+                if v in m.curves
+            ]
+            title = (
+                f"{'AutoAttack' if len(mine) > 1 else base_label(mine[0])} on {name} "
+                f"(n = {joined(m.n for m in models if any(v in m.curves for v in mine))})"
+            )
             out[f"plot-{slug(name)}-{slug(attack)}.png"] = plot_png(title, lines)
         lines = [_line(_label(m, models, ""), m, WORST) for m in models]
         title = f"Worst case over attacks on {name} (n = {joined(m.n for m in models)})"

@@ -44,22 +44,29 @@ def submission(m: Model, key: int) -> dict[str, Any]:
     reasons: list[str] = []
     bench = RANKED.get(m.run.dataset)
     if bench is None:
-        reasons.append(f"RobustBench does not rank {m.run.dataset}; its Linf leaderboards are "
-                       f"{', '.join(RANKED)}")
+        reasons.append(
+            f"RobustBench does not rank {m.run.dataset}; its Linf leaderboards are "
+            f"{', '.join(RANKED)}"
+        )
     else:
         if key != eps_key(bench.eps):
-            reasons.append(f"eps {format_eps(key / 1e9)} is not RobustBench's {THREAT_MODEL} budget "
-                           f"for {m.run.dataset} ({format_eps(bench.eps)})")
+            reasons.append(
+                f"eps {format_eps(key / 1e9)} is not RobustBench's {THREAT_MODEL} budget "
+                f"for {m.run.dataset} ({format_eps(bench.eps)})"
+            )
         if m.n < bench.n:
-            reasons.append(f"n = {m.n} points, below the full test set RobustBench evaluates "
-                           f"({bench.n:,})")
+            reasons.append(
+                f"n = {m.n} points, below the full test set RobustBench evaluates ({bench.n:,})"
+            )
     if m.basis_variant(key) is None:
         version = "rand" if m.randomized else "standard"
-        reasons.append(f"no {version} AutoAttack at eps {format_eps(key / 1e9)} (RobustBench's "
-                       "ranking attack)")
+        reasons.append(
+            f"no {version} AutoAttack at eps {format_eps(key / 1e9)} (RobustBench's ranking attack)"
+        )
     if m.unreliable:
-        reasons.append("unreliable evaluation: flagged by bench's checks ("
-                       + ", ".join(m.flags) + ")")
+        reasons.append(
+            "unreliable evaluation: flagged by bench's checks (" + ", ".join(m.flags) + ")"
+        )
     return {"submittable": not reasons, "reasons": reasons}
 
 

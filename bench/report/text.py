@@ -14,8 +14,16 @@ from bench.store import ANY, canonical
 DASH = "–"
 
 DISPLAY = {
-    "fgsm": "FGSM", "pgd": "PGD", "apgd": "APGD", "cw": "CW", "fab": "FAB", "square": "Square",
-    "mifgsm": "MI-FGSM", "eotpgd": "EOT-PGD", "deepfool": "DeepFool", ANY: "worst case",
+    "fgsm": "FGSM",
+    "pgd": "PGD",
+    "apgd": "APGD",
+    "cw": "CW",
+    "fab": "FAB",
+    "square": "Square",
+    "mifgsm": "MI-FGSM",
+    "eotpgd": "EOT-PGD",
+    "deepfool": "DeepFool",
+    ANY: "worst case",
 }
 AA_ATTACKS = {
     "standard": ["apgd-ce", "apgd-t", "fab-t", "square"],
@@ -108,7 +116,11 @@ def variant_labels(variants: Iterable[Variant]) -> dict[Variant, str]:
             differ = [k for k in differ if k != "version"]
         for v in members:
             shown = [f"{k}={format_value(v.params_dict[k])}" for k in differ if k in v.params_dict]
-            out[v] = f"{base_label(v)} [{', '.join(shown)}]" if shown and len(members) > 1 else base_label(v)
+            out[v] = (
+                f"{base_label(v)} [{', '.join(shown)}]"
+                if shown and len(members) > 1
+                else base_label(v)
+            )
     counts: dict[str, int] = {}
     for lab in out.values():
         counts[lab] = counts.get(lab, 0) + 1
@@ -118,7 +130,9 @@ def variant_labels(variants: Iterable[Variant]) -> dict[Variant, str]:
 def joined(values: Iterable[Any]) -> str:
     """Distinct values, sorted, comma-separated (``–`` if none)."""
     vals = {v for v in values if v is not None}
-    ordered = sorted(vals, key=lambda v: (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)))
+    ordered = sorted(
+        vals, key=lambda v: (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
+    )
     return ", ".join(str(v) for v in ordered) if ordered else DASH
 
 
@@ -131,8 +145,10 @@ def aa_attack_list(params: dict[str, Any]) -> list[str]:
 
 def safe_name(text: str) -> str:
     """A run id as a file name; distinct run ids give distinct names (escapes are reversible)."""
+
     def esc(m: re.Match[str]) -> str:
         return "".join(f"%{b:02X}" for b in m.group(0).encode("utf-8", "surrogatepass"))
+
     name = re.sub(r"[^A-Za-z0-9._-]", esc, text)
     if name.startswith("."):
         name = "%2E" + name[1:]

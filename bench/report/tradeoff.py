@@ -36,8 +36,16 @@ def points(models: list[Model], key: int, rank_by: str) -> tuple[list[Point], li
             missing.append(label)
             continue
         clean = e.clean()
-        out.append(Point(label, 100 * mean(clean), 100 * mean(robust), _pct(span(clean)),
-                         _pct(span(robust)), r.place is not None))
+        out.append(
+            Point(
+                label,
+                100 * mean(clean),
+                100 * mean(robust),
+                _pct(span(clean)),
+                _pct(span(robust)),
+                r.place is not None,
+            )
+        )
     return out, missing
 
 
@@ -53,8 +61,12 @@ def pareto(pts: list[Point]) -> list[Point]:
     """The points no other point beats in both clean and robust accuracy, by clean accuracy."""
     front = []
     for p in pts:
-        beaten = any(q.clean >= p.clean and q.robust >= p.robust and (q.clean, q.robust) != (p.clean, p.robust)
-                     for q in pts)
+        beaten = any(
+            q.clean >= p.clean
+            and q.robust >= p.robust
+            and (q.clean, q.robust) != (p.clean, p.robust)
+            for q in pts
+        )
         if not beaten:
             front.append(p)
     return sorted(front, key=lambda p: (p.clean, -p.robust))
@@ -71,8 +83,17 @@ def png(title: str, pts: list[Point]) -> bytes:
     ax = fig.add_subplot()
     front = pareto(pts)
     if front:
-        ax.plot([p.clean for p in front], [p.robust for p in front], "--o", color="0.45", linewidth=1.2,
-                markersize=15, markerfacecolor="none", label="Pareto front", zorder=1)
+        ax.plot(
+            [p.clean for p in front],
+            [p.robust for p in front],
+            "--o",
+            color="0.45",
+            linewidth=1.2,
+            markersize=15,
+            markerfacecolor="none",
+            label="Pareto front",
+            zorder=1,
+        )
     for i, p in enumerate(pts):  # one colour and marker per entry
         _draw(ax, p, ["o", "s", "^", "D", "v", "P", "X", "*"][i % 8], f"C{i % 10}")
     ax.set_xlabel("clean accuracy (%), bar: 95% interval")
@@ -89,12 +110,27 @@ def png(title: str, pts: list[Point]) -> bytes:
 
 def _draw(ax: object, p: Point, marker: str, color: str) -> None:
     """One point with its bars; hollow if the entry is not ranked."""
-    xerr = [[max(0.0, p.clean - p.clean_span[0])], [max(0.0, p.clean_span[1] - p.clean)]]  # float rounding at 0 and 1
+    xerr = [
+        [max(0.0, p.clean - p.clean_span[0])],
+        [max(0.0, p.clean_span[1] - p.clean)],
+    ]  # float rounding at 0 and 1
     yerr = [[max(0.0, p.robust - p.robust_span[0])], [max(0.0, p.robust_span[1] - p.robust)]]
     face = color if p.ranked else "white"
     label = p.label + ("" if p.ranked else " (not ranked)")
-    ax.errorbar([p.clean], [p.robust], xerr=xerr, yerr=yerr, fmt=marker, color=color,  # type: ignore[attr-defined]
-                markerfacecolor=face, markersize=7, capsize=3, linewidth=1, label=label, zorder=2)
+    ax.errorbar(
+        [p.clean],
+        [p.robust],
+        xerr=xerr,
+        yerr=yerr,
+        fmt=marker,
+        color=color,  # type: ignore[attr-defined]
+        markerfacecolor=face,
+        markersize=7,
+        capsize=3,
+        linewidth=1,
+        label=label,
+        zorder=2,
+    )
 
 
 def plots(sets: dict[str, tuple[int, list[Model]]], rank_by: str) -> dict[str, bytes]:

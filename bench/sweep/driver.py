@@ -66,16 +66,24 @@ class Driver:
         # The sweep's data directory, else None: each worker then finds its own (the flag's
         # rules: $BENCH_DATA_DIR, else <home>/data), as training does.
         self.data_dir = str(sweep.data_dir) if sweep.data_dir else None
-        self.bar = tqdm(total=len(sweep.trains) + len(sweep.evals), desc=f"sweep {sweep.name}", unit="job",
-                        file=sys.stderr, disable=not opts.progress, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=len(sweep.trains) + len(sweep.evals),
+            desc=f"sweep {sweep.name}",
+            unit="job",
+            file=sys.stderr,
+            disable=not opts.progress,
+            dynamic_ncols=True,
+        )
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _show(self) -> None:
         """The bar's counts: jobs done (the bar itself, with the time left), running, failed."""
         o = self.outcome
         done = o.trained + o.evaluated + o.skipped
-        self.bar.set_postfix_str(f"done {done}, running {len(self.runner.running())}, failed {len(o.failed)}",
-                                 refresh=False)
+        self.bar.set_postfix_str(
+            f"done {done}, running {len(self.runner.running())}, failed {len(o.failed)}",
+            refresh=False,
+        )
 
     def finished(self, how: str, job_id: str) -> None:
         """A job is over: ``trained``, ``evaluated`` or ``skipped``."""
@@ -92,7 +100,10 @@ class Driver:
             return
         self.failed_jobs.add(job_id)
         self.outcome.failed.append((config, error))
-        tqdm.write(f"bench: sweep: job {job_id[:ID_CHARS]} failed: {config}\n    error: {error}", file=sys.stderr)
+        tqdm.write(
+            f"bench: sweep: job {job_id[:ID_CHARS]} failed: {config}\n    error: {error}",
+            file=sys.stderr,
+        )
         if job_id not in self.closed:
             self.closed.add(job_id)
             self.bar.update(1)
@@ -118,7 +129,11 @@ class Driver:
         for job in [*self.sweep.trains, *self.sweep.evals]:
             if job.job_id not in self.closed:
                 kind = "train " if isinstance(job, TrainJob) else "eval "
-                self.fail(job.job_id, kind + job.describe(), "never finished (bench sweep lost track of it)")
+                self.fail(
+                    job.job_id,
+                    kind + job.describe(),
+                    "never finished (bench sweep lost track of it)",
+                )
 
     # -- training ----------------------------------------------------------------------------
     def start_train(self, job: TrainJob) -> None:
@@ -132,9 +147,19 @@ class Driver:
         except UsageError as exc:
             self.fail_train(job, str(exc))
             return
-        ref = train_task.options(**self.runner.options).remote(job.cfg, job.identity, self.opts.cpus_per_task)
-        self.runner.submit(ref, Pending("train", job.cfg.run_id, job.job_id, lambda files: self.trained(job, files),
-                                        lambda err: self.fail_train(job, err)))
+        ref = train_task.options(**self.runner.options).remote(
+            job.cfg, job.identity, self.opts.cpus_per_task
+        )
+        self.runner.submit(
+            ref,
+            Pending(
+                "train",
+                job.cfg.run_id,
+                job.job_id,
+                lambda files: self.trained(job, files),
+                lambda err: self.fail_train(job, err),
+            ),
+        )
 
     def trained(self, job: TrainJob, files: dict[str, bytes]) -> None:
         """Install the checkpoint the worker sent back, then start its evaluations."""
@@ -171,12 +196,22 @@ class Driver:
         """The evaluation pipeline of one block on one checkpoint, on the Ray executor."""
         plan = eval_plan(ev)
         run_id = plan.target.run_id
-        pipeline = evaluation(plan, Book(self.store, plan),
-                              say=lambda line: tqdm.write(f"bench: sweep: {run_id}: {line}", file=sys.stderr))
-        RayPipeline(self.runner, pipeline, self.files_ref(ev.train), (ev.spec.n, self.data_dir, self.sweep.download),
-                    label=f"{run_id}/{ev.spec.name}", job_id=ev.job_id, share=(ev.train.job_id, ev.spec.n),
-                    on_done=lambda result: self.evaluated(ev, result),
-                    on_fail=lambda err: self.fail(ev.job_id, "eval " + ev.describe(), err)).start()
+        pipeline = evaluation(
+            plan,
+            Book(self.store, plan),
+            say=lambda line: tqdm.write(f"bench: sweep: {run_id}: {line}", file=sys.stderr),
+        )
+        RayPipeline(
+            self.runner,
+            pipeline,
+            self.files_ref(ev.train),
+            (ev.spec.n, self.data_dir, self.sweep.download),
+            label=f"{run_id}/{ev.spec.name}",
+            job_id=ev.job_id,
+            share=(ev.train.job_id, ev.spec.n),
+            on_done=lambda result: self.evaluated(ev, result),
+            on_fail=lambda err: self.fail(ev.job_id, "eval " + ev.describe(), err),
+        ).start()
 
     def evaluated(self, ev: EvalJob, result: Evaluation) -> None:
         """An evaluation is over: evaluated now, or found done before (nothing computed)."""
@@ -187,9 +222,17 @@ def eval_plan(ev: EvalJob) -> Plan:
     """An evaluation block on its checkpoint, as a plan. The driver holds no images: the pipeline
     reads only the source and n from its target; the workers load the points."""
     spec = ev.spec
-    target = Target(from_checkpoint(ev.train.run_dir), torch.empty(0), torch.zeros(spec.n, dtype=torch.long), 0)
-    settings = Settings(spec.make_attacks(), list(spec.eps), spec.batch_size, spec.seed, progress=False,
-                        walk=spec.walk)
+    target = Target(
+        from_checkpoint(ev.train.run_dir), torch.empty(0), torch.zeros(spec.n, dtype=torch.long), 0
+    )
+    settings = Settings(
+        spec.make_attacks(),
+        list(spec.eps),
+        spec.batch_size,
+        spec.seed,
+        progress=False,
+        walk=spec.walk,
+    )
     return Plan(target, settings, shards=spec.shards)
 
 

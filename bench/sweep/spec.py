@@ -35,6 +35,7 @@ from bench.attacks import ATTACKS, make_attack
 from bench.data import dataset_info
 from bench.defenses import DEFENSES, build_defense, defense_params
 from bench.errors import UsageError
+from bench.evaluation.plan import shard_ranges
 from bench.models import MODELS, create_model
 from bench.params import format_eps, parse_eps_grid
 from bench.store import WALKS, canonical, eps_key
@@ -49,15 +50,29 @@ TOP_KEYS = ("sweep", "train", "params", "variant", "eval")
 SWEEP_KEYS = ("name", "seeds", "out", "data_dir", "download")
 #: TrainConfig fields a sweep may set, with the TOML types they accept.
 TRAIN_KEYS: dict[str, tuple[type, ...]] = {
-    "dataset": (str,), "model": (str,), "epochs": (int,), "train_limit": (int,),
-    "batch_size": (int,), "lr": (int, float), "momentum": (int, float), "weight_decay": (int, float),
-    "schedule": (str,), "eval_n": (int,), "augment": (bool,),
+    "dataset": (str,),
+    "model": (str,),
+    "epochs": (int,),
+    "train_limit": (int,),
+    "batch_size": (int,),
+    "lr": (int, float),
+    "momentum": (int, float),
+    "weight_decay": (int, float),
+    "schedule": (str,),
+    "eval_n": (int,),
+    "augment": (bool,),
 }
 VARIANT_KEYS = ("name", "defense", "params", *TRAIN_KEYS)
 EVAL_KEYS = ("name", "attacks", "eps", "n", "batch_size", "seed", "shards", "walk", "params")
 TYPE_NAMES = {int: "whole number", float: "number", str: "string", bool: "boolean (true/false)"}
-EVAL_DEFAULTS: dict[str, Any] = {"eps": "0:8/255:1/255", "n": 1000, "batch_size": 500, "seed": 0, "shards": 1,
-                                 "walk": Walk.BISECT}
+EVAL_DEFAULTS: dict[str, Any] = {
+    "eps": "0:8/255:1/255",
+    "n": 1000,
+    "batch_size": 500,
+    "seed": 0,
+    "shards": 1,
+    "walk": Walk.BISECT,
+}
 
 
 class SweepError(UsageError):
@@ -86,8 +101,14 @@ class EvalSpec:
     def identity(self) -> dict[str, Any]:
         """What the stored rows depend on (not ``shards``: sharding never changes a flag)."""
         made = self.make_attacks()
-        return {"attacks": [[a.label, a.params] for a in made], "eps": [eps_key(e) for e in self.eps],
-                "n": self.n, "batch_size": self.batch_size, "seed": self.seed, "walk": self.walk}
+        return {
+            "attacks": [[a.label, a.params] for a in made],
+            "eps": [eps_key(e) for e in self.eps],
+            "n": self.n,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "walk": self.walk,
+        }
 
     def make_attacks(self) -> list[Any]:
         """The :class:`bench.attacks.Attack` objects (built anew: they hold closures)."""
@@ -98,10 +119,8 @@ class EvalSpec:
         return math.ceil(self.n / self.batch_size)
 
     def shard_ranges(self) -> list[tuple[int, int]]:
-        """``[k0, k1)`` batch ranges of the shards, as even as the batches allow."""
-        total, count = self.batches(), self.shards
-        edges = [round(i * total / count) for i in range(count + 1)]
-        return [(edges[i], edges[i + 1]) for i in range(count) if edges[i + 1] > edges[i]]
+        """``[k0, k1)`` batch ranges of the shards, as the evaluation plan cuts them."""
+        return shard_ranges(self.batches(), self.shards)
 
 
 @dataclass
@@ -122,8 +141,10 @@ class TrainJob:
         """The configuration on one line (for the dry run and failure reports)."""
         c = self.identity
         params = " ".join(f"{k}={v}" for k, v in sorted(c["defense_params"].items()))
-        return (f"{self.cfg.run_id}: {c['dataset']} {c['model']} {c['defense']} [{params}] "
-                f"epochs={c['epochs']} train_limit={c['train_limit']} seed={c['seed']}")
+        return (
+            f"{self.cfg.run_id}: {c['dataset']} {c['model']} {c['defense']} [{params}] "
+            f"epochs={c['epochs']} train_limit={c['train_limit']} seed={c['seed']}"
+        )
 
 
 @dataclass
@@ -138,9 +159,11 @@ class EvalJob:
         """The evaluation on one line (for the dry run and failure reports)."""
         names = ",".join(a.display for a in self.spec.make_attacks())
         grid = ",".join(format_eps(e) for e in self.spec.eps)
-        return (f"{self.train.cfg.run_id} / eval {self.spec.name}: {names} eps={grid} n={self.spec.n} "
-                f"batch={self.spec.batch_size} seed={self.spec.seed} walk={self.spec.walk} "
-                f"shards={len(self.spec.shard_ranges())}")
+        return (
+            f"{self.train.cfg.run_id} / eval {self.spec.name}: {names} eps={grid} n={self.spec.n} "
+            f"batch={self.spec.batch_size} seed={self.spec.seed} walk={self.spec.walk} "
+            f"shards={len(self.spec.shard_ranges())}"
+        )
 
 
 @dataclass
@@ -182,8 +205,22 @@ def job_hash(identity: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-IDENTITY_KEYS = ("dataset", "model", "defense", "defense_params", "epochs", "batch_size", "lr", "momentum",
-                 "weight_decay", "schedule", "seed", "train_limit", "eval_n", "augment")
+IDENTITY_KEYS = (
+    "dataset",
+    "model",
+    "defense",
+    "defense_params",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "seed",
+    "train_limit",
+    "eval_n",
+    "augment",
+)
 
 
 def train_identity(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -200,7 +237,9 @@ def read_file(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"sweep file {path} can't be read: {getattr(exc, 'strerror', None) or exc}") from None
+        raise UsageError(
+            f"sweep file {path} can't be read: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     if path.suffix.lower() in (".yaml", ".yml"):
         return _read_yaml(path, text)
     try:
@@ -214,7 +253,9 @@ def _read_yaml(path: Path, text: str) -> dict[str, Any]:
     try:
         import yaml  # here: PyYAML is optional (.yaml sweep files only)
     except ImportError:
-        raise UsageError(f"{path}: YAML sweep files need PyYAML (pip install pyyaml); or write TOML") from None
+        raise UsageError(
+            f"{path}: YAML sweep files need PyYAML (pip install pyyaml); or write TOML"
+        ) from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -244,7 +285,9 @@ class Checker:
             if not isinstance(k, str):
                 raise self.fail(key, f"key {k!r} is not a string")
             if allowed is not None and k not in allowed:
-                raise self.fail(f"{key}.{k}" if key else k, f"unknown key; valid: {', '.join(allowed)}")
+                raise self.fail(
+                    f"{key}.{k}" if key else k, f"unknown key; valid: {', '.join(allowed)}"
+                )
         return value
 
     def typed(self, value: Any, key: str, types: tuple[type, ...]) -> Any:
@@ -264,7 +307,9 @@ class Checker:
     def plain(self, value: Any, key: str) -> str:
         """A plain name (letters, digits, . _ + -): it names directories and store rows."""
         if not isinstance(value, str) or not _PLAIN.fullmatch(value):
-            raise self.fail(key, f"{value!r} must be a plain name (letters, digits, . _ + -; at most 64)")
+            raise self.fail(
+                key, f"{value!r} must be a plain name (letters, digits, . _ + -; at most 64)"
+            )
         return value
 
     def path(self, value: Any, key: str) -> Path:
@@ -304,7 +349,9 @@ def string_params(ck: Checker, table: Any, key: str) -> dict[str, str]:
 # ------------------------------------------------------------------------------ sections
 
 
-def sweep_section(ck: Checker, doc: dict[str, Any], out: str | None) -> tuple[str, list[int], Path, Path | None, bool]:
+def sweep_section(
+    ck: Checker, doc: dict[str, Any], out: str | None
+) -> tuple[str, list[int], Path, Path | None, bool]:
     """``[sweep]``: name, seeds, out (``out`` argument first), data_dir, download."""
     s = ck.table(doc.get("sweep", {}), "sweep", SWEEP_KEYS)
     if "name" not in s:
@@ -350,7 +397,9 @@ def defense_defaults(ck: Checker, doc: dict[str, Any]) -> dict[str, dict[str, st
     out = {}
     for name, values in table.items():
         ck.guarded(f"params.{name}", lambda: DEFENSES[name])
-        out[name] = check_params(ck, name, string_params(ck, values, f"params.{name}"), f"params.{name}")
+        out[name] = check_params(
+            ck, name, string_params(ck, values, f"params.{name}"), f"params.{name}"
+        )
     return out
 
 
@@ -394,8 +443,14 @@ class ModelCache:
         """The model ``model`` built for data set ``info`` (built once)."""
         key = (model, info.name)
         if key not in self.models:
-            self.models[key] = create_model(model, channels=info.channels, num_classes=info.num_classes,
-                                            image_size=info.image_size, mean=info.mean, std=info.std)
+            self.models[key] = create_model(
+                model,
+                channels=info.channels,
+                num_classes=info.num_classes,
+                image_size=info.image_size,
+                mean=info.mean,
+                std=info.std,
+            )
         return self.models[key]
 
 
@@ -404,7 +459,9 @@ def check_train_values(ck: Checker, values: dict[str, Any], key: str) -> None:
     needed); a failure names ``<key>.<field>``."""
     cfg = TrainConfig(**values)
     if cfg.schedule not in SCHEDULES:
-        raise ck.fail(f"{key}.schedule", f"unknown schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        raise ck.fail(
+            f"{key}.schedule", f"unknown schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}"
+        )
     try:
         check_numbers(cfg)
     except UsageError as exc:  # "--epochs must be ...": the flag names the field
@@ -413,8 +470,11 @@ def check_train_values(ck: Checker, values: dict[str, Any], key: str) -> None:
     info = ck.guarded(f"{key}.dataset", lambda: dataset_info(cfg.dataset))
     ck.guarded(f"{key}.model", lambda: MODELS[cfg.model])
     if cfg.train_limit is not None and cfg.train_limit > info.train_size:
-        raise ck.fail(f"{key}.train_limit", f"{cfg.train_limit} is larger than the train split of "
-                      f"{cfg.dataset} ({info.train_size} points)")
+        raise ck.fail(
+            f"{key}.train_limit",
+            f"{cfg.train_limit} is larger than the train split of "
+            f"{cfg.dataset} ({info.train_size} points)",
+        )
 
 
 def _check_train(cfg: Any, cache: ModelCache) -> Any:
@@ -428,14 +488,24 @@ def _check_train(cfg: Any, cache: ModelCache) -> Any:
     return defense
 
 
-def _base_config(sweep: Sweep, values: dict[str, Any], defense: str, params: dict[str, str], seed: int) -> Any:
+def _base_config(
+    sweep: Sweep, values: dict[str, Any], defense: str, params: dict[str, str], seed: int
+) -> Any:
     """The TrainConfig of one variant at one seed, writing into the sweep's checkpoints."""
-    return TrainConfig(defense=defense, defense_params=params, seed=seed,
-                       data_dir=str(sweep.data_dir) if sweep.data_dir else None, download=sweep.download,
-                       out_dir=str(sweep.checkpoints), **values)
+    return TrainConfig(
+        defense=defense,
+        defense_params=params,
+        seed=seed,
+        data_dir=str(sweep.data_dir) if sweep.data_dir else None,
+        download=sweep.download,
+        out_dir=str(sweep.checkpoints),
+        **values,
+    )
 
 
-def train_job(ck: Checker, sweep: Sweep, spec: dict[str, Any], seed: int, cache: ModelCache) -> TrainJob:
+def train_job(
+    ck: Checker, sweep: Sweep, spec: dict[str, Any], seed: int, cache: ModelCache
+) -> TrainJob:
     """The job of one variant at one seed, checked; its run id is ``<variant>-s<seed>-<id>``."""
     key = spec["key"]
     cfg = _base_config(sweep, spec["values"], spec["defense"], spec["params"], seed)
@@ -459,11 +529,15 @@ def variant_specs(ck: Checker, doc: dict[str, Any]) -> list[dict[str, Any]]:
         key = f"variant[{i}]"
         defense = ck.typed(v["defense"], f"{key}.defense", (str,))
         ck.guarded(f"{key}.defense", lambda: _known_defense(defense))
-        own = check_params(ck, defense, string_params(ck, v.get("params", {}), f"{key}.params"), f"{key}.params")
+        own = check_params(
+            ck, defense, string_params(ck, v.get("params", {}), f"{key}.params"), f"{key}.params"
+        )
         params = {**defaults.get(defense, {}), **own}
         values = {**base, **train_values(ck, v, key)}
         check_train_values(ck, values, key)
-        specs.append({"key": key, "name": v["name"], "defense": defense, "params": params, "values": values})
+        specs.append(
+            {"key": key, "name": v["name"], "defense": defense, "params": params, "values": values}
+        )
     return specs
 
 
@@ -499,7 +573,9 @@ def eval_grid(ck: Checker, value: Any, key: str) -> list[float]:
     """``eps``: a grid string as ``bench eval --eps`` takes, or a list of values."""
     if isinstance(value, list):
         if not value or any(isinstance(v, (bool, dict, list)) for v in value):
-            raise ck.fail(key, f"must be a grid string or a non-empty list of eps values, got {value!r}")
+            raise ck.fail(
+                key, f"must be a grid string or a non-empty list of eps values, got {value!r}"
+            )
         value = ",".join(str(v) for v in value)
     ck.typed(value, key, (str,))
     grid = ck.guarded(key, lambda: parse_eps_grid(value))
@@ -553,8 +629,11 @@ def _no_shared_rows(ck: Checker, specs: list[EvalSpec]) -> None:
             for e in spec.eps:
                 row = (a.label, canonical(a.params), spec.n, eps_key(e))
                 if row in seen and seen[row] != i:
-                    raise ck.fail(f"eval[{i}].attacks", f"{a.display} at n={spec.n}, eps {e:.6g} is "
-                                  f"also in eval[{seen[row]}] (one store row each: change n or the grid)")
+                    raise ck.fail(
+                        f"eval[{i}].attacks",
+                        f"{a.display} at n={spec.n}, eps {e:.6g} is "
+                        f"also in eval[{seen[row]}] (one store row each: change n or the grid)",
+                    )
                 seen[row] = i
 
 
@@ -564,7 +643,10 @@ def _check_n(ck: Checker, sweep: Sweep, specs: list[EvalSpec]) -> None:
         for job in sweep.trains:
             size = dataset_info(job.cfg.dataset).test_size
             if spec.n > size:
-                raise ck.fail(f"eval[{i}].n", f"{spec.n} is larger than the {job.cfg.dataset} test split ({size} points)")
+                raise ck.fail(
+                    f"eval[{i}].n",
+                    f"{spec.n} is larger than the {job.cfg.dataset} test split ({size} points)",
+                )
 
 
 # ------------------------------------------------------------------------------ loading
@@ -575,7 +657,11 @@ def load_sweep(path: str | Path, out: str | None = None) -> Sweep:
     is wrong. Nothing is written. ``out`` overrides ``[sweep] out``."""
     file = paths.resolve(path, "sweep file")
     if not file.is_file():
-        raise UsageError(f"sweep file {file} does not exist" if not file.exists() else f"sweep file {file} is not a file")
+        raise UsageError(
+            f"sweep file {file} does not exist"
+            if not file.exists()
+            else f"sweep file {file} is not a file"
+        )
     doc = read_file(file)
     ck = Checker(file)
     ck.table(doc, "", TOP_KEYS)
@@ -588,7 +674,9 @@ def load_sweep(path: str | Path, out: str | None = None) -> Sweep:
     specs = eval_specs(ck, doc)
     _check_n(ck, sweep, specs)
     for job in sweep.trains:
-        sweep.evals.extend(EvalJob(job, s, job_hash({"train": job.job_id, "eval": s.identity()})) for s in specs)
+        sweep.evals.extend(
+            EvalJob(job, s, job_hash({"train": job.job_id, "eval": s.identity()})) for s in specs
+        )
     return sweep
 
 
@@ -598,16 +686,23 @@ def _no_twins(ck: Checker, trains: list[TrainJob], per_variant: int) -> None:
     for i, job in enumerate(trains):
         v = i // per_variant
         if job.job_id in seen:
-            raise ck.fail(f"variant[{v}]", f"trains the same configuration as variant[{seen[job.job_id]}] "
-                          f"({trains[seen[job.job_id] * per_variant].variant!r}) once defaults are filled in")
+            raise ck.fail(
+                f"variant[{v}]",
+                f"trains the same configuration as variant[{seen[job.job_id]}] "
+                f"({trains[seen[job.job_id] * per_variant].variant!r}) once defaults are filled in",
+            )
         seen[job.job_id] = v
 
 
 def describe(sweep: Sweep) -> list[str]:
     """The dry run's lines: where things go, then every job with its id."""
-    lines = [f"sweep {sweep.name} ({sweep.file}): {len(sweep.trains)} training jobs, "
-             f"{len(sweep.evals)} evaluation jobs",
-             f"  checkpoints {sweep.checkpoints}", f"  store {sweep.db}", f"  report {sweep.report_dir}"]
+    lines = [
+        f"sweep {sweep.name} ({sweep.file}): {len(sweep.trains)} training jobs, "
+        f"{len(sweep.evals)} evaluation jobs",
+        f"  checkpoints {sweep.checkpoints}",
+        f"  store {sweep.db}",
+        f"  report {sweep.report_dir}",
+    ]
     lines += [f"train {j.job_id[:ID_CHARS]}  {j.describe()}" for j in sweep.trains]
     lines += [f"eval  {j.job_id[:ID_CHARS]}  {j.describe()}" for j in sweep.evals]
     return lines

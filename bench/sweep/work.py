@@ -23,7 +23,8 @@ def _quiet(line: str) -> None:
 
 
 def saved_identity(run_dir: Path) -> dict[str, Any]:
-    """The identity (see :func:`bench.sweep.spec.train_identity`) of the config.json in ``run_dir``."""
+    """The identity (see :func:`bench.sweep.spec.train_identity`) of the config.json in
+    ``run_dir``."""
     return train_identity(checkpoint.read_config(run_dir))
 
 
@@ -32,8 +33,10 @@ def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
     saved = saved_identity(run_dir)
     if saved != identity:
         differ = sorted(k for k in identity if saved.get(k) != identity.get(k))
-        raise UsageError(f"{run_dir} holds another configuration (differs in {', '.join(differ)}); "
-                         "move it away to train this job")
+        raise UsageError(
+            f"{run_dir} holds another configuration (differs in {', '.join(differ)}); "
+            "move it away to train this job"
+        )
 
 
 def train_job(cfg: Any, identity: dict[str, Any], threads: int) -> dict[str, bytes]:
