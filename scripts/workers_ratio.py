@@ -43,7 +43,7 @@ def stored(db: Path) -> tuple[list[str], list[str]]:
 def verdicts(found: list[str]) -> list[tuple[str, ...]]:
     """What each finding says, without its float details (which depend on the thread count)."""
     return sorted(
-        tuple(str(json.loads(f)[k]) for k in ("run_id", "n", "check", "key", "flagged"))
+        tuple(str(json.loads(f)[k]) for k in ("run_id", "n", "check_name", "key", "flagged"))
         for f in found
     )
 
@@ -89,8 +89,10 @@ def main() -> int:
     p.add_argument("--attack", default="fgsm,pgd,autoattack")
     p.add_argument("--eps", default="0:8/255:1/255")
     p.add_argument("--out", help="write the figures as JSON here too")
+    p.add_argument("--keep", help="keep the two stores in this directory (default: deleted)")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-workers-") as scratch:
+        tmp = args.keep or scratch
         alone = timed_eval(args, Path(tmp) / "alone.sqlite", [])
         spread = timed_eval(args, Path(tmp) / "spread.sqlite", ["--workers", str(args.workers)])
         a, b = stored(Path(tmp) / "alone.sqlite"), stored(Path(tmp) / "spread.sqlite")

@@ -5,12 +5,16 @@ from __future__ import annotations
 import gzip
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterator
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
+
+from bench.evaluation.targets import Target
+from bench.weights import fingerprint_model
 
 
 class TinyNet(nn.Module):
@@ -118,3 +122,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def tiny_target(model: nn.Module, x: torch.Tensor, y: torch.Tensor, run_id: str = "m") -> Target:
+    """``model`` with the points ``x``, ``y`` as an evaluation target: a stand-in source of the
+    fashion-mnist data set (no checkpoint, no data files)."""
+    src = SimpleNamespace(
+        model=model,
+        run_id=run_id,
+        dataset="fashion-mnist",
+        kind="module",
+        fingerprint=fingerprint_model(model),
+        path=run_id,
+        config={"model": "tiny", "defense": "standard"},
+        run={},
+    )
+    return Target(src, x, y, len(y))

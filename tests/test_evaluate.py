@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_problem
+from conftest import tiny_problem, tiny_target
 from torch import nn
 
 from bench.attacks import ATTACKS, Attack, make_attack
@@ -595,22 +595,7 @@ def test_cli_budget_violation_exits_nonzero(
 
 
 def _target(model: nn.Module, x: torch.Tensor, y: torch.Tensor, run_id: str = "m") -> Any:
-    from types import SimpleNamespace
-
-    from bench.evaluation.targets import Target
-    from bench.weights import fingerprint_model
-
-    src = SimpleNamespace(
-        model=model,
-        run_id=run_id,
-        dataset="fashion-mnist",
-        kind="module",
-        fingerprint=fingerprint_model(model),
-        path=run_id,
-        config={"model": "tiny", "defense": "standard"},
-        run={},
-    )
-    return Target(src, x, y, len(y))
+    return tiny_target(model, x, y, run_id)
 
 
 def _flags(ev: Any) -> list[list[bool]]:

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Iterator
 
 import numpy as np
@@ -20,7 +19,7 @@ import planted
 import pytest
 import ray
 import torch
-from conftest import write_idx
+from conftest import tiny_target, write_idx
 from torch import nn
 
 from bench.attacks import Attack, make_attack
@@ -30,7 +29,6 @@ from bench.evaluation.plan import Settings
 from bench.evaluation.ray_executor import evaluate_on_ray
 from bench.evaluation.targets import Target
 from bench.store import Store
-from bench.weights import fingerprint_model
 
 GRID = [0.0, 0.005, 0.01, 0.02]
 VOLATILE = ("seconds", "created", "device", "versions")  # when, how fast, where: not results
@@ -62,18 +60,7 @@ def local_ray() -> Iterator[None]:
 
 
 def _target(model: nn.Module, run_id: str) -> Target:
-    x, y = planted.test_points()
-    src = SimpleNamespace(
-        model=model,
-        run_id=run_id,
-        dataset="fashion-mnist",
-        kind="module",
-        fingerprint=fingerprint_model(model),
-        path=run_id,
-        config={"model": "tiny", "defense": "standard"},
-        run={},
-    )
-    return Target(src, x, y, len(y))
+    return tiny_target(model, *planted.test_points(), run_id)
 
 
 def _stored(db: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import tiny_problem
+from conftest import tiny_problem, tiny_target
 from torch import nn
 
 from bench.attacks import Attack, make_attack
@@ -55,22 +55,7 @@ def _spy(calls: list[tuple[float, list[int]]]) -> Attack:
 
 
 def _target(model: nn.Module, x: torch.Tensor, y: torch.Tensor, run_id: str = "m") -> Any:
-    from types import SimpleNamespace
-
-    from bench.evaluation.targets import Target
-    from bench.weights import fingerprint_model
-
-    src = SimpleNamespace(
-        model=model,
-        run_id=run_id,
-        dataset="fashion-mnist",
-        kind="module",
-        fingerprint=fingerprint_model(model),
-        path=run_id,
-        config={"model": "tiny", "defense": "standard"},
-        run={},
-    )
-    return Target(src, x, y, len(y))
+    return tiny_target(model, x, y, run_id)
 
 
 def _breaking_index(
