@@ -5,6 +5,7 @@ agree, 1 with the differences otherwise."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import sys
 from pathlib import Path
@@ -34,13 +35,43 @@ def _details(row: dict[str, object]) -> dict[str, object]:
     return out
 
 
+# In the report files: how long training took (a wall time, measured again by each run) and
+# where the run's checkpoints were (each side has its own directory).
+DURATION = re.compile(r"\b(\d+ min \d+ s|\d+(\.\d+)? s)\b")
+VOLATILE_JSON = {
+    "path",
+    "train_seconds",
+    "images_per_s",
+    "seconds",
+    "started",
+    "finished",
+    "created",
+    "updated",
+    "versions",
+    "generated",
+}
+
+
 def text(path: Path) -> list[str]:
-    """A report file's lines, without the library-version line."""
+    """A leaderboard's lines: training durations masked, the library-version line left out."""
     return [
-        line
+        DURATION.sub("<duration>", line)
         for line in path.read_text(encoding="utf-8").splitlines()
         if "torch " not in line and "versions" not in line.lower()
     ]
+
+
+def plain(obj: object) -> object:
+    """JSON without its volatile keys (:data:`VOLATILE_JSON`), at any depth."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items() if k not in VOLATILE_JSON}
+    if isinstance(obj, list):
+        return [plain(v) for v in obj]
+    return obj
+
+
+def same_json(a: Path, b: Path) -> bool:
+    return plain(json.loads(a.read_text())) == plain(json.loads(b.read_text()))
 
 
 def compare(a: Path, b: Path) -> list[str]:
@@ -58,11 +89,17 @@ def compare(a: Path, b: Path) -> list[str]:
                 f"{table} differ: {len([r for r in ra if r not in rb])} rows of A not in B, "
                 f"{len([r for r in rb if r not in ra])} of B not in A"
             )
-    for name in ("leaderboard.md", *sorted(p.name for p in (a / "reports").glob("*.json"))):
+    reports = a / "reports"
+    jsons = sorted(
+        str(p.relative_to(reports)) for p in reports.rglob("*.json") if "cache" not in p.parts
+    )
+    for name in ("leaderboard.md", *jsons):
         fa, fb = a / "reports" / name, b / "reports" / name
         if not fb.exists():
             problems.append(f"{name}: missing from B")
-        elif text(fa) != text(fb):
+        elif name.endswith(".json") and same_json(fa, fb):
+            print(f"{name}: identical (volatile keys aside)", file=sys.stderr)
+        elif name.endswith(".json") or text(fa) != text(fb):
             diff = [f"  A: {x}\n  B: {y}" for x, y in zip(text(fa), text(fb)) if x != y][:5]
             problems.append(f"{name} differs:\n" + "\n".join(diff))
         else:

@@ -28,7 +28,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($python --version)" >&2
   "$python" -m venv .venv
 fi
-if ! .venv/bin/python -c "import bench, torch, torchvision, torchattacks, pyautoattack, matplotlib, pytest, ray, selenium" 2>/dev/null; then
+if ! .venv/bin/python -c "import bench.models, torch, torchvision, torchattacks, pyautoattack, matplotlib, pytest, ray, selenium, ruff" 2>/dev/null; then
   echo "setup: installing bench and its dependencies into .venv (torch is large: about a minute)" >&2
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[dev,sweep]"
