@@ -76,8 +76,8 @@ def test_both_executors_give_the_same_rows_flags_and_findings(
     tmp_path: Path, local_ray: None
 ) -> None:
     """An honest model and a planted one that a walk's inference would overstate (flagged),
-    with the costly checks: in process, and on Ray in 3 shards of 7 batches; run again on Ray,
-    nothing is computed and the same evaluation comes back from the store."""
+    with the costly checks: in process, and on Ray (3 workers, 5 shards of 7 batches); run
+    again on Ray, nothing is computed and the same evaluation comes back from the store."""
     base = planted.honest(0)
     trap = planted.LargeBudgetTrap(base, *planted.test_points(), limit=0.015).eval()
     targets = [_target(base, "honest"), _target(trap, "trap")]
@@ -101,6 +101,7 @@ def test_both_executors_give_the_same_rows_flags_and_findings(
             RayOptions(progress=False),
             workers=3,
             device="cpu",
+            shards=5,
         )
     assert failed == []
     assert [e.as_dict() for e in remote] == [e.as_dict() for e in local]

@@ -187,6 +187,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="with --workers/--address: Ray CPUs and torch threads per task (default 1)",
     )
+    p.add_argument(
+        "--shards",
+        type=int,
+        metavar="S",
+        help="with --workers/--address: cut each evaluation's fixed batches into S shards "
+        "(default: one per worker; more let a worker that finishes early take another)",
+    )
     p.set_defaults(func=run)
 
 
@@ -242,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.seed <= SEED_MAX:
         raise UsageError(f"--seed must be in 0..2**63-1, got {args.seed}")
     device = pick_device(args.device)
+    ray_opts = ray_request(args)
     # The store is checked (not opened for writing) before any model is read.
     db = check_store(args.db if args.db else paths.default_db())
     # Every model is read and checked against its data before the store is opened.
@@ -263,11 +271,10 @@ def run(args: argparse.Namespace) -> int:
         walk=args.walk,
     )
     matrix_eps = transfer_request(args, eps_grid, targets)
-    ray_opts = ray_request(args)
     status = (
         evaluate_all(targets, settings, device, db)
         if ray_opts is None
-        else evaluate_all_on_ray(targets, settings, db, ray_opts, args.workers, args.device)
+        else evaluate_all_on_ray(targets, settings, db, ray_opts, args)
     )
     if status or matrix_eps is None:
         return status
@@ -279,10 +286,19 @@ def ray_request(args: argparse.Namespace) -> object | None:
     """The Ray options of ``--workers``/``--address`` (checked), or None: in process, and Ray
     is never imported."""
     if args.workers is None and args.address is None:
-        if args.cpus_per_task != 1:
-            raise UsageError("--cpus-per-task goes with --workers or --address")
+        for flag, given in (
+            ("--cpus-per-task", args.cpus_per_task != 1),
+            ("--shards", args.shards),
+        ):
+            if given:
+                raise UsageError(f"{flag} goes with --workers or --address")
         return None
-    for flag, value in (("--workers", args.workers), ("--cpus-per-task", args.cpus_per_task)):
+    numbers = (
+        ("--workers", args.workers),
+        ("--cpus-per-task", args.cpus_per_task),
+        ("--shards", args.shards),
+    )
+    for flag, value in numbers:
         if value is not None and not 1 <= value <= 4096:
             raise UsageError(f"{flag} must be a whole number in 1..4096, got {value}")
     cluster = _ray_module("bench.cluster")
@@ -378,14 +394,15 @@ def evaluate_all_on_ray(
     settings: Settings,
     db: Path,
     opts: Any,
-    workers: int | None,
-    device: str | None,
+    args: argparse.Namespace,
 ) -> int:
     """Evaluate every target on Ray into the store ``db``; the tables as in process, in order."""
     executor = _ray_module("bench.evaluation.ray_executor")
     with Store(db) as store:
         store.check_writable()
-        done, failed = executor.evaluate_on_ray(targets, settings, store, opts, workers, device)
+        done, failed = executor.evaluate_on_ray(
+            targets, settings, store, opts, args.workers, args.device, args.shards
+        )
     for ev in done:
         print(format_table(ev, ev.device), file=sys.stdout)
     for run_id, error in failed:

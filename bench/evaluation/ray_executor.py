@@ -152,16 +152,18 @@ def evaluate_on_ray(
     opts: RayOptions,
     workers: int | None = None,
     device: str | None = None,
+    shards: int | None = None,
 ) -> tuple[list[Evaluation], list[tuple[str, str]]]:
     """Evaluate every target on Ray (a local instance of ``workers`` CPUs, or ``opts.address``),
-    each evaluation's fixed batches cut into one shard per worker. Returns the evaluations, in
-    the targets' order, and the failures as (run id, error)."""
+    each evaluation's fixed batches cut into ``shards`` shards (default: one per worker; more
+    shards than workers let a worker that finishes early take another). Returns the
+    evaluations, in the targets' order, and the failures as (run id, error)."""
     started = start_ray(
         replace(opts, num_cpus=opts.num_cpus or (workers * opts.cpus_per_task if workers else None))
     )
     try:
         runner = Runner(opts)
-        shards = shard_count(workers, opts)
+        shards = shards or shard_count(workers, opts)
         done: dict[str, Evaluation] = {}
         failed: list[tuple[str, str]] = []
         bar = tqdm(
