@@ -92,13 +92,13 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         fh.write(header + array.astype(np.uint8).tobytes())
 
 
-def write_small_fmnist(root: Path) -> Path:
-    """Write a small Fashion-MNIST (256 train, 128 test) in the real format under
+def write_small_fmnist(root: Path, n_test: int = 128) -> Path:
+    """Write a small Fashion-MNIST (256 train, ``n_test`` test) in the real format under
     ``root/fashion-mnist``; returns ``root``, the data directory."""
     rng = np.random.default_rng(0)
     d = root / "fashion-mnist"
     d.mkdir(parents=True)
-    for split, n in (("train", 256), ("t10k", 128)):
+    for split, n in (("train", 256), ("t10k", n_test)):
         labels = (np.arange(n) % 10).astype(np.uint8)
         images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
         for i, c in enumerate(labels):  # a learnable pattern: a bright band per class
@@ -124,9 +124,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def tiny_target(model: nn.Module, x: torch.Tensor, y: torch.Tensor, run_id: str = "m") -> Target:
+def tiny_target(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    run_id: str = "m",
+    config: dict[str, str] | None = None,
+) -> Target:
     """``model`` with the points ``x``, ``y`` as an evaluation target: a stand-in source of the
-    fashion-mnist data set (no checkpoint, no data files)."""
+    fashion-mnist data set (no checkpoint, no data files); ``config``: its recorded one."""
     src = SimpleNamespace(
         model=model,
         run_id=run_id,
@@ -134,7 +140,7 @@ def tiny_target(model: nn.Module, x: torch.Tensor, y: torch.Tensor, run_id: str 
         kind="module",
         fingerprint=fingerprint_model(model),
         path=run_id,
-        config={"model": "tiny", "defense": "standard"},
+        config=config or {"model": "tiny", "defense": "standard"},
         run={},
     )
     return Target(src, x, y, len(y))

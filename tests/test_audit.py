@@ -4,12 +4,12 @@ classified; a randomized model is evaluated with AutoAttack rand and EOT-PGD by 
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import planted
 import pytest
 import torch
+from conftest import tiny_target
 from torch import nn
 
 from bench.attacks import make_attack
@@ -17,7 +17,6 @@ from bench.evaluation.audit import adapt_for_randomized, classify_aa_warning
 from bench.evaluation.local import evaluate_target
 from bench.evaluation.plan import Settings
 from bench.evaluation.targets import Target
-from bench.weights import fingerprint_model
 
 EPS = [0.0, 0.01, 0.02]  # two attacked eps: the walk infers at 0.01 (walk-inference)
 
@@ -28,18 +27,8 @@ def _single_thread(one_thread: None) -> None:
 
 
 def _target(model: nn.Module, name: str) -> Target:
-    x, y = planted.test_points()
-    src = SimpleNamespace(
-        model=model,
-        run_id=name,
-        dataset="fashion-mnist",
-        kind="module",
-        fingerprint=fingerprint_model(model),
-        path=name,
-        config={"model": "planted", "defense": name},
-        run={},
-    )
-    return Target(src, x, y, len(y))
+    config = {"model": "planted", "defense": name}
+    return tiny_target(model, *planted.test_points(), name, config)
 
 
 def _evaluate(model: nn.Module, name: str) -> Any:

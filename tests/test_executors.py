@@ -14,12 +14,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import planted
 import pytest
 import ray
 import torch
-from conftest import tiny_target, write_idx
+from conftest import tiny_target, write_small_fmnist
 from torch import nn
 
 from bench.attacks import Attack, make_attack
@@ -148,22 +147,6 @@ def test_a_failed_shard_is_reported_with_its_error(tmp_path: Path, local_ray: No
     assert run_id == "m" and error.startswith("BudgetViolation: attack too-far left the budget")
 
 
-def _fmnist(root: Path, n_test: int) -> Path:
-    """Fashion-MNIST-format files: 256 training and ``n_test`` test images with a learnable
-    bright band per class (as conftest's small set, with more test points)."""
-    rng = np.random.default_rng(1)
-    d = root / "fashion-mnist"
-    d.mkdir(parents=True)
-    for split, n in (("train", 256), ("t10k", n_test)):
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
-        for i, c in enumerate(labels):
-            images[i, 2 * c : 2 * c + 3, :] = 220
-        write_idx(d / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(d / f"{split}-labels-idx1-ubyte.gz", labels)
-    return root
-
-
 def _bench(*args: str) -> subprocess.CompletedProcess[str]:
     """``bench ...`` with one torch thread, as each Ray task of --cpus-per-task 1 has: the flags
     agree whatever the threads, the checks' float details only with the same thread count."""
@@ -176,7 +159,7 @@ def _bench(*args: str) -> subprocess.CompletedProcess[str]:
 def test_bench_eval_workers_gives_the_in_process_rows(tmp_path: Path) -> None:
     """``bench eval --workers 2`` on 300 points (6 batches, 2 shards) stores the rows that the
     in-process run stores, and prints the same table."""
-    data = _fmnist(tmp_path / "data", 300)
+    data = write_small_fmnist(tmp_path / "data", n_test=300)
     common = ["--data-dir", str(data), "--no-download"]
     done = _bench(
         "train",
