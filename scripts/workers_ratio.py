@@ -14,38 +14,24 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-VOLATILE = {"seconds", "created", "device", "versions"}
+from quick_identity import rows  # scripts/ is on the path of a script run from it
 
 
-def stored(db: Path) -> tuple[list[str], list[str]]:
-    """Rows and findings, each as canonical JSON without the volatile fields, sorted."""
-    con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
-    con.row_factory = sqlite3.Row
-    rows = sorted(
-        json.dumps({k: r[k] for k in r.keys() if k not in VOLATILE}, sort_keys=True)
-        for r in con.execute("SELECT * FROM results")
-    )
-    found = sorted(
-        json.dumps({k: r[k] for k in r.keys() if k != "created"}, sort_keys=True)
-        for r in con.execute("SELECT * FROM diagnostics")
-    )
-    con.close()
-    return rows, found
+def stored(db: Path) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Result rows and findings, without when, how fast and where they ran, sorted."""
+    return rows(db, "results"), rows(db, "diagnostics")
 
 
-def verdicts(found: list[str]) -> list[tuple[str, ...]]:
+def verdicts(found: list[dict[str, object]]) -> list[tuple[str, ...]]:
     """What each finding says, without its float details (which depend on the thread count)."""
-    return sorted(
-        tuple(str(json.loads(f)[k]) for k in ("run_id", "n", "check_name", "key", "flagged"))
-        for f in found
-    )
+    keys = ("run_id", "n", "check_name", "key", "flagged")
+    return sorted(tuple(str(f[k]) for k in keys) for f in found)
 
 
 def timed_eval(args: argparse.Namespace, db: Path, extra: list[str]) -> float:

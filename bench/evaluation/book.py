@@ -81,10 +81,7 @@ class Book:
         if {d.check for d in rows} != set(CHEAP_CHECKS):
             return None
         rows.sort(key=lambda d: CHEAP_CHECKS.index(d.check))  # the order they run in
-        return [
-            dg.Finding(d.check, d.flagged, d.source, d.summary, dict(d.details), d.advice)
-            for d in rows
-        ]
+        return [_finding(d) for d in rows]
 
     def write_findings(self, findings: Sequence[dg.Finding]) -> None:
         """Findings of this model at this n (a finding replaces the one with its check and key)."""
@@ -184,18 +181,21 @@ class Book:
     def pending(self) -> list[tuple[int, int, list[int]]]:
         """The shards still to run: ``(k0, k1, attacks)`` whose steps are neither stored nor
         kept for batches k0..k1-1."""
+        grid = self.plan.settings.eps_grid
+        # Each open step's kept batches, read once (not once per shard).
+        open_steps = [
+            (i, set(self.kept(i, eps)))
+            for i in range(len(self.attacks))
+            for eps in grid
+            if self.done(i, eps) is None
+        ]
         out = []
         for k0, k1 in self.plan.shard_ranges():
-            which = [i for i in range(len(self.attacks)) if self._missing(i, k0, k1)]
+            need = set(range(k0, k1))
+            which = sorted({i for i, kept in open_steps if not need <= kept})
             if which:
                 out.append((k0, k1, which))
         return out
-
-    def _missing(self, i: int, k0: int, k1: int) -> bool:
-        for eps in self.plan.settings.eps_grid:
-            if self.done(i, eps) is None and not set(range(k0, k1)) <= set(self.kept(i, eps)):
-                return True
-        return False
 
     def write_shard(self, r: ShardResult) -> None:
         """Keep a shard's AutoAttack warnings, then its captured flags as batches (eps 0: the
@@ -217,11 +217,8 @@ class Book:
                 for k, (flags, seconds) in sorted(got.items()):
                     self.write_batch(i, eps, k, text_flags(flags), seconds)
 
-    def _flags(self, i: int, eps: float) -> torch.Tensor:
-        """A step's flags: its row if stored, else its batches put together in order."""
-        stored = self.done(i, eps)
-        if stored is not None:
-            return stored
+    def _batched(self, i: int, eps: float) -> torch.Tensor:
+        """A step's flags from its kept batches, put together in order (all must be there)."""
         kept = self.kept(i, eps)
         missing = [k for k in range(self.plan.batches()) if k not in kept]
         if missing:
@@ -249,8 +246,9 @@ class Book:
         for i, attack in enumerate(self.attacks):
             flags = []
             for eps in grid:
-                f = self._flags(i, eps)
-                if self.done(i, eps) is None:
+                f = self.done(i, eps)
+                if f is None:
+                    f = self._batched(i, eps)
                     self.finish_step(i, eps, f, 0.0, clean_acc)
                 flags.append(f)
             results.append(self._merged(i, attack, grid, flags))
@@ -309,10 +307,13 @@ class Book:
                 and d.fingerprint == src.fingerprint
                 and d.details.get("evaluation") == context
             ):
-                return [
-                    dg.Finding(d.check, d.flagged, d.source, d.summary, dict(d.details), d.advice)
-                ]
+                return [_finding(d)]
         return None
+
+
+def _finding(d: DiagnosticRow) -> dg.Finding:
+    """A stored finding as the check made it."""
+    return dg.Finding(d.check, d.flagged, d.source, d.summary, dict(d.details), d.advice)
 
 
 @dataclass
