@@ -738,3 +738,22 @@ def test_truncated_pickle_is_corrupt_not_code(tmp_path: Path) -> None:
     evil.write_bytes(pickle.dumps(os.system, protocol=2) + whole)
     with pytest.raises(UsageError, match="refused"):
         load_weights(evil)
+
+
+def test_without_ray_the_ray_commands_say_so_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray missing: bench sweep and bench eval --workers each name what needs it (one helper)."""
+    import re
+    import sys
+
+    from bench.commands import eval as eval_command
+    from bench.commands import sweep as sweep_command
+    from bench.errors import UsageError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    for name in ("bench.cluster", "bench.sweep.driver", "bench.evaluation.ray_executor"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    hint = "Ray: pip install -e '.[sweep]' (scripts/setup.sh does)"
+    with pytest.raises(UsageError, match=re.escape(f"bench sweep needs {hint}")):
+        sweep_command._ray_driver()
+    with pytest.raises(UsageError, match=re.escape(f"--workers and --address need {hint}")):
+        eval_command._ray_module("bench.cluster")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+from types import ModuleType
 from typing import Any
 
 from bench import paths
+from bench.errors import UsageError
 
 
 def shared_flags() -> dict[str, dict[str, Any]]:
@@ -34,3 +37,16 @@ def add_shared(parser: argparse.ArgumentParser, *names: str, **overrides: dict[s
     for name in names:
         kwargs = {**flags[name], **overrides.get(name.replace("-", "_"), {})}
         parser.add_argument(f"--{name}", **kwargs)
+
+
+def ray_module(name: str, needs: str) -> ModuleType:
+    """A module of bench that imports Ray, imported only when Ray is asked for (it is optional
+    and slow to import); without Ray, one line: ``{needs} Ray: pip install ...``."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        if exc.name not in ("ray", "ray._raylet") and not str(exc.name or "").startswith("ray."):
+            raise
+        raise UsageError(
+            f"{needs} Ray: pip install -e '.[sweep]' (scripts/setup.sh does)"
+        ) from None

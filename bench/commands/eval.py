@@ -7,14 +7,13 @@ data) before the results store is opened, so bad input leaves it untouched.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 from typing import Any
 
 from bench import checkpoint, paths, sources
 from bench.attacks import ATTACKS, Attack, make_attack
-from bench.commands.common import add_shared
+from bench.commands.common import add_shared, ray_module
 from bench.errors import BudgetViolation, UsageError
 from bench.evaluation.local import evaluate_target
 from bench.evaluation.plan import SEED_MAX, Settings
@@ -308,16 +307,8 @@ def ray_request(args: argparse.Namespace) -> object | None:
 
 
 def _ray_module(name: str) -> Any:
-    """A module of bench that imports Ray, imported only when Ray is asked for (it is an
-    optional dependency, and slow to import)."""
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        if exc.name not in ("ray", "ray._raylet") and not str(exc.name or "").startswith("ray."):
-            raise
-        raise UsageError(
-            "--workers and --address need Ray: pip install -e '.[sweep]' (scripts/setup.sh does)"
-        ) from None
+    """``name`` imported, or one line saying that --workers and --address need Ray."""
+    return ray_module(name, "--workers and --address need")
 
 
 def transfer_request(

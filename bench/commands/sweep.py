@@ -10,7 +10,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from bench.commands.common import add_shared
+from bench.commands.common import add_shared, ray_module
 from bench.errors import UsageError
 from bench.store import Store
 from bench.sweep.spec import Sweep, describe, load_sweep
@@ -71,16 +71,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _ray_driver() -> tuple[Any, Any]:
     """:class:`bench.cluster.RayOptions` and ``run_sweep``: Ray is imported here only."""
-    try:  # here: Ray is optional and slow to import
-        from bench.cluster import RayOptions
-        from bench.sweep.driver import run_sweep
-    except ImportError as exc:
-        if exc.name not in ("ray", "ray._raylet") and not str(exc.name or "").startswith("ray."):
-            raise
-        raise UsageError(
-            "bench sweep needs Ray: pip install -e '.[sweep]' (scripts/setup.sh does)"
-        ) from None
-    return RayOptions, run_sweep
+    needs = "bench sweep needs"
+    cluster, driver = ray_module("bench.cluster", needs), ray_module("bench.sweep.driver", needs)
+    return cluster.RayOptions, driver.run_sweep
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
