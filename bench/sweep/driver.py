@@ -215,7 +215,7 @@ class Driver:
 
     def evaluated(self, ev: EvalJob, result: Evaluation) -> None:
         """An evaluation is over: evaluated now, or found done before (nothing computed)."""
-        self.finished("evaluated" if set(result.ran) - {"clean"} else "skipped", ev.job_id)
+        self.finished("evaluated" if result.ran else "skipped", ev.job_id)
 
 
 def eval_plan(ev: EvalJob) -> Plan:
