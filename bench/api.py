@@ -85,7 +85,9 @@ def evaluate_model(
     """Evaluate ``model`` with ``attacks`` over the eps grid ``eps`` (``"0:8/255:1/255"``, a
     number or a list) and return the :class:`~bench.evaluate.Evaluation`: per-attack, per-eps
     flags and accuracies with 95% intervals, the worst case, the diagnostics' findings.
-    ``params``: attack parameters, e.g. ``{"pgd": {"steps": 20}}``. Bad input: UsageError."""
+    ``params``: attack parameters, e.g. ``{"pgd": {"steps": 20}}``. The always-on probes run
+    too (Square; transfer from ``transfer_from`` when given, e.g. a standard model of the data
+    set); remedies and probes correct the worst case. Bad input: UsageError."""
     settings = Settings(
         _attacks(attacks, params),
         _grid(eps),

@@ -42,5 +42,6 @@ class Check(StrEnum):
     LOSS_TRACE = "loss-trace"
     TRANSFER = "transfer"
     WALK_INFERENCE = "walk-inference"
+    BLACK_BOX_PROBE = "black-box-probe"
     AUTOATTACK_CHECKS = "autoattack-checks"
     TRANSFER_MATRIX = "transfer-matrix"

@@ -335,7 +335,6 @@ CASES: dict[str, tuple[list[str], str]] = {
         ev("--weights", "{w}/a-file"),
         "--weights goes with --model-factory",
     ),
-    "eval-transfer-without-diagnose": (ev("--transfer-from", CK), "goes with --diagnose"),
     "eval-transfer-missing": (ev("--transfer-from", "{w}/nope", "--diagnose"), "does not exist"),
     "eval-transfer-loop": (ev("--transfer-from", "{w}/loop1", "--diagnose"), "symlink loop"),
     # ---- bench eval: checkpoints

@@ -61,7 +61,8 @@ def _transfer_examples() -> torch.Tensor:
 
 
 def _models() -> dict[str, tuple[nn.Module, frozenset[str], frozenset[str]]]:
-    out = {p.name: (p.model, p.must, p.may) for p in P.planted()}
+    probe = {"black-box-probe"}  # the pipeline's always-on probe: tests/test_audit.py
+    out = {p.name: (p.model, p.must - probe, p.may - probe) for p in P.planted()}
     out.update({name: (m, frozenset(), frozenset()) for name, m in P.honest_models()})
     return out
 
@@ -107,7 +108,13 @@ HONEST = [name for name, _ in P.honest_models()]
 
 
 def _flags(name: str) -> set[str]:
-    return {c for c, f in findings(name).items() if f.flagged}
+    """The checks that catch model ``name``: flagged, or (walk-inference) significant, which the
+    pipeline's remedy turns into corrections (tests/test_remedies.py)."""
+    return {
+        c
+        for c, f in findings(name).items()
+        if f.flagged or (c == "walk-inference" and f.details["significant"])
+    }
 
 
 # --------------------------------------------------------- planted and honest models
@@ -137,7 +144,7 @@ def test_planted_model_gets_its_flags(name: str) -> None:
 @pytest.mark.parametrize("name", HONEST)
 def test_honest_model_gets_no_flag(name: str) -> None:
     fs = findings(name)
-    assert set(fs) == set(D.CHECKS)
+    assert set(fs) == set(D.CHECKS) - {"black-box-probe"}  # the pipeline's probe: test_audit.py
     assert _flags(name) == set(), {c: f.summary for c, f in fs.items() if f.flagged}
     with torch.no_grad():
         x, y = P.test_points()
@@ -229,7 +236,7 @@ def test_gradient_nan_is_flagged_and_model_state_untouched() -> None:
     assert model.training and all(p.grad is None for p in model.parameters())
 
 
-def test_gradient_threshold_allows_one_point_in_a_hundred() -> None:
+def test_zero_gradients_flag_only_beyond_what_rounding_explains() -> None:
     base = P.honest(0)
     x, y = P.test_points()
 
@@ -241,10 +248,13 @@ def test_gradient_threshold_allows_one_point_in_a_hundred() -> None:
 
         return f
 
-    one = D.check_gradients(lambda_model(zero_first(1)), x, y)
-    two = D.check_gradients(lambda_model(zero_first(2)), x, y)
-    assert not one.flagged and one.details["zero_points"] == 1
-    assert two.flagged and two.details["zero_points"] == 2
+    k = D.stats.min_count(len(y), D.ZERO_GRADIENT_SHARE, D.stats.ALPHAS["gradients"])
+    assert k == 6  # binomial test of k zero points in 100 against 1%, at level 0.001
+    below = D.check_gradients(lambda_model(zero_first(k - 1)), x, y)
+    at = D.check_gradients(lambda_model(zero_first(k)), x, y)
+    assert not below.flagged and below.details["zero_points"] == k - 1
+    assert at.flagged and at.details["zero_points"] == k
+    assert at.details["p_value"] < at.details["alpha"] <= below.details["p_value"]
 
 
 class lambda_model(nn.Module):  # noqa: N801 - used like a function
@@ -304,12 +314,14 @@ def _flags_pair(
 
 @pytest.mark.parametrize("check", ["square-vs-whitebox", "iterative-vs-single-step"])
 def test_compare_attacks_flags_a_real_difference_only(check: str) -> None:
-    weak, strong = _flags_pair(100, weak_only=12, strong_only=1)
+    weak, strong = _flags_pair(100, weak_only=15, strong_only=1)
     f = D.compare_attacks(check, "weak", weak, "strong", strong)
-    assert f.flagged and f.check == check
-    assert f.details["broken_only_by_weak"] == 12 and f.details["broken_only_by_strong"] == 1
-    assert f.details["weak_acc"] == 0.68 and f.details["strong_acc"] == 0.79
-    assert f.details["p_value"] == pytest.approx(D.mcnemar(12, 1))
+    assert f.flagged and f.check == check and f.details["alpha"] == D.stats.ALPHAS[check]
+    assert f.details["broken_only_by_weak"] == 15 and f.details["broken_only_by_strong"] == 1
+    assert f.details["weak_acc"] == 0.65 and f.details["strong_acc"] == 0.79
+    assert f.details["p_value"] == pytest.approx(D.mcnemar(15, 1))
+    w, s = _flags_pair(100, weak_only=12, strong_only=1)  # p = 0.0034: not at level 0.001
+    assert not D.compare_attacks(check, "weak", w, "strong", s).flagged
     w, s = _flags_pair(100, weak_only=4, strong_only=1)
     small = D.compare_attacks(check, "weak", w, "strong", s)
     assert not small.flagged and small.details["p_value"] == pytest.approx(0.375)
@@ -335,7 +347,7 @@ def test_fgsm_beating_a_misconfigured_pgd_is_flagged() -> None:
     f = D.compare_attacks("iterative-vs-single-step", "fgsm", fgsm, "pgd", bad)
     assert f.flagged and f.details["broken_only_by_weak"] > 30
     trace = D.check_loss_trace(losses, robust=bad)
-    assert trace.flagged and trace.details["share_incomplete"] > 0.9
+    assert trace.details["share_incomplete"] > 0.9 and not trace.flagged  # the remedy decides
 
 
 def test_transfer_rejects_examples_outside_the_budget() -> None:
@@ -382,18 +394,20 @@ def test_incomplete_points_follow_ioaf() -> None:
     assert got[:4] == [True, False, False, False]
 
 
-def test_check_loss_trace_counts_only_failed_points() -> None:
+def test_check_loss_trace_hands_only_failed_incomplete_points_to_the_remedy() -> None:
     steps, n = 30, 20
     rising = torch.arange(steps, dtype=torch.float64)[:, None].repeat(1, n)
     robust = torch.zeros(n, dtype=torch.bool)
     robust[:2] = True
-    assert D.check_loss_trace(rising).flagged
+    assert D.check_loss_trace(rising).details["incomplete_points"] == list(range(n))
     f = D.check_loss_trace(rising, robust=robust)
-    assert f.flagged and f.details["assessed"] == 2
+    assert f.details["assessed"] == 2 and f.details["incomplete_points"] == [0, 1]
+    assert not f.flagged  # never by itself: the remedy's breaks decide (test_remedies.py)
     flat = rising.clone()
     flat[10:, :] = 9.0
-    assert not D.check_loss_trace(flat).flagged
-    assert not D.check_loss_trace(rising, robust=torch.zeros(n, dtype=torch.bool)).flagged
+    assert D.check_loss_trace(flat).details["incomplete_points"] == []
+    none = D.check_loss_trace(rising, robust=torch.zeros(n, dtype=torch.bool))
+    assert none.details["incomplete_points"] == []
 
 
 def test_pgd_with_trace_shape_and_budget() -> None:

@@ -26,6 +26,7 @@ from bench.cluster import RayOptions
 from bench.evaluation.local import evaluate_target
 from bench.evaluation.plan import Settings
 from bench.evaluation.ray_executor import evaluate_on_ray
+from bench.evaluation.results import status
 from bench.evaluation.targets import Target
 from bench.store import Store
 
@@ -74,7 +75,7 @@ def _stored(db: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 def test_both_executors_give_the_same_rows_flags_and_findings(
     tmp_path: Path, local_ray: None
 ) -> None:
-    """An honest model and a planted one that a walk's inference would overstate (flagged),
+    """An honest model and a planted one that a walk's inference would overstate (corrected),
     with the costly checks: in process, and on Ray (3 workers, 5 shards of 7 batches); run
     again on Ray, nothing is computed and the same evaluation comes back from the store."""
     base = planted.honest(0)
@@ -107,15 +108,18 @@ def test_both_executors_give_the_same_rows_flags_and_findings(
     rows, found = _stored(tmp_path / "local.sqlite")
     assert (rows, found) == _stored(tmp_path / "ray.sqlite")
     assert len(rows) == 2 * len(attacks) * len(GRID)
-    checks = {(d["run_id"], d["check"]): d["flagged"] for d in found}
-    assert checks[("trap", "walk-inference")] and not checks[("honest", "walk-inference")]
-    assert {"large-budget", "loss-trace", "transfer", "gradients"} <= {c for _, c in checks}
+    checks = {(d["run_id"], d["check"]): status(d["flagged"], d["details"]) for d in found}
+    assert checks[("trap", "walk-inference")] == "corrected"  # the remedy broke them itself
+    assert checks[("honest", "walk-inference")] == "passed"
+    assert {"large-budget", "loss-trace", "transfer", "gradients", "black-box-probe"} <= {
+        c for _, c in checks
+    }
     assert [len(r.flags) for r in remote[1].results] == [len(GRID)] * 2
     with Store(tmp_path / "ray.sqlite") as store:
         again, _ = evaluate_on_ray(
             targets, replace(s), store, RayOptions(progress=False), workers=3, device="cpu"
         )
-    assert [e.ran for e in remote] == [["cheap", "walk", "inference", "costly"]] * 2
+    assert [e.ran for e in remote] == [["cheap", "walk", "inference", "probes", "costly"]] * 2
     assert [e.ran for e in again] == [["costly"]] * 2  # the --diagnose checks always run again
     assert [e.as_dict() for e in again] == [e.as_dict() for e in local]
     assert _stored(tmp_path / "ray.sqlite") == (rows, found)

@@ -6,24 +6,15 @@ so that each kill lands inside the evaluation whatever the machine's speed."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "kill_eval.py"
+from conftest import load_script
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kill_eval", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["kill_eval"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("kill_eval")
 
 
 @pytest.fixture(scope="module")

@@ -186,7 +186,7 @@ def test_the_store_gets_every_row(swept: Swept) -> None:
     log = swept.log
     assert (
         sorted(t["kind"] for t in log)
-        == ["audit"] * 2 + ["inference"] * 2 + ["shard"] * 8 + ["train"] * 2
+        == ["audit"] * 2 + ["inference"] * 2 + ["probes"] * 2 + ["shard"] * 8 + ["train"] * 2
     )
     assert all(t["ok"] and t["threads"] == 1 for t in log)  # one torch thread a task
     assert all(
@@ -217,7 +217,7 @@ def test_a_job_whose_results_are_missing_is_redone(swept: Swept) -> None:
     # Its shards run again, and then its walk-inference check on the flags they gave.
     assert (
         sorted((t["kind"], t["task"].split("/")[0]) for t in new)
-        == [("inference", lost)] + [("shard", lost)] * 4
+        == [("inference", lost), ("probes", lost)] + [("shard", lost)] * 4
     )
     assert rows_of(sweep.db) == swept.rows  # bit for bit the same flags
 
@@ -385,8 +385,8 @@ def test_evaluations_of_one_checkpoint_share_its_checks_and_keep_their_own(
     assert (o.trained, o.evaluated, o.failed) == (1, 3, [])
     kinds = sorted(t["kind"] for t in tasks(sweep.out))
     # One audit task for the three blocks (same checkpoint, same n); an inference task for each
-    # bisect block; shards 2 + 1 + 1.
-    assert kinds == ["audit", "inference", "inference", "shard", "shard", "shard", "shard", "train"]
+    # bisect block; the probes for each block (each against its own attacks); shards 2 + 1 + 1.
+    assert kinds == ["audit"] + ["inference"] * 2 + ["probes"] * 3 + ["shard"] * 4 + ["train"]
     walks = {(k[1], json.loads(k[2]).get("steps")): v[4] for k, v in rows_of(sweep.db).items()}
     assert walks == {("fgsm", None): "bisect", ("pgd", 2): "bisect", ("pgd", 3): "up"}
     found = inference_rows(sweep.db)
@@ -465,7 +465,8 @@ def test_gpu_placement_with_a_custom_resource(ray_cluster: str, data: Path, tmp_
     o = run_sweep(load_sweep(file), RayOptions(gpu_resource=FAKE_GPU, progress=False))
     assert (o.trained, o.evaluated, o.failed) == (2, 2, [])
     log = sorted(tasks(tmp_path / "out"), key=lambda t: t["start"])
-    assert sorted(t["kind"] for t in log) == ["audit"] * 2 + ["shard"] * 4 + ["train"] * 2
+    kinds = ["audit"] * 2 + ["probes"] * 2 + ["shard"] * 4 + ["train"] * 2
+    assert sorted(t["kind"] for t in log) == kinds
     assert all(t["resources"] == {"CPU": 1.0, FAKE_GPU: 1.0} for t in log)
     # The instance has 2 CPUs but one "GPU": no two tasks ever ran at once.
     assert all(b["start"] >= a["end"] - 1e-3 for a, b in zip(log, log[1:]))

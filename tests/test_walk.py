@@ -372,7 +372,9 @@ def test_a_model_robust_only_to_large_budgets_is_flagged_by_the_bisect_walk(
     """planted.LargeBudgetTrap answers every input farther than 6/255 from a test point with that
     point's label: PGD at 8/255 (random start) never breaks it, PGD at 4/255 does. The bisect
     walk counts those points robust at 4/255 by inference; the walk-inference check attacks them
-    there directly, flags the evaluation, and the up walk (every eps measured) shows the drop."""
+    there directly and its remedy at every inferred eps: the worst case is corrected (every
+    inferred point was checked, so no flag), and the up walk (every eps measured) shows the
+    same drop."""
     import planted as P
 
     base, x, y = problem
@@ -381,8 +383,11 @@ def test_a_model_robust_only_to_large_budgets_is_flagged_by_the_bisect_walk(
     bisect = evaluate_target(_target(trap, x, y), s)
     up = evaluate_target(_target(trap, x, y), replace(s, walk="up"))
     found = {f.check: f for f in bisect.findings}
-    assert found["walk-inference"].flagged and bisect.unreliable
+    assert found["walk-inference"].status == "corrected" and not bisect.unreliable
     assert found["walk-inference"].details["inferred_eps"] == GRID[4]
+    fixed, measured = bisect.worst[4], up.worst[4]
+    assert fixed.overstated > 0 and fixed.corrected_by == ["walk-inference"]
+    assert abs(fixed.estimate.k - measured.estimate.k) <= 1, (fixed.estimate, measured.estimate)
     assert "walk-inference" not in {f.check for f in up.findings}  # nothing inferred
     bi, upr = bisect.results[0], up.results[0]
     assert torch.equal(bi.flags[-1], bi.flags[0])  # bisect: robust at 8/255, so at every eps
@@ -394,7 +399,7 @@ def test_an_up_walk_replaces_a_flagged_bisect_walk_and_its_finding(
 ) -> None:
     """The advice of a flagged walk-inference check is to walk up: once the up walk's rows
     replace the bisect walk's, the finding about the bisect walk's inferred numbers goes too
-    (else the model would stay marked unreliable for numbers no longer in the store)."""
+    (else the model would stay marked, or corrected, for numbers no longer in the store)."""
     import planted as P
 
     from bench.params import format_eps
@@ -405,7 +410,8 @@ def test_an_up_walk_replaces_a_flagged_bisect_walk_and_its_finding(
     with Store(tmp_path / "r.sqlite") as store:
         evaluate_target(_target(trap, x, y), s, store=store)
         kept = [d for d in store.diagnostics() if d.check == "walk-inference"]
-        assert len(kept) == 1 and kept[0].flagged and kept[0].key == "pgd@4/255<8/255"
+        assert len(kept) == 1 and kept[0].key == "pgd@4/255<8/255"
+        assert kept[0].details["corrections"]  # the remedy broke inferred points
         assert kept[0].details["evaluation"] == {
             "grid": [format_eps(e) for e in GRID],
             "walk": "bisect",

@@ -214,10 +214,10 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     data_dir = paths.data_dir(args.data_dir)
     targets = [prepare_target(c, args.n, data_dir) for c in ckpts]
-    # The costly diagnostics too, with transfer from the standard model of the data set.
+    # The costly diagnostics too; the transfer probe's surrogate: the standard model trained here.
     p.grid.diagnose = True
     standard = [t for t in targets if t.source.config.get("defense") == "standard"]
-    p.grid.transfer_from = standard[0].model if standard else None
+    p.grid.transfer_from = p.ranking.transfer_from = standard[0].model if standard else None
     for settings in (p.grid, p.ranking):
         status = evaluate_all(targets, settings, device, p.db)
         if status:

@@ -29,13 +29,15 @@ from torch import nn
 
 from bench.attacks import Attack, make_attack
 from bench.evaluation import diagnostics as dg
-from bench.io import model_device
+from bench.evaluation import remedies, stats
+from bench.evaluation.walk import attack_points, check_budget
 from bench.params import format_eps
 from bench.store import DiagnosticRow
 from bench.vocab import Check, Walk
 
 ITERATIVE = ("pgd", "apgd", "mifgsm", "eotpgd", "autoattack")
 WHITE_BOX = ("fgsm", "pgd", "apgd", "mifgsm", "eotpgd", "fab", "cw", "deepfool", "autoattack")
+INFERENCE_MAX_POINTS = 1000  # inferred points checked directly, at most (the rest: unchecked)
 EOT_ITER = 10  # gradient samples per EOT-PGD step for a randomized model
 TRACE_STEPS = 100  # PGD steps of the loss-trace check (at 50, slowly climbing honest points flag)
 
@@ -112,18 +114,30 @@ def _pairs(results: Sequence[Any]) -> list[tuple[str, Any, Any]]:
     return out
 
 
+def _shared_eps(weak: Any, strong: Any) -> list[float]:
+    return [e for e in weak.eps if e > 0 and e in strong.eps]
+
+
 def compare(results: Sequence[Any]) -> list[dg.Finding]:
     """Each comparison between attacks that ran, at every eps > 0 both walked; per pair, the
-    finding at the eps where the weaker attack's lead is most significant."""
+    finding at the eps where the weaker attack's lead is most significant. A check's level is
+    split between all the tests it makes here (pairs times eps: Bonferroni)."""
+    pairs = _pairs(results)
+    tests: dict[str, int] = {}
+    for check, weak, strong in pairs:
+        tests[check] = tests.get(check, 0) + len(_shared_eps(weak, strong))
     out = []
-    for check, weak, strong in _pairs(results):
+    for check, weak, strong in pairs:
+        alpha = stats.level(check, tests[check])
         found = []
-        for eps, fw in zip(weak.eps, weak.flags):
-            if eps > 0 and eps in strong.eps:
-                fs = strong.flags[strong.eps.index(eps)]
-                f = dg.compare_attacks(check, weak.attack.display, fw, strong.attack.display, fs)
-                f.details["eps"] = eps
-                found.append(f)
+        for eps in _shared_eps(weak, strong):
+            fw, fs = weak.flags[weak.eps.index(eps)], strong.flags[strong.eps.index(eps)]
+            f = dg.compare_attacks(
+                check, weak.attack.display, fw, strong.attack.display, fs, alpha=alpha
+            )
+            f.details["eps"] = eps
+            f.details["tests"] = tests[check]
+            found.append(f)
         if found:
             out.append(min(found, key=lambda f: (not f.flagged, f.details.get("p_value", 1.0))))
     return out
@@ -138,8 +152,9 @@ def middle_eps(eps: Sequence[float]) -> int | None:
 
 def inference_plan(results: Sequence[Any]) -> tuple[list[Any], int, torch.Tensor] | None:
     """What :func:`inference` checks: the walks that infer (down, bisect), the grid index of
-    the grid's middle eps, and the first 200 points robust at the largest eps under every one of
-    those attacks; None when nothing was inferred (no such walk, eps or point)."""
+    the grid's middle eps, and the points robust at the largest eps under every one of
+    those attacks (every one of them, the unchecked ones counted by :func:`inference`); None when
+    nothing was inferred (no such walk, eps or point)."""
     walking = [r for r in results if getattr(r, "walk", Walk.UP) != Walk.UP]
     j = middle_eps(walking[0].eps) if walking else None
     if j is None:
@@ -147,7 +162,7 @@ def inference_plan(results: Sequence[Any]) -> tuple[list[Any], int, torch.Tensor
     top = torch.stack([r.flags[-1] for r in walking]).all(
         dim=0
     )  # robust at the largest eps, every attack
-    idx = top.nonzero().flatten()[: dg.CHEAP_MAX_POINTS]
+    idx = top.nonzero().flatten()
     return (walking, j, idx) if len(idx) else None
 
 
@@ -209,59 +224,70 @@ def inference(
     seed: int,
     attack: Attack | None = None,
 ) -> list[dg.Finding]:
-    """:func:`bench.evaluation.diagnostics.check_inference` on :func:`inference_plan`'s points,
-    attacked by bench's PGD (default parameters, per-point seeds as in the walk; ``attack``
-    instead where gradients are unavailable) at the grid's middle eps."""
+    """:func:`bench.evaluation.diagnostics.check_inference` on the first
+    :data:`INFERENCE_MAX_POINTS` of :func:`inference_plan`'s points, attacked by bench's PGD
+    (default parameters, per-point seeds as in the walk; ``attack`` instead where gradients are
+    unavailable) at the grid's middle eps; where it breaks any, the remedy
+    (:func:`bench.evaluation.remedies.inference`) attacks them at every other inferred eps."""
     plan = inference_plan(results)
     if plan is None:
         return []
-    walking, j, idx = plan
+    walking, j, every = plan
+    idx = every[:INFERENCE_MAX_POINTS]
     eps = walking[0].eps[j]
-    device = model_device(model)
-    x_adv = (attack or make_attack("pgd")).run(model, x[idx], y[idx], eps, seed, index=idx)
-    model.eval()  # whatever the attack did to the mode
-    with torch.no_grad():
-        direct = (model(x_adv.to(device)).argmax(dim=1) == y[idx].to(device)).cpu()
-    finding = dg.check_inference(eps, walking[0].eps[-1], direct)
+    attack = attack or make_attack("pgd")
+    direct = attack_points(model, attack, x, y, idx, eps, seed)
+    finding = dg.check_inference(eps, walking[0].eps[-1], direct, unchecked=len(every) - len(idx))
     finding.details["attacks"] = [r.attack.display for r in walking]  # whose walks were checked
+    finding.details["broken_points"] = idx[~direct].tolist()
+    if not bool(direct.all()):
+        inferred = [e for e in walking[0].eps[:-1] if e > 0]
+        remedies.inference(model, x, y, finding, (inferred, idx), attack, seed)
     return [finding]
 
 
 @dataclass
 class Costly:
-    """What the costly checks need: the grid's largest eps, the worst-case flags there, and
-    optionally a model to transfer adversarial examples from."""
+    """What the costly checks need: the grid's largest eps and the worst-case flags there."""
 
     eps: float
     worst: torch.Tensor
-    transfer_from: nn.Module | None = None
     seed: int = 0
 
 
 def costly(model: nn.Module, x: torch.Tensor, y: torch.Tensor, c: Costly) -> list[dg.Finding]:
-    """Large budget, loss trace, transfer: on at most 100 points."""
+    """Large budget, and the loss trace with its remedy: on at most 100 points."""
     m = dg.COSTLY_MAX_POINTS
     x, y, worst = x[:m], y[:m], c.worst[:m]
     out = [dg.check_large_budget(model, x, y)]
     g = torch.Generator().manual_seed(c.seed)
-    _, losses = dg.pgd_with_trace(
+    x_adv, losses = dg.pgd_with_trace(
         model, x, y, c.eps, TRACE_STEPS, 2.5 * c.eps / TRACE_STEPS, random_start=True, generator=g
     )
-    out.append(dg.check_loss_trace(losses, robust=worst))
-    if c.transfer_from is not None:
-        pgd = make_attack("pgd")
-        x_adv = pgd.run(c.transfer_from, x, y, c.eps, c.seed)
-        out.append(dg.check_transfer(model, x, y, x_adv.to(x.device), worst, eps=c.eps))
+    trace = dg.check_loss_trace(losses, robust=worst)
+    check_budget(x.to(x_adv.device), x_adv, c.eps, attack="pgd-100 (loss trace)")
+    with torch.no_grad():  # the trace's own PGD-100 may break points the attacks left: proofs
+        broke = model(x_adv).argmax(1).cpu() != y.cpu()
+    remedies.record(trace, c.eps, (worst & broke).nonzero().flatten().tolist(), int(worst.sum()))
+    out.append(remedies.loss_trace(model, x, y, trace, c.eps, c.seed))
     return out
 
 
-def classify_aa_warning(message: str, points: int) -> tuple[bool, str]:
+def aa_calls(n: int, batch_size: int, eps_grid: Sequence[float]) -> int:
+    """How many AutoAttack calls one evaluation makes at most: a call per batch and eps > 0.
+    Its Square-gain test splits the check's level between them (Bonferroni)."""
+    return -(-n // max(1, batch_size)) * max(1, sum(1 for e in eps_grid if e > 0))
+
+
+def classify_aa_warning(message: str, points: int, calls: int = 1) -> tuple[bool, str]:
     """Whether one of AutoAttack's ``checks.py`` warnings flags the evaluation, and why.
 
     * Square's gain (``check_square_sr``: Square ran last, on the points the white-box
       components left, and broke some): the points it broke, b of the call's ``points``, against
       c = 0 points the white-box ones broke that Square did not, in the same exact McNemar test
-      as the other comparisons (p < 0.01, i.e. b >= 8), instead of AutoAttack's 0.2-point rule.
+      as the other comparisons, at ``stats.ALPHAS['autoattack-checks']`` split between the
+      evaluation's ``calls`` AutoAttack calls (b >= 11 for one call), instead of AutoAttack's
+      0.2-point rule.
     * A dynamic defense (the forward pass calls autograd): flags.
     * Randomness, probability outputs and zero gradients duplicate bench's own checks, which
       decide; the class-count warning is about the attack's settings: noted, not flagged."""
@@ -269,9 +295,9 @@ def classify_aa_warning(message: str, points: int) -> tuple[bool, str]:
     if "square attack has decreased" in low:
         m = re.search(r"of\s+([0-9.]+)%", message)
         broken = round(float(m.group(1)) / 100 * points) if m else 0
-        p = dg.mcnemar(broken, 0)
+        p = stats.mcnemar(broken, 0)
         return (
-            p < dg.ALPHA,
+            p < stats.level(Check.AUTOATTACK_CHECKS, calls),
             f"Square broke {broken} of {points} points after the white-box attacks: "
             f"McNemar p = {p:.3g}",
         )
@@ -317,7 +343,56 @@ def row_key(check: str, details: dict[str, Any]) -> str:
     if check == Check.WALK_INFERENCE and "attacks" in details:
         pair = f"{format_eps(details['inferred_eps'])}<{format_eps(details['measured_eps'])}"
         return f"{'+'.join(details['attacks'])}@{pair}"
+    if check in PROBES and "eps" in details:
+        return f"{probe_key(details['eps'])}~{'+'.join(details.get('whitebox_attacks', []))}"
     return ""
+
+
+PROBES = (Check.BLACK_BOX_PROBE, Check.TRANSFER)
+
+
+def probe_key(eps: float) -> str:
+    """The store key of a probe's finding at ``eps`` (the transfer matrix's ``transfer`` rows
+    are keyed by their source's fingerprint instead)."""
+    return f"probe@{format_eps(eps)}"
+
+
+def black_box_cover(results: Sequence[Any], eps: float) -> str | None:
+    """The attack of the evaluation that already ran a black-box Square at ``eps`` with at least
+    the probe's queries, tested against the white-box attacks by its own check (AutoAttack
+    standard/plus/rand: autoattack-checks; the user's ``square``: square-vs-whitebox); None if
+    none did (then the black-box probe runs)."""
+    for r in results:
+        if eps not in r.eps:
+            continue
+        if r.attack.name == "autoattack" and r.attack.params.get("version") != "custom":
+            return r.attack.display
+        if r.attack.name == "square" and int(r.attack.params.get("n_queries", 0)) >= 300:
+            return r.attack.display
+    return None
+
+
+def has_margin_loss(results: Sequence[Any], eps: float) -> bool:
+    """Whether a DLR loss ran at ``eps``: AutoAttack standard, plus or rand (APGD-T/APGD-DLR),
+    or APGD on the DLR loss (the probes then skip their APGD-DLR)."""
+    return any(
+        eps in r.eps
+        and (
+            (r.attack.name == "autoattack" and r.attack.params.get("version") != "custom")
+            or (r.attack.name == "apgd" and r.attack.params.get("loss") == "dlr")
+        )
+        for r in results
+    )
+
+
+def whitebox_worst(results: Sequence[Any], eps: float) -> tuple[torch.Tensor | None, list[str]]:
+    """The robust flags at ``eps`` of the white-box attacks' worst case (None if none ran there),
+    and their names."""
+    here = [r for r in results if r.attack.name in WHITE_BOX and eps in r.eps]
+    if not here:
+        return None, []
+    flags = torch.stack([r.flags[r.eps.index(eps)] for r in here]).all(dim=0)
+    return flags, [r.attack.display for r in here]
 
 
 __all__ = [

@@ -204,7 +204,7 @@ class Book:
         self.clean_batches.update(r.clean)
         if r.warnings:
             self.store.write_diagnostics(
-                aa_warning_rows(self.source, self.n, list(dict.fromkeys(r.warnings)))
+                aa_warning_rows(self.source, self.n, list(dict.fromkeys(r.warnings)), self.aa_calls)
             )
             self.warnings = list(dict.fromkeys(self.warnings + r.warnings))
         for i, st in r.stats.items():
@@ -310,6 +310,30 @@ class Book:
                 return [_finding(d)]
         return None
 
+    @property
+    def aa_calls(self) -> int:
+        """AutoAttack calls this evaluation makes at most (:func:`audit.aa_calls`)."""
+        s = self.plan.settings
+        return audit.aa_calls(self.n, s.batch_size, s.eps_grid)
+
+    def stored_probes(self, eps: float, context: dict[str, Any]) -> list[dg.Finding] | None:
+        """The probes' findings stored for these weights, n, eps and context, if all are."""
+        src, want = self.source, {Check.BLACK_BOX_PROBE}
+        if context.get("surrogate") is not None:
+            want.add(Check.TRANSFER)
+        rows = [
+            d
+            for d in self.store.diagnostics(src.run_id)
+            if d.check in want
+            and d.key == f"{audit.probe_key(eps)}~{'+'.join(context['whitebox'])}"
+            and d.n == self.n
+            and d.fingerprint == src.fingerprint
+            and d.details.get("context") == context
+        ]
+        if {d.check for d in rows} != want:
+            return None
+        return [_finding(d) for d in sorted(rows, key=lambda d: d.check != Check.BLACK_BOX_PROBE)]
+
 
 def _finding(d: DiagnosticRow) -> dg.Finding:
     """A stored finding as the check made it."""
@@ -339,13 +363,13 @@ class StepRecorder(Recorder):
 
 
 def aa_warning_rows(
-    source: Any, n: int, warnings: Sequence[tuple[str, float, int]]
+    source: Any, n: int, warnings: Sequence[tuple[str, float, int]], calls: int = 1
 ) -> list[DiagnosticRow]:
     """AutoAttack's own ``checks.py`` warnings as findings of this model (see
     :func:`bench.evaluation.audit.classify_aa_warning` for which of them flag)."""
     out = []
     for msg, eps, points in warnings:
-        flag, why = audit.classify_aa_warning(msg, points)
+        flag, why = audit.classify_aa_warning(msg, points, calls)
         # Keyed by what was said (not by its place in a list): a shard, a resumed run or a
         # second evaluation that repeats a warning replaces its row, and adds none.
         key = hashlib.sha256(canonical([msg, eps_key(eps), points]).encode()).hexdigest()[:12]

@@ -24,15 +24,15 @@ at most 100 points. Nothing here picks a device: inputs go to the model's device
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.evaluation import stats
+from bench.evaluation.results import status
 from bench.io import model_device
 from bench.vocab import Check
 
@@ -69,21 +69,27 @@ SOURCES: dict[str, str] = {
         "Carlini et al. 2019, On Evaluating Adversarial Robustness (attack success must increase "
         "with the distortion bound)"
     ),
+    Check.BLACK_BOX_PROBE: (
+        "AutoAttack checks.py (check_square_sr) and Carlini et al. 2019 (gradient-free attacks "
+        "must not beat gradient-based ones), as an always-on Square probe with McNemar's test"
+    ),
 }
 
 # Thresholds (module constants so that the README and the tests can quote them).
 RANDOMIZED_TOL = 1e-4  # AutoAttack's alpha: L2 distance of L2-normalised logit rows
 RANDOMIZED_PASSES = 5  # AutoAttack's n
 PROBABILITY_TOL = 1e-5  # AutoAttack's alpha for check_range_output
-ZERO_GRADIENT_SHARE = 0.01  # flag when more than 1% of points have an all-zero gradient
-ALPHA = 0.01  # significance level of the McNemar comparisons
+# Null hypotheses' rates: the share of points on which an attack that is not failing may still
+# show the symptom (float rounding, a numerical tie, a random start's bad luck). A check fires
+# when its count exceeds what that rate explains at its level (bench.evaluation.stats.ALPHAS).
+ZERO_GRADIENT_SHARE = 0.01  # H0: at most 1% of points have an all-zero gradient (float64 CE)
+ALPHA = 0.01  # the family's level; each check's own level is stats.ALPHAS[check]
 LARGE_BUDGET_EPS = 1.0  # Linf 1 on [0, 1] images: every image is reachable (unbounded)
-LARGE_BUDGET_ACC = 0.01  # flag when accuracy under it stays above 1%
+LARGE_BUDGET_ACC = 0.01  # H0: at most 1% of points survive it (numerical ties)
 TRACE_WINDOW = 10  # IoAF: the last 10 iterations
 TRACE_TOL = 0.05  # IoAF: a rise of more than 5% of the loss's range in that window
-TRACE_SHARE = 0.10  # flag when more than 10% of the assessed points are incomplete
 COSTLY_MAX_POINTS = 100
-INFERENCE_SHARE = 0.01  # flag when more than 1% of the inferred robust flags checked are refuted
+INFERENCE_SHARE = 0.01  # H0: at most 1% of inferred robust flags are refuted by a direct attack
 CHEAP_MAX_POINTS = 200
 
 
@@ -98,6 +104,17 @@ class Finding:
     details: dict[str, Any] = field(default_factory=dict)
     advice: str = ""
 
+    @property
+    def status(self) -> str:
+        """:func:`bench.evaluation.results.status`: flagged, corrected or passed."""
+        return status(self.flagged, self.details)
+
+    @property
+    def corrections(self) -> dict[str, list[int]]:
+        """Eps (as text) -> indices of evaluated points broken there by this check's own attack
+        (a remedy or a probe): proofs that lower the worst case at that eps and every larger one."""
+        return {e: list(v) for e, v in (self.details.get("corrections") or {}).items() if v}
+
     def as_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every field."""
         return {
@@ -107,6 +124,7 @@ class Finding:
             "summary": self.summary,
             "details": _plain(self.details),
             "advice": self.advice,
+            "status": self.status,
         }
 
 
@@ -291,13 +309,12 @@ def check_gradients(
 
     Per point, as ART's ``loss_gradient_check``: zero (every component exactly 0, which is
     AutoAttack's ``check_zero_gradients`` test), NaN (any component) or inf (any component).
-    Flagged if the input is cut off from the graph (IoAF's interrupted graph: every point
-    counts as unavailable), if any point has a NaN or infinite gradient, or if more than
-    ``zero_share`` (1%) of the points have a zero gradient. AutoAttack and IoAF warn at a single
-    zero-gradient point; we allow 1%, and evaluate the cross-entropy on the logits in float64,
-    because an honest model can be so confident on a point that float32 softmax rounds its
-    gradient to 0, whereas masking (saturated softmax, quantisation, non-differentiable
-    preprocessing) zeroes the gradient of most points in any precision.
+    Proofs, flagged at once: the input cut off from the graph (IoAF's interrupted graph), a NaN
+    or infinite gradient. Zero gradients are counted: H0 "at most ``zero_share`` (1%) of the
+    points have a zero gradient" (an honest model so confident on a point that even the float64
+    cross-entropy rounds its gradient to 0), exact one-sided binomial test at level
+    ``stats.ALPHAS['gradients']``; masking (saturated softmax, quantisation) zeroes most points.
+    AutoAttack and IoAF warn at a single zero-gradient point.
     """
     n = len(x)
     grad = input_gradients(model, x, y)
@@ -323,11 +340,14 @@ def check_gradients(
     inf = torch.isinf(flat).any(dim=1)
     bad = zero | nan | inf
     s_zero, s_nan, s_inf = _share(zero), _share(nan), _share(inf)
-    flagged = bool(nan.any() or inf.any() or s_zero > zero_share)
+    alpha = stats.level(Check.GRADIENTS)
+    p = stats.binomial_p(int(zero.sum()), n, zero_share)
+    flagged = bool(nan.any() or inf.any() or p < alpha)
     summary = (
         f"{_pct(_share(bad))} of {n} points have unusable cross-entropy input "
-        f"gradients (zero {_pct(s_zero)}, NaN {_pct(s_nan)}, inf {_pct(s_inf)}; "
-        f"threshold: zero on more than {_pct(zero_share)}, or any NaN/inf)"
+        f"gradients (zero {_pct(s_zero)}, NaN {_pct(s_nan)}, inf {_pct(s_inf)}); "
+        f"zero gradients: binomial p = {p:.3g} against at most {_pct(zero_share)} "
+        f"(flag if p < {alpha:g}, or any NaN/inf)"
     )
     details = {
         "n": n,
@@ -338,6 +358,13 @@ def check_gradients(
         "share_unavailable": _share(bad),
         "zero_points": int(zero.sum()),
         "zero_share_threshold": zero_share,
+        **_test(
+            "binomial",
+            f"at most {_pct(zero_share)} zero gradients",
+            p,
+            alpha,
+            stats.min_count(n, zero_share, alpha),
+        ),
     }
     advice = (
         "Gradient-based attacks are blind here: add a margin/DLR-loss attack (APGD-DLR, CW loss), "
@@ -361,26 +388,25 @@ def run_cheap(
 
 
 def mcnemar(a_broke_b_not: int, b_broke_a_not: int) -> float:
-    """Exact two-sided McNemar p-value: under H0 each discordant pair falls either way with
-    probability 1/2, so p = min(1, 2 * P(Binomial(b + c, 1/2) <= min(b, c)))."""
-    b, c = int(a_broke_b_not), int(b_broke_a_not)
-    if b < 0 or c < 0:
-        raise ValueError(f"discordant counts must be >= 0, got {b} and {c}")
-    n = b + c
-    if n == 0:
-        return 1.0
-    tail = Fraction(sum(math.comb(n, i) for i in range(min(b, c) + 1)), 2**n)
-    return float(min(Fraction(1), 2 * tail))
+    """Exact two-sided McNemar p-value (:func:`bench.evaluation.stats.mcnemar`)."""
+    return stats.mcnemar(a_broke_b_not, b_broke_a_not)
 
 
-def _compare(
+def _test(test: str, null: str, p: float, alpha: float, min_count: int | None) -> dict[str, Any]:
+    """A finding's statistics: its test, null hypothesis, p-value, level and the smallest count
+    that could make it fire."""
+    return {"test": test, "null": null, "p_value": p, "alpha": alpha, "min_count": min_count}
+
+
+def paired(
     weak_name: str,
     weak_flags: torch.Tensor,
     strong_name: str,
     strong_flags: torch.Tensor,
     alpha: float,
 ) -> tuple[bool, str, dict[str, Any]]:
-    """McNemar comparison of two attacks' robust flags; flagged if the weak one is ahead."""
+    """McNemar comparison of two attacks' robust flags on the same points: (flagged, summary,
+    details), flagged if the weak one breaks more and p < ``alpha``."""
     weak = _as_flags(weak_flags, weak_name)
     strong = _as_flags(strong_flags, strong_name)
     if weak.shape != strong.shape:
@@ -404,8 +430,13 @@ def _compare(
         "strong_acc": acc_s,
         "broken_only_by_weak": weak_only,
         "broken_only_by_strong": strong_only,
-        "p_value": p,
-        "alpha": alpha,
+        **_test(
+            "McNemar exact",
+            f"{weak_name} breaks no more points than {strong_name}",
+            p,
+            alpha,
+            stats.mcnemar_min(alpha),
+        ),
     }
     return flagged, summary, details
 
@@ -416,7 +447,7 @@ def compare_attacks(
     weak_flags: torch.Tensor,
     strong_name: str,
     strong_flags: torch.Tensor,
-    alpha: float = ALPHA,
+    alpha: float | None = None,
 ) -> Finding:
     """Flag when the attack that should be weaker breaks significantly more points.
 
@@ -426,14 +457,16 @@ def compare_attacks(
     or ``iterative-vs-single-step`` (weak = FGSM, strong = an iterative attack such as PGD:
     Carlini et al. 2019). Rule: with b = points broken by the weak attack only and c = by the
     strong one only, flagged iff b > c and the exact McNemar p-value of (b, c) is below
-    ``alpha`` (0.01). AutoAttack's own rule is an accuracy gap above 0.2 points; the paired
-    test is used instead so that one point out of 100 is not an alarm.
+    ``alpha`` (default the check's level in :data:`bench.evaluation.stats.ALPHAS`, 0.001).
+    AutoAttack's own rule is an accuracy gap above 0.2 points; the paired test is used
+    instead so that one point out of 100 is not an alarm.
     """
     if check not in (Check.SQUARE_VS_WHITEBOX, Check.ITERATIVE_VS_SINGLE_STEP):
         raise ValueError(
             f"check must be 'square-vs-whitebox' or 'iterative-vs-single-step', got {check!r}"
         )
-    flagged, summary, details = _compare(weak_name, weak_flags, strong_name, strong_flags, alpha)
+    alpha = stats.level(check) if alpha is None else alpha
+    flagged, summary, details = paired(weak_name, weak_flags, strong_name, strong_flags, alpha)
     if check == Check.SQUARE_VS_WHITEBOX:
         advice = (
             "The white-box attacks are failing (masked gradients?): run Square with more "
@@ -468,7 +501,7 @@ def check_transfer(
     y: torch.Tensor,
     x_adv_transfer: torch.Tensor,
     whitebox_flags: torch.Tensor,
-    alpha: float = ALPHA,
+    alpha: float | None = None,
     eps: float | None = None,
 ) -> Finding:
     """Adversarial examples crafted on another model must not beat the white-box attacks.
@@ -479,18 +512,20 @@ def check_transfer(
     A point is robust to transfer if the target classifies both x and its transfer example
     correctly. Rule (Carlini et al. 2019): as :func:`compare_attacks` with weak = transfer and
     strong = white-box -- flagged iff transfer breaks more points that white-box left standing
-    than the reverse, with exact McNemar p < ``alpha`` (0.01). IoAF's "transfer failure"
-    indicator looks at the reverse direction (an example that fools the surrogate does not fool
-    the target) and is not computed here. ``eps``: if given, the transfer examples are checked
-    to lie within it (and in [0, 1]); a violation is a ValueError.
+    than the reverse, with exact McNemar p < ``alpha`` (default the check's level, 0.001).
+    IoAF's "transfer failure" indicator looks at the reverse direction (an example that fools
+    the surrogate does not fool the target) and is not computed here. ``eps``: if given, the
+    transfer examples are checked to lie within it (and in [0, 1]); a violation is a
+    ValueError.
     """
+    alpha = stats.level(Check.TRANSFER) if alpha is None else alpha
     device = model_device(target_model)
     x, x_adv = x.detach().to(device), x_adv_transfer.detach().to(device)
     _check_within(x, x_adv, eps)
     y = y.detach().to(device)
     with _eval_mode(target_model), torch.no_grad():
         transfer_flags = (target_model(x).argmax(1) == y) & (target_model(x_adv).argmax(1) == y)
-    flagged, summary, details = _compare(
+    flagged, summary, details = paired(
         "transfer", transfer_flags.cpu(), "white-box", whitebox_flags, alpha
     )
     standing = int(_as_flags(whitebox_flags, "white-box").sum())
@@ -511,7 +546,11 @@ def check_transfer(
 
 
 def check_inference(
-    inferred_eps: float, measured_eps: float, direct: torch.Tensor, share: float = INFERENCE_SHARE
+    inferred_eps: float,
+    measured_eps: float,
+    direct: torch.Tensor,
+    share: float = INFERENCE_SHARE,
+    unchecked: int = 0,
 ) -> Finding:
     """The grid walks ``down`` and ``bisect`` count a point robust at a smaller eps because the
     attacks left it robust at a larger one; that inference holds only if attack success grows
@@ -519,15 +558,24 @@ def check_inference(
     ``inferred_eps``, of points that every attack left robust at ``measured_eps`` (so counted
     robust at ``inferred_eps`` without being attacked there). Each point broken is a proof that
     its inferred flag is wrong (and that the attacks at ``measured_eps`` missed it: the balls
-    are nested). Flagged when more than ``share`` of the checked points are broken."""
+    are nested); the remedy (:mod:`bench.evaluation.remedies`) corrects them.
+
+    Test: H0 "at most ``share`` (1%) of inferred flags are wrong" (a random start's bad luck at
+    the larger eps), exact one-sided binomial test at ``stats.ALPHAS['walk-inference']``.
+    Significant, the finding stays flagged only when ``unchecked`` points were inferred robust
+    without being checked (their flags are still in doubt); otherwise the remedy's corrections
+    stand in for the inference."""
     direct = _as_flags(direct, "direct")
     m, broken = len(direct), int((~direct).sum())
-    flagged = m > 0 and broken / m > share
+    alpha = stats.level(Check.WALK_INFERENCE)
+    p = stats.binomial_p(broken, m, share)
+    significant = p < alpha
+    flagged = significant and unchecked > 0
     summary = (
         f"{broken} of {m} points counted robust at eps {inferred_eps:.4g} (inferred from eps "
-        f"{measured_eps:.4g}) are broken by PGD run there directly "
-        f"({_pct(broken / m if m else 0.0)}; "
-        f"flag above {_pct(share)})"
+        f"{measured_eps:.4g}) are broken by PGD run there directly; binomial p = {p:.3g} "
+        f"against at most {_pct(share)} (significant if p < {alpha:g})"
+        + (f"; {unchecked} inferred points unchecked" if unchecked else "")
     )
     details = {
         "inferred_eps": inferred_eps,
@@ -535,6 +583,15 @@ def check_inference(
         "checked": m,
         "broken": broken,
         "share_limit": share,
+        "unchecked": unchecked,
+        "significant": significant,
+        **_test(
+            "binomial",
+            f"at most {_pct(share)} of inferred flags wrong",
+            p,
+            alpha,
+            stats.min_count(m, share, alpha),
+        ),
     }
     advice = (
         (
@@ -584,6 +641,12 @@ def _loss_and_grad(
     return values.detach(), out.detach().argmax(1), grad
 
 
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """The input gradient of the summed per-point ``loss`` ('ce' or 'margin'); zeros where the
+    graph is cut, NaN and inf set to 0."""
+    return _loss_and_grad(model, x, y, loss)[2]
+
+
 def _pgd_broken(
     model: nn.Module,
     x: torch.Tensor,
@@ -623,9 +686,10 @@ def check_large_budget(
     cross-entropy, then on the margin (CW) loss for the points still standing; a point counts
     as broken if any iterate is misclassified. With eps = 1 (the default) every image in
     [0, 1] is reachable, so 0% is always attainable (Carlini et al. 2019: unbounded attacks
-    must reach 100% success; IoAF: unconstrained attack failure). Rule: flagged if accuracy on
-    the first ``max_points`` (100) points stays above ``max_acc`` (1%). IoAF counts any
-    surviving point; 1% allows one point in 100 for a numerical tie.
+    must reach 100% success; IoAF: unconstrained attack failure). Test on the first
+    ``max_points`` (100) points: H0 "at most ``max_acc`` (1%) of points survive" (a numerical
+    tie), exact one-sided binomial test at ``stats.ALPHAS['large-budget']``. IoAF counts any
+    surviving point.
     """
     if not 0 < eps or steps < 1:
         raise ValueError(f"eps must be > 0 and steps >= 1, got eps {eps}, steps {steps}")
@@ -642,10 +706,13 @@ def check_large_budget(
             if len(idx):
                 standing[idx] &= ~_pgd_broken(model, x[idx], y[idx], eps, steps, alpha, loss)
     acc, clean_acc = _share(standing), _share(clean)
-    flagged = acc > max_acc
+    alpha = stats.level(Check.LARGE_BUDGET)
+    p = stats.binomial_p(int(standing.sum()), n, max_acc)
+    flagged = p < alpha
     summary = (
         f"accuracy {_pct(acc)} at Linf eps {eps:g} ({steps}-step PGD on CE then margin loss, "
-        f"{n} points, clean {_pct(clean_acc)}); should be about 0 (flag above {_pct(max_acc)})"
+        f"{n} points, clean {_pct(clean_acc)}); should be about 0: binomial p = {p:.3g} "
+        f"against at most {_pct(max_acc)} (flag if p < {alpha:g})"
     )
     details = {
         "n": n,
@@ -657,6 +724,13 @@ def check_large_budget(
         "acc": acc,
         "survivors": int(standing.sum()),
         "max_acc": max_acc,
+        **_test(
+            "binomial",
+            f"at most {_pct(max_acc)} survive",
+            p,
+            alpha,
+            stats.min_count(n, max_acc, alpha),
+        ),
     }
     advice = (
         (
@@ -730,7 +804,6 @@ def check_loss_trace(
     robust: torch.Tensor | None = None,
     window: int = TRACE_WINDOW,
     tol: float = TRACE_TOL,
-    max_share: float = TRACE_SHARE,
 ) -> Finding:
     """IoAF "incomplete optimization": the attack's loss is still improving at the end.
 
@@ -738,10 +811,11 @@ def check_loss_trace(
     :func:`pgd_with_trace`). Per point: :func:`incomplete_points` (IoAF's rule: loss rescaled
     to [0, 1], running best, rise > 5% over the last 10 iterations). ``robust``: per-point
     flags (True = the attack failed); if given, only those points are assessed, since on a
-    broken point a still-rising CE means nothing. Flagged if more than ``max_share`` (10%) of
-    the assessed points are incomplete (IoAF reports the per-point indicator; the 10% share is
-    ours). With 10 steps or fewer the window is the whole trace, so any progress counts: the
-    check is meant for attacks of tens of steps or more.
+    broken point a still-rising CE means nothing. The check never flags by itself: the points
+    it finds incomplete are handed to the remedy (:func:`bench.evaluation.remedies.loss_trace`:
+    APGD on them), whose breaks correct the number; ``details['incomplete_points']`` lists them.
+    With 10 steps or fewer the window is the whole trace, so any progress counts: the check is
+    meant for attacks of tens of steps or more.
     """
     inc = incomplete_points(losses, window, tol)
     n = inc.numel()
@@ -753,29 +827,23 @@ def check_loss_trace(
             raise ValueError(f"robust has {r.numel()} flags, losses {n} points")
         mask &= r
     assessed = int(mask.sum())
-    count = int((inc & mask).sum())
-    share = count / assessed if assessed else 0.0
-    flagged = share > max_share
+    concerned = (inc & mask).nonzero().flatten()
+    count = len(concerned)
     who = "points the attack failed on" if robust is not None else "points"
     summary = (
-        f"{_pct(share)} of {assessed} {who} still improving over the last "
+        f"{count} of {assessed} {who} still improving over the last "
         f"{min(window, losses.shape[0])} of {losses.shape[0]} steps (rise > {_pct(tol)} of the "
-        f"loss range; flag above {_pct(max_share)})"
+        f"loss range): handed to the remedy"
     )
     details = {
         "n": n,
         "assessed": assessed,
         "incomplete": count,
-        "share_incomplete": share,
+        "share_incomplete": count / assessed if assessed else 0.0,
+        "incomplete_points": concerned.tolist(),
         "steps": int(losses.shape[0]),
         "window": window,
         "tol": tol,
-        "max_share": max_share,
         "non_finite_points": int((~finite).sum()),
     }
-    advice = (
-        ("The attack stopped too early: run more iterations or a larger/adaptive step size (APGD).")
-        if flagged
-        else "None needed."
-    )
-    return _finding(Check.LOSS_TRACE, flagged, summary, details, advice)
+    return _finding(Check.LOSS_TRACE, False, summary, details, "None needed.")

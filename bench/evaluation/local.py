@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator, TextIO
 
@@ -30,12 +31,18 @@ from bench.store import Store
 
 
 def drive(pipeline: Pipeline, do: Any) -> Evaluation:
-    """Run ``pipeline`` to its end, doing each step's work with ``do(step) -> results``."""
+    """Run ``pipeline`` to its end, doing each step's work with ``do(step) -> results``; the
+    wall seconds of each step's work go to the evaluation's ``seconds`` (by step name)."""
+    seconds: dict[str, float] = {}
     step = next(pipeline)
     while True:
+        t0 = time.perf_counter()
+        results = do(step)
+        seconds[step.name] = seconds.get(step.name, 0.0) + time.perf_counter() - t0
         try:
-            step = pipeline.send(do(step))
+            step = pipeline.send(results)
         except StopIteration as stop:
+            stop.value.seconds = seconds
             return stop.value
 
 

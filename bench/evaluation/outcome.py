@@ -32,11 +32,19 @@ class Evaluation:
     note: str = ""  # how the attacks were adapted to the model, if they were
     ran: list[str] = field(default_factory=list)  # the pipeline's steps that computed something now
     device: str = ""  # where the walks ran
+    seconds: dict[str, float] = field(default_factory=dict)  # wall s of each step's work
 
     @property
     def aa_flagged(self) -> list[str]:
         """AutoAttack warnings that flag the evaluation (see audit.classify_aa_warning)."""
-        return [m for m, _, pts in self.aa_warnings if audit.classify_aa_warning(m, pts)[0]]
+        calls = self.aa_calls
+        return [m for m, _, pts in self.aa_warnings if audit.classify_aa_warning(m, pts, calls)[0]]
+
+    @property
+    def aa_calls(self) -> int:
+        """AutoAttack calls this evaluation makes at most (:func:`audit.aa_calls`)."""
+        s = self.settings
+        return audit.aa_calls(len(self.target.y), s.batch_size, s.eps_grid)
 
     @property
     def unreliable(self) -> bool:
@@ -65,6 +73,11 @@ class Evaluation:
                 for name, by in self.estimates().items()
             },
             "unreliable": self.unreliable,
+            "corrected": {
+                format_eps(w.eps): {"overstated_points": w.overstated, "by": w.corrected_by}
+                for w in self.worst
+                if w.overstated
+            },
             "note": self.note,
             "findings": [f.as_dict() for f in self.findings],
             "autoattack_warnings": [m for m, _, _ in self.aa_warnings],

@@ -17,8 +17,14 @@ Stages, in order:
 5. rows: each (attack, eps) step's result row; the worst case over attacks.
 6. comparisons between the attacks that ran (free, on the flags); a stale walk-inference
    finding dropped.
-7. walk-inference: points inferred robust attacked directly (after a down or bisect walk).
-8. costly checks (``diagnose``): large budget, loss trace, transfer.
+7. walk-inference: points inferred robust attacked directly (after a down or bisect walk), and
+   where that breaks any, at every inferred eps (the remedy).
+8. probes (always): Square with a small query budget, and transfer from a surrogate where there
+   is one, against the white-box attacks (:mod:`bench.evaluation.probes`).
+9. costly checks (``diagnose``): large budget, loss trace and its remedy (APGD on the points
+   still improving).
+10. corrections: every point a remedy or probe broke lowers the worst case
+    (:func:`bench.evaluation.results.corrected`).
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ from typing import Any, Callable, Generator
 
 from tqdm import tqdm
 
-from bench.evaluation import audit, work
+from bench.evaluation import audit, probes, work
 from bench.evaluation.book import Book
 from bench.evaluation.outcome import Evaluation
 from bench.evaluation.plan import Plan, check_plan
-from bench.evaluation.results import worst_case
+from bench.evaluation.results import corrected, corrections, worst_case
 from bench.evaluation.walk import GridResult, flag_text, text_flags
+from bench.vocab import Check
 
 
 @dataclass
@@ -86,6 +93,7 @@ def evaluation(plan: Plan, book: Book, say: Callable[[str], None] | None = None)
         book.device(),
     )
     ev.findings += yield from _after(plan, book, ev, cheap)
+    ev.worst = corrected(ev.worst, corrections(ev.findings))
     return ev
 
 
@@ -119,11 +127,10 @@ def _after(
     book.write_findings(found)
     book.drop_stale_inference(ev.results)
     found += yield from _inference(plan, book, ev.results, cheap, ev.ran)
+    found += yield from _probes(plan, book, ev)
     if plan.settings.diagnose and ev.worst:
         top = ev.worst[-1]
-        item = work.Costly(
-            top.eps, text_flags(top.flags), plan.settings.seed, plan.settings.transfer_from
-        )
+        item = work.Costly(top.eps, text_flags(top.flags), plan.settings.seed)
         [costly] = yield Step("costly", [item])
         book.write_findings(costly)
         ev.ran.append("costly")
@@ -147,4 +154,30 @@ def _inference(
     audit.stamp_inference(found, book.inference_context(results))
     book.write_findings(found)
     ran.append("inference")
+    return found
+
+
+def _probes(plan: Plan, book: Book, ev: Evaluation) -> Generator[Step, list[Any], list[Any]]:
+    """The always-on probes at the grid's largest eps: stored ones reused when no flags were
+    walked now, else run and stored."""
+    top = [w for w in ev.worst if w.eps > 0]
+    if not top:
+        return []
+    s = plan.settings
+    whitebox, names = audit.whitebox_worst(ev.results, top[-1].eps)
+    probe = probes.Probe(top[-1].eps, whitebox, names, text_flags(top[-1].flags), s.seed)
+    probe.surrogate = s.transfer_from
+    probe.margin = audit.has_margin_loss(ev.results, probe.eps)
+    probe.randomized = audit.flagged(ev.findings, Check.RANDOMIZED)
+    probe.covered = audit.black_box_cover(ev.results, probe.eps)
+    context = probes.context(probe)
+    if "walk" not in ev.ran and not s.fresh:
+        stored = book.stored_probes(probe.eps, context)
+        if stored is not None:
+            return stored
+    [found] = yield Step("probes", [work.Probes(probe)])
+    for f in found:
+        f.details["context"] = context
+    book.write_findings(found)
+    ev.ran.append("probes")
     return found

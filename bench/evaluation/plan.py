@@ -32,8 +32,8 @@ class Settings:
     seed: int = 0
     fresh: bool = False
     progress: bool = True
-    diagnose: bool = False  # the costly checks too (large budget, loss trace, transfer)
-    transfer_from: Any = None  # an nn.Module whose PGD examples the transfer check replays
+    diagnose: bool = False  # the costly checks too (large budget, loss trace and its remedy)
+    transfer_from: Any = None  # the transfer probe's surrogate (an nn.Module), or None
     walk: str = DEFAULT_WALK  # how each attack walks the grid: up, down or bisect
 
 

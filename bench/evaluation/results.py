@@ -12,27 +12,19 @@ were not run at an eps are listed as missing there, never dropped silently.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
+from bench.evaluation import stats
+from bench.params import parse_eps
 from bench.store import ResultRow, canonical, eps_key
 
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval (95% by default) for k successes in n trials, as fractions.
-
-    Wilson (1927); preferred over the normal approximation near 0 and 1 (Brown, Cai and
-    DasGupta 2001). n = 0 gives (0, 1)."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = k / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval for k successes in n trials, as fractions (scipy's
+    ``binomtest(k, n).proportion_ci(method="wilson")``; Wilson 1927, preferred over the normal
+    approximation near 0 and 1, Brown, Cai and DasGupta 2001). n = 0 gives (0, 1)."""
+    return stats.wilson(k, n)
 
 
 @dataclass(frozen=True)
@@ -77,16 +69,74 @@ def attack_id(row: ResultRow) -> str:
 
 @dataclass
 class WorstPoint:
-    """The worst case at one eps: flags, the attacks it covers there and those missing."""
+    """The worst case at one eps: flags, the attacks it covers there and those missing; where
+    remedies or probes broke more points (:func:`corrected`), the checks that did and the flags
+    before they did."""
 
     eps: float
     flags: str
     covered: list[str]
     missing: list[str] = field(default_factory=list)
+    corrected_by: list[str] = field(default_factory=list)
+    before: str = ""
 
     @property
     def estimate(self) -> Estimate:
         return estimate(self.flags)
+
+    @property
+    def overstated(self) -> int:
+        """Points the attacks counted robust that a remedy or probe broke (0 if uncorrected)."""
+        return self.before.count("1") - self.flags.count("1") if self.before else 0
+
+
+#: A correction: (the check whose attack broke the points, eps, indices of the points broken).
+Correction = tuple[str, float, Sequence[int]]
+
+
+PASSED, CORRECTED, FLAGGED = "passed", "corrected", "flagged"  # a finding's status
+
+
+def status(flagged: bool, details: dict[str, Any]) -> str:
+    """A finding's status: ``flagged`` (the number may be false: the evaluation is unreliable),
+    ``corrected`` (its remedy or probe broke points the attacks had left: the worst case is
+    lowered, ``details['corrections']``) or ``passed``."""
+    if flagged:
+        return FLAGGED
+    return CORRECTED if any((details.get("corrections") or {}).values()) else PASSED
+
+
+def corrections(findings: Iterable[Any]) -> list[Correction]:
+    """The corrections that findings (or their stored rows) carry: ``details['corrections']``,
+    eps as text -> indices of the points broken there. None for a model found randomized: a
+    single misclassified pass of a random model proves nothing (its evaluation is flagged)."""
+    findings = list(findings)
+    if any(f.check == "randomized" and f.flagged for f in findings):
+        return []
+    return [
+        (f.check, parse_eps(e, "correction"), idx)
+        for f in findings
+        for e, idx in (f.details.get("corrections") or {}).items()
+        if idx
+    ]
+
+
+def corrected(worst: Sequence[WorstPoint], fixes: Iterable[Correction]) -> list[WorstPoint]:
+    """The worst case with ``fixes`` applied: a point broken at eps e is broken at every eps of
+    the grid >= e (the balls are nested). A point is never counted robust again."""
+    fixes = list(fixes)
+    out = []
+    for w in worst:
+        # eps comes back from text (6 significant digits): compare with a relative tolerance
+        here = [(c, idx) for c, e, idx in fixes if 0 < e <= w.eps * (1 + 1e-5)]
+        drop = {int(i) for _, idx in here for i in idx}
+        flags = "".join("0" if i in drop else f for i, f in enumerate(w.flags))
+        if flags == w.flags:
+            out.append(w)
+            continue
+        by = sorted({c for c, idx in here if any(w.flags[int(i)] == "1" for i in idx)})
+        out.append(WorstPoint(w.eps, flags, w.covered, w.missing, by, w.before or w.flags))
+    return out
 
 
 def _and(a: str, b: str) -> str:
@@ -129,4 +179,15 @@ def group_rows(rows: Iterable[ResultRow]) -> dict[tuple[str, str, int], list[Res
     return out
 
 
-__all__ = ["Estimate", "WorstPoint", "attack_id", "estimate", "group_rows", "wilson", "worst_case"]
+__all__ = [
+    "Correction",
+    "Estimate",
+    "WorstPoint",
+    "corrected",
+    "corrections",
+    "attack_id",
+    "estimate",
+    "group_rows",
+    "wilson",
+    "worst_case",
+]

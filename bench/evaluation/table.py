@@ -21,6 +21,22 @@ def ci_cell(e: Estimate) -> str:
     return f"{100 * e.acc:.1f} ({100 * lo:.1f}-{100 * hi:.1f})"
 
 
+def corrected_lines(ev: Evaluation) -> list[str]:
+    """One line per eps where remedies or probes broke points every attack had left: the worst
+    case shown is the corrected one; by how much the attacks had overstated it."""
+    out = []
+    for w in ev.worst:
+        if w.overstated:
+            before = Estimate(w.before.count("1"), len(w.before))
+            out.append(
+                f"CORRECTED at eps {format_eps(w.eps)}: {', '.join(w.corrected_by)} broke "
+                f"{w.overstated} points the attacks left: {ANY} {ci_cell(before)} -> "
+                f"{ci_cell(w.estimate)} (overstated by {100 * w.overstated / len(w.flags):.1f} "
+                "points)"
+            )
+    return out
+
+
 def format_table(ev: Evaluation, device: str) -> str:
     """Robust accuracy (%) with 95% intervals per attack (rows) and eps in 1/255 (columns)."""
     t, s = ev.target, ev.settings
@@ -55,11 +71,12 @@ def format_table(ev: Evaluation, device: str) -> str:
         )
     if ev.note:
         lines.append(f"note: {ev.note}")
+    lines += corrected_lines(ev)
     for f in ev.findings:
         if f.flagged:
             lines.append(f"FLAG {f.check}: {f.summary} -> {f.advice}")
     for msg, eps, points in ev.aa_warnings:
-        flag, why = audit.classify_aa_warning(msg, points)
+        flag, why = audit.classify_aa_warning(msg, points, ev.aa_calls)
         lines.append(
             f"{'FLAG' if flag else 'note'} autoattack-checks at {format_eps(eps)}: {msg} ({why})"
         )

@@ -32,6 +32,7 @@ import torch
 from bench.attacks import make_attack
 from bench.errors import UsageError
 from bench.evaluation import diagnostics as dg
+from bench.evaluation import stats
 from bench.evaluation.results import estimate, worst_case
 from bench.evaluation.targets import Target
 from bench.evaluation.walk import batch_seed, check_budget, flag_text, predict, text_flags
@@ -160,9 +161,10 @@ def transfer_row(
     sources: int = 1,
 ) -> DiagnosticRow:
     """The ``transfer`` diagnostic of ``target`` fed by the source's examples. ``sources``: how
-    many other models' examples test this target; each test runs at ``dg.ALPHA / sources``
-    (Bonferroni), so that a checkpoint is flagged by chance with probability at most
-    ``dg.ALPHA`` however many models the matrix has."""
+    many other models' examples test this target; each test runs at the transfer check's
+    level split between the transfer probe and the matrix's ``sources`` tests (Bonferroni), so
+    that a checkpoint is flagged by chance with probability at most that level however many
+    models the matrix has."""
     m = len(x_adv)
     f = dg.check_transfer(
         target.model,
@@ -170,7 +172,7 @@ def transfer_row(
         target.y[:m],
         x_adv,
         whitebox[:m],
-        alpha=dg.ALPHA / max(1, sources),
+        alpha=stats.level(Check.TRANSFER, 2 * max(1, sources)),
         eps=eps,
     )
     details = dict(f.as_dict()["details"])

@@ -147,7 +147,7 @@ class Recorder:
         pass
 
 
-def _attack_batch(
+def attack_points(
     model: nn.Module,
     attack: Attack,
     x: torch.Tensor,
@@ -302,7 +302,7 @@ def _walk_eps(
             state.settle(
                 idx,
                 j,
-                _attack_batch(
+                attack_points(
                     model, attack, x, y, idx, eps, batch_seed(w.seed, eps, k + k0), offset=k0 * B
                 ),
             )

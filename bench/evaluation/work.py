@@ -7,19 +7,20 @@ executor does it: in this process (:mod:`bench.evaluation.local`) or in Ray task
 * :class:`Clean`: the clean predictions, when no walk made them now.
 * :class:`Shard`: the grid walk of some attacks over batches ``k0..k1-1`` of the points.
 * :class:`Inference`: the walk-inference check on the merged walks.
-* :class:`Costly`: the ``--diagnose`` checks (large budget, loss trace, transfer).
+* :class:`Probes`: the always-on black-box and transfer probes.
+* :class:`Costly`: the ``--diagnose`` checks (large budget, loss trace and its remedy).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from bench.attacks import Attack, collect_warnings
-from bench.evaluation import audit
+from bench.evaluation import audit, probes
 from bench.evaluation.walk import GridResult, Recorder, flag_text, grid_walk, predict
 from bench.io import model_device
 
@@ -71,8 +72,15 @@ class Costly:
     eps: float
     worst: torch.Tensor
     seed: int
-    transfer_from: nn.Module | None = None
     kind = "costly"
+
+
+@dataclass
+class Probes:
+    """The always-on probes (:mod:`bench.evaluation.probes`)."""
+
+    probe: probes.Probe
+    kind = "probes"
 
 
 @dataclass
@@ -182,9 +190,16 @@ def inference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, w: Inference) 
 
 
 def costly(model: nn.Module, x: torch.Tensor, y: torch.Tensor, w: Costly) -> list[Any]:
-    """:func:`bench.evaluation.audit.costly`; the transfer source moves to the model's device."""
-    source = w.transfer_from.to(model_device(model)).eval() if w.transfer_from is not None else None
-    return audit.costly(model, x, y, audit.Costly(w.eps, w.worst, source, w.seed))
+    """:func:`bench.evaluation.audit.costly`."""
+    return audit.costly(model, x, y, audit.Costly(w.eps, w.worst, w.seed))
+
+
+def probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, w: Probes) -> list[Any]:
+    """:func:`bench.evaluation.probes.run`; the surrogate moves to the model's device."""
+    p = w.probe
+    if p.surrogate is not None:
+        p = replace(p, surrogate=p.surrogate.to(model_device(model)).eval())
+    return probes.run(model, x, y, p)
 
 
 def execute(
@@ -207,6 +222,8 @@ def execute(
         return inference(model, x, y, item)
     if isinstance(item, Costly):
         return costly(model, x, y, item)
+    if isinstance(item, Probes):
+        return probe(model, x, y, item)
     raise TypeError(f"unknown work item {type(item).__name__}")
 
 
@@ -224,6 +241,7 @@ __all__: Sequence[str] = [
     "Costly",
     "Inference",
     "Live",
+    "Probes",
     "Shard",
     "ShardResult",
     "Stats",

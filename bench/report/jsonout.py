@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.evaluation.results import Estimate
+from bench.evaluation.results import Estimate, status
 from bench.params import eps_in_255, format_eps
 from bench.report import robustbench
 from bench.report.model import AUTOATTACK, WORST, Model, Variant
@@ -66,6 +66,8 @@ def model_info(m: Model, key: int, labels: dict[Variant, str]) -> dict[str, Any]
             "worst_case_acc": pct(worst),
             "worst_case": worst.as_dict() if worst else None,
             "worst_case_missing": m.worst[key].missing if key in m.worst else None,
+            "worst_case_overstated_points": m.worst[key].overstated if key in m.worst else None,
+            "worst_case_corrected_by": m.worst[key].corrected_by if key in m.worst else None,
             "n_eval": m.n,
             "fingerprint": m.run.fingerprint,
             "source_kind": m.run.kind,
@@ -80,6 +82,7 @@ def model_info(m: Model, key: int, labels: dict[Variant, str]) -> dict[str, Any]
                 {
                     "check": f.check,
                     "flagged": f.flagged,
+                    "status": status(f.flagged, f.details),
                     "summary": f.summary,
                     "details": f.details,
                     "source": f.source,

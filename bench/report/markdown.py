@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Iterable
 
-from bench.evaluation.results import Estimate
+from bench.evaluation.results import Estimate, WorstPoint, estimate
 from bench.params import format_eps
 from bench.report import heatmap, robustbench
 from bench.report.model import AUTOATTACK, WORST, Entry, Model, Ranked, Variant, entries, rank
@@ -40,12 +40,12 @@ FLAG_LEGEND: dict[str, tuple[str, str]] = {
     ),
     Check.SQUARE_VS_WHITEBOX: (
         "the black-box Square attack broke significantly more points than "
-        "the white-box attacks (AutoAttack checks.py; McNemar p < 0.01)",
+        "the white-box attacks (AutoAttack checks.py; McNemar's exact test at level 0.001)",
         "gradient masking likely: run an adaptive attack",
     ),
     Check.ITERATIVE_VS_SINGLE_STEP: (
         "an iterative attack did significantly worse than FGSM "
-        "(Carlini et al. 2019; McNemar p < 0.01)",
+        "(Carlini et al. 2019; McNemar's exact test at level 0.001)",
         "gradient masking or a broken attack: run `bench diagnose`",
     ),
     Check.LARGE_BUDGET: (
@@ -55,18 +55,25 @@ FLAG_LEGEND: dict[str, tuple[str, str]] = {
     ),
     Check.LOSS_TRACE: (
         "the attack loss was still improving at its last steps (Pintor et al. "
-        "2022, incomplete optimization)",
+        "2022, incomplete optimization); bench's APGD remedy corrects the number instead",
         "rerun with more steps, e.g. `--set pgd.steps=100`",
+    ),
+    Check.BLACK_BOX_PROBE: (
+        "the always-on Square probe (300 queries) broke significantly more points than every "
+        "white-box attack (AutoAttack checks.py; McNemar's exact test at level 0.002): the "
+        "gradients mislead",
+        "run an adaptive attack (BPDA, EOT, a surrogate's gradients) and full Square",
     ),
     Check.TRANSFER: (
         "examples crafted on another model break points the white-box attacks left "
-        "standing (Pintor et al. 2022, transfer failure)",
+        "standing significantly (Carlini et al. 2019; McNemar's exact test at level 0.001)",
         "the white-box attacks fail on this model: adaptive attack",
     ),
     Check.WALK_INFERENCE: (
         "points counted robust at a smaller eps because the attacks left them robust at the "
-        "largest one are broken by PGD run there directly: attack success does not grow with eps "
-        "(Carlini et al. 2019)",
+        "largest one are broken by PGD run there directly, significantly more than 1% of them, "
+        "and some inferred points were not checked (Carlini et al. 2019); checked ones are "
+        "corrected",
         "rerun with `bench eval --walk up` (every eps measured) and adaptive attacks",
     ),
     Check.AUTOATTACK_CHECKS: (
@@ -167,6 +174,7 @@ def _row(r: Ranked, columns: list[Variant], key: int) -> list[str]:
         {a for m in e.models for a in (m.worst.get(key).missing if m.worst.get(key) else [])}
     )
     worst = ci_many(e.values(WORST, key)) + (" ⚠ missing: " + ", ".join(missing) if missing else "")
+    worst += _corrected_note([m.worst.get(key) for m in e.models])
     flags = ", ".join(e.flags) or ""
     if r.reason:
         flags = (flags + "; " if flags else "") + r.reason
@@ -308,6 +316,17 @@ def _legend(flags: Iterable[str]) -> list[str]:
     return out
 
 
+def _corrected_note(points: Iterable[WorstPoint | None]) -> str:
+    """`` (corrected: -2.0 pts by black-box-probe)`` where remedies or probes lowered the worst
+    case (the attacks named had overstated it by that much), else ""."""
+    done = [w for w in points if w is not None and w.overstated]
+    if not done:
+        return ""
+    drop = max(100 * w.overstated / len(w.flags) for w in done)
+    by = sorted({c for w in done for c in w.corrected_by})
+    return f" (corrected: −{drop:.1f} pts by {', '.join(by)})"
+
+
 def worst_by_eps(models: list[Model]) -> list[str]:
     """The worst case of every model at every eps of the data set's grid."""
     keys = sorted({k for m in models for k in m.worst})
@@ -344,6 +363,15 @@ def _curve_table(name: str, m: Model, labels: dict[Variant, str]) -> list[str]:
         "",
     ]
     lines += table(["attack"] + [format_eps(k / 1e9) for k in keys], body, right_from=1)
+    for k in keys:
+        w = m.worst[k]
+        if w.overstated:
+            lines += [
+                "",
+                f"- corrected at eps {format_eps(w.eps)}: the attacks above counted {w.overstated} "
+                f"points robust that {', '.join(w.corrected_by)} broke; worst case "
+                f"{ci(estimate(w.before))} -> {ci(w.estimate)}",
+            ]
     for f in m.findings:
         if f.flagged:
             lines += ["", f"- flag **{f.check}**: {f.summary}"]

@@ -19,7 +19,15 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from bench.evaluation.results import Estimate, WorstPoint, estimate, group_rows, worst_case
+from bench.evaluation.results import (
+    Estimate,
+    WorstPoint,
+    corrected,
+    corrections,
+    estimate,
+    group_rows,
+    worst_case,
+)
 from bench.store import ANY, DiagnosticRow, ResultRow, RunRow, Store, canonical, eps_key
 from bench.vocab import Check
 
@@ -155,8 +163,9 @@ def build_model(
     for r in chosen:
         curves.setdefault(variant_of(r), {})[eps_key(r.eps)] = r
     clean = _clean_flags(chosen)
-    worst = {eps_key(w.eps): w for w in worst_case(chosen, clean)}
     mine = [f for f in findings if f.n == n]
+    fixes = corrections([f for f in mine if f.fingerprint == chosen[0].fingerprint])
+    worst = {eps_key(w.eps): w for w in corrected(worst_case(chosen, clean), fixes)}
     return Model(
         run,
         n,
