@@ -205,3 +205,8 @@ def eps_in_255(eps: float, digits: int = 4) -> str:
     """Eps in units of 1/255 for axes and column heads: ``"8"``, or e.g. ``"25.5"`` off the grid."""
     k = eps * 255
     return str(int(round(k))) if abs(k - round(k)) < 1e-6 else f"{k:.{digits}g}"
+
+
+def plural(count: int, word: str) -> str:
+    """``1 point``, ``2 points``: a count with its noun (plural with an s)."""
+    return f"{count} {word}{'' if count == 1 else 's'}"

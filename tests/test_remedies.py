@@ -5,6 +5,7 @@ honest models keep their numbers and no flag."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import planted
@@ -173,3 +174,22 @@ def test_significant_corrections_reach_the_points_not_probed() -> None:
     truth = int(ok.sum()) / len(y)
     assert abs(ev.worst[-1].estimate.acc - truth) <= 0.03, (ev.worst[-1].estimate.acc, truth)
     assert not ev.unreliable
+
+
+def test_the_report_applies_the_stored_corrections(tmp_path: Path) -> None:
+    """`bench report` is a function of the store: the corrections stored with the findings
+    lower the worst case there too, and the curves say by how much."""
+    from bench.report import write_report
+    from bench.store import Store
+
+    weak = make_attack("pgd", {"steps": "2", "alpha": str(EPS / 20), "random_start": "false"})
+    x, y = planted.test_points()
+    s = Settings([weak], [0.0, EPS], 100, 0, progress=False)
+    with Store(tmp_path / "r.sqlite") as store:
+        ev = evaluate_target(tiny_target(planted.honest(0), x, y, "m"), s, store=store)
+    top = ev.worst[-1]
+    assert top.overstated > 0
+    files = write_report(tmp_path / "r.sqlite", tmp_path / "out", images=False)
+    text = Path(files.leaderboard).read_text()
+    assert f"the attacks above counted {top.overstated} points robust" in text
+    assert f"{100 * top.estimate.acc:.1f}" in text

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from bench.evaluation import audit
 from bench.evaluation.results import Estimate
-from bench.params import eps_in_255, format_eps
+from bench.params import eps_in_255, format_eps, plural
 from bench.store import ANY
 from bench.vocab import Walk
 
@@ -30,7 +30,7 @@ def corrected_lines(ev: Evaluation) -> list[str]:
             before = Estimate(w.before.count("1"), len(w.before))
             out.append(
                 f"CORRECTED at eps {format_eps(w.eps)}: {', '.join(w.corrected_by)} broke "
-                f"{w.overstated} points the attacks left: {ANY} {ci_cell(before)} -> "
+                f"{plural(w.overstated, 'point')} the attacks left: {ANY} {ci_cell(before)} -> "
                 f"{ci_cell(w.estimate)} (overstated by {100 * w.overstated / len(w.flags):.1f} "
                 "points)"
             )

@@ -7,7 +7,7 @@ import json
 from typing import Iterable
 
 from bench.evaluation.results import Estimate, WorstPoint, estimate
-from bench.params import format_eps
+from bench.params import format_eps, plural
 from bench.report import heatmap, robustbench
 from bench.report.model import AUTOATTACK, WORST, Entry, Model, Ranked, Variant, entries, rank
 from bench.report.text import (
@@ -368,8 +368,9 @@ def _curve_table(name: str, m: Model, labels: dict[Variant, str]) -> list[str]:
         if w.overstated:
             lines += [
                 "",
-                f"- corrected at eps {format_eps(w.eps)}: the attacks above counted {w.overstated} "
-                f"points robust that {', '.join(w.corrected_by)} broke; worst case "
+                f"- corrected at eps {format_eps(w.eps)}: the attacks above counted "
+                f"{plural(w.overstated, 'point')} robust that {', '.join(w.corrected_by)} broke; "
+                "worst case "
                 f"{ci(estimate(w.before))} -> {ci(w.estimate)}",
             ]
     for f in m.findings:
