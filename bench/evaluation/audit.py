@@ -30,6 +30,7 @@ from torch import nn
 from bench.attacks import Attack, make_attack
 from bench.evaluation import diagnostics as dg
 from bench.evaluation import remedies, stats
+from bench.evaluation.probes import QUERIES
 from bench.evaluation.walk import attack_points, check_budget
 from bench.params import format_eps
 from bench.store import DiagnosticRow
@@ -365,11 +366,16 @@ def black_box_cover(results: Sequence[Any], eps: float) -> str | None:
     for r in results:
         if eps not in r.eps:
             continue
-        if r.attack.name == "autoattack" and r.attack.params.get("version") != "custom":
+        if _full_autoattack(r):
             return r.attack.display
-        if r.attack.name == "square" and int(r.attack.params.get("n_queries", 0)) >= 300:
+        if r.attack.name == "square" and int(r.attack.params.get("n_queries", 0)) >= QUERIES:
             return r.attack.display
     return None
+
+
+def _full_autoattack(r: Any) -> bool:
+    """AutoAttack in a version that runs all its components (standard, plus or rand)."""
+    return r.attack.name == "autoattack" and r.attack.params.get("version") != "custom"
 
 
 def has_margin_loss(results: Sequence[Any], eps: float) -> bool:
@@ -378,7 +384,7 @@ def has_margin_loss(results: Sequence[Any], eps: float) -> bool:
     return any(
         eps in r.eps
         and (
-            (r.attack.name == "autoattack" and r.attack.params.get("version") != "custom")
+            _full_autoattack(r)
             or (r.attack.name == "apgd" and r.attack.params.get("loss") == "dlr")
         )
         for r in results
