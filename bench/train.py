@@ -17,7 +17,9 @@ Every epoch ends with the training state written atomically (:mod:`bench.checkpo
 interrupted run continues with :func:`resume` (``bench train --resume RUN_DIR``) from its last
 completed epoch; on the CPU the final weights are bit-identical to an uninterrupted run's.
 Single-step defenses (FGSM-AT, FGSM-RS) are watched for catastrophic overfitting on a held-out
-batch of training images (:mod:`bench.defenses.overfitting`).
+batch of training images (:mod:`bench.defenses.overfitting`). The adversarial defenses (PGD-AT,
+TRADES, FGSM-RS, FGSM-AT) train under the threat model of their ``norm`` parameter, which
+config.json's ``defense_params`` records with the rest.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from bench.defenses.overfitting import Monitor, heldout_size
 from bench.errors import UsageError
 from bench.io import device_label, library_versions, pick_device
 from bench.models import create_model
+from bench.norms import LINF
 
 SCHEDULES = ("piecewise", "cosine")
 AMP_MODES = ("off", "bf16")  # training autocast: none, or bfloat16 (see the module docstring)
@@ -328,7 +331,8 @@ def _make_loop(p: Prepared) -> Loop:
     monitor = None
     if p.heldout is not None:
         held = p.heldout.to(device)
-        monitor = Monitor(float(getattr(p.defense, "eps")), held.images(), held.y)
+        eps, norm = float(getattr(p.defense, "eps")), getattr(p.defense, "norm", LINF)
+        monitor = Monitor(eps, held.images(), held.y, norm)
     forward = torch.compile(model) if cfg.compile else model
     return Loop(
         p,
@@ -630,9 +634,21 @@ def config_from_saved(saved: dict[str, Any], run_dir: Path, **overrides: Any) ->
         raise UsageError(f"{run_dir / checkpoint.CONFIG} can't be resumed: {exc}") from None
 
 
+def _from_before_norms(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` as today's code records it, for a run saved before defenses had a ``norm``:
+    such a run trained under Linf (the norm's default), and the step it used was recorded by
+    the step rules it had (FGSM-AT's, since added, is filled in from ``now``)."""
+    params, now_params = saved.get("defense_params") or {}, now.get("defense_params") or {}
+    if "norm" in params or now_params.get("norm") != LINF:
+        return saved
+    resolved = {**now.get("defense_resolved", {}), **(saved.get("defense_resolved") or {})}
+    return {**saved, "defense_params": {**params, "norm": LINF}, "defense_resolved": resolved}
+
+
 def _check_same(saved: dict[str, Any], now: dict[str, Any], run_dir: Path) -> None:
     """The rebuilt run resolves to the saved configuration (same code, same data)."""
     plain = json.loads(json.dumps(now))  # tuples -> lists, as saved
+    saved = _from_before_norms(saved, plain)
     for key in _SAME_ON_RESUME:
         if saved.get(key) != plain.get(key):
             raise UsageError(

@@ -14,7 +14,8 @@ from bench.data import DATASETS
 from bench.defenses import DEFENSES, all_param_names
 from bench.errors import UsageError
 from bench.models import MODELS
-from bench.params import parse_assignments
+from bench.norms import LINF, NORMS, check_norm
+from bench.params import dataclass_defaults, parse_assignments
 from bench.train import (
     AMP_MODES,
     SCHEDULES,
@@ -28,6 +29,7 @@ from bench.train import (
 )
 
 PARAM_DEST = "defense_param_"
+NORM = "norm"  # the defense parameter that --norm sets (it has its own flag, not a named one)
 #: Flags that may go with --resume: where and how to run, not what to train.
 RESUME_OK = {
     "resume",
@@ -136,8 +138,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="a defense parameter, e.g. --set eps=8/255 --set layers=alternate:2",
     )
+    p.add_argument(
+        "--norm",
+        default=None,
+        metavar="|".join(NORMS),
+        help=f"the threat model to train for (default {LINF}); sets the norm parameter of "
+        f"{', '.join(norm_defenses())}",
+    )
     group = p.add_argument_group("defense parameters (each applies only to defenses that have it)")
     for name in all_param_names():
+        if name == NORM:
+            continue
         group.add_argument(
             f"--{name.replace('_', '-')}", dest=PARAM_DEST + name, default=None, metavar="V"
         )
@@ -145,8 +156,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, train_defaults=defaults)
 
 
+def norm_defenses() -> list[str]:
+    """The defenses that take a ``norm`` parameter (the adversarial trainings)."""
+    return [e.name for e in DEFENSES if NORM in dataclass_defaults(e.factory)]  # type: ignore[arg-type]
+
+
 def _defense_values(args: argparse.Namespace) -> dict[str, str]:
-    """The defense parameters from --set and the named flags (which must agree)."""
+    """The defense parameters from --set, the named flags and --norm (which must agree)."""
     values = parse_assignments(args.set)
     for key, value in vars(args).items():
         if key.startswith(PARAM_DEST) and value is not None:
@@ -154,7 +170,29 @@ def _defense_values(args: argparse.Namespace) -> dict[str, str]:
             if name in values and values[name] != value:
                 raise UsageError(f"--{name.replace('_', '-')} and --set {name}= disagree")
             values[name] = value
+    _add_norm(args, values)
     return values
+
+
+def _add_norm(args: argparse.Namespace, values: dict[str, str]) -> None:
+    """``--norm`` into ``values``: the defense's ``norm`` parameter where it has one; for other
+    defenses Linf (the threat model they are measured under by default) is accepted and
+    dropped, L2 and L1 refused."""
+    if args.norm is None:
+        return
+    norm = check_norm(args.norm)  # unknown -> one line listing Linf, L2, L1
+    if args.defense not in DEFENSES:
+        return  # build_defense names the unknown defense
+    if args.defense not in norm_defenses():
+        if norm != LINF:
+            raise UsageError(
+                f"--norm {norm}: defense {args.defense} has no norm (it trains for no threat "
+                f"model); the defenses that take one: {', '.join(norm_defenses())}"
+            )
+        return
+    if NORM in values and check_norm(values[NORM]) != norm:
+        raise UsageError(f"--norm and --set {NORM}= disagree")
+    values[NORM] = norm
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -8,12 +8,15 @@ step it is trained against, not the threat model.
 The loop watches for it on a fixed **held-out batch** (:func:`heldout_size`): the last
 ``min(256, S // 4)`` images of the official training split (S points), which are excluded from
 training (a ``--train-limit`` that reaches into them is cut short of them). After every epoch,
-with the model in eval mode, it measures on that batch, at the defense's eps:
+with the model in eval mode, it measures on that batch, at the defense's eps and in its norm
+(the threat model it trains for: Linf, L2 or L1):
 
-- FGSM accuracy: one signed-gradient step of eps from the clean point, clipped to [0, 1];
-- PGD-10 accuracy: 10 signed steps of eps/4 from a uniform start in the ball, projected. The
-  start is drawn once from a generator seeded with :data:`HELDOUT_SEED`, so every epoch faces
-  the same start and the training's own random streams are untouched.
+- FGSM accuracy: one step of eps from the clean point along the norm's steepest ascent (the
+  sign under Linf; :func:`bench.norms.ascent`), clipped to [0, 1];
+- PGD-10 accuracy: 10 steps of eps/4 (Linf; 2.5*eps/10, the same size, under L2 and L1) from
+  a random start in the ball, projected. The start is drawn once from a generator seeded with
+  :data:`HELDOUT_SEED`, so every epoch faces the same start and the training's own random
+  streams are untouched.
 
 The rule is :data:`COLLAPSE_RULE` (:func:`collapsed`); the first epoch that meets it is reported.
 """
@@ -27,8 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.defenses.adversarial import pgd_linf
+from bench.defenses.adversarial import (
+    ball_start,
+    cross_entropy_of,
+    multi_step_alpha,
+    pgd_linf,
+    pgd_lp,
+)
 from bench.defenses.base import input_grad
+from bench.norms import LINF
 
 HELDOUT_MAX = 256  # images in the held-out batch (fewer when the split is small)
 HELDOUT_SHARE = 4  # ... but at most a quarter of the training split
@@ -66,13 +76,21 @@ def collapsed(pgd: list[float], fgsm: list[float]) -> bool:
     )
 
 
-def fgsm_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> float:
-    """Accuracy under one signed step of ``eps`` from the clean point (no random start)."""
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def fgsm_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = LINF
+) -> float:
+    """Accuracy under one step of ``eps`` from the clean point (no random start) along the
+    norm's steepest ascent: the sign under Linf, :func:`pgd_lp` with one step otherwise."""
+    if norm != LINF:
+        return _accuracy(model, pgd_lp(cross_entropy_of(model, y), x, x, eps, eps, 1, norm), y)
     x_req = x.detach().clone().requires_grad_(True)
     grad = input_grad(F.cross_entropy(model(x_req), y), x_req)
-    x_adv = (x + eps * grad.sign()).clamp(0.0, 1.0)
-    with torch.no_grad():
-        return float((model(x_adv).argmax(1) == y).float().mean())
+    return _accuracy(model, (x + eps * grad.sign()).clamp(0.0, 1.0), y)
 
 
 @dataclass
@@ -82,12 +100,16 @@ class Monitor:
     eps: float
     x: torch.Tensor  # the held-out images, float in [0, 1], on the training device
     y: torch.Tensor
+    norm: str = LINF  # the defense's threat model
     pgd: list[float] = field(default_factory=list)
     fgsm: list[float] = field(default_factory=list)
     epoch: int | None = None  # the first epoch that met the rule
 
     def __post_init__(self) -> None:
         g = torch.Generator().manual_seed(HELDOUT_SEED)  # CPU: the same start on every device
+        if self.norm != LINF:
+            self.start = ball_start(self.x, self.eps, self.norm, g)
+            return
         delta = (torch.rand(self.x.shape, generator=g) * 2 - 1) * self.eps
         self.start = (self.x + delta.to(self.x.device)).clamp(0.0, 1.0)
 
@@ -96,22 +118,28 @@ class Monitor:
         was_training = model.training
         model.eval()
         try:
-            fgsm = fgsm_accuracy(model, self.x, self.y, self.eps)
-            x_adv = pgd_linf(
+            fgsm = fgsm_accuracy(model, self.x, self.y, self.eps, self.norm)
+            pgd = _accuracy(model, self._pgd(model), self.y)
+        finally:
+            model.train(was_training)
+        return fgsm, pgd
+
+    def _pgd(self, model: nn.Module) -> torch.Tensor:
+        """PGD-10 examples of the held-out batch from the fixed start, in the monitor's norm."""
+        alpha = multi_step_alpha(self.eps, None, PGD_STEPS, self.norm)
+        if self.norm == LINF:
+            return pgd_linf(
                 model,
                 self.x,
                 self.y,
                 self.eps,
-                self.eps / 4,
+                alpha,
                 PGD_STEPS,
                 random_start=False,
                 start=self.start,
             )
-            with torch.no_grad():
-                pgd = float((model(x_adv).argmax(1) == self.y).float().mean())
-        finally:
-            model.train(was_training)
-        return fgsm, pgd
+        objective = cross_entropy_of(model, self.y)
+        return pgd_lp(objective, self.x, self.start, self.eps, alpha, PGD_STEPS, self.norm)
 
     def update(self, epoch: int, model: nn.Module) -> bool:
         """Measure after ``epoch``; True when this epoch meets the rule (each one that does)."""
