@@ -19,27 +19,32 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from bench.commands.eval import parse_attacks
+from bench.commands.eval import eps_grid_for, parse_attacks
 from bench.errors import UsageError
 from bench.evaluation.local import evaluate_target
 from bench.evaluation.outcome import Evaluation
 from bench.evaluation.plan import Settings
 from bench.evaluation.targets import Target, attach_points
 from bench.io import pick_device
+from bench.norms import check_norm
 from bench.params import parse_eps_grid
 from bench.sources import from_module
 from bench.store import Store
 
 
-def _attacks(attacks: Sequence[str] | str, params: dict[str, dict[str, Any]] | None) -> list[Any]:
+def _attacks(
+    attacks: Sequence[str] | str, params: dict[str, dict[str, Any]] | None, norm: str
+) -> list[Any]:
     names = [attacks] if isinstance(attacks, str) else list(attacks)
     sets = [f"{a}.{k}={v}" for a, kv in (params or {}).items() for k, v in kv.items()]
-    return parse_attacks([",".join(names)], sets)
+    return parse_attacks([",".join(names)], sets, norm=norm)
 
 
-def _grid(eps: str | float | Sequence[float]) -> list[float]:
+def _grid(eps: str | float | Sequence[float] | None, norm: str, dataset: str) -> list[float]:
+    if eps is None:
+        return eps_grid_for(None, norm, {dataset})
     if isinstance(eps, str):
-        return parse_eps_grid(eps)
+        return parse_eps_grid(eps, norm)
     return [float(e) for e in ([eps] if isinstance(eps, (int, float)) else eps)]
 
 
@@ -68,7 +73,8 @@ def evaluate_model(
     dataset: str = "fashion-mnist",
     n: int = 1000,
     attacks: Sequence[str] | str = ("fgsm", "pgd", "autoattack"),
-    eps: str | float | Sequence[float] = "0:8/255:1/255",
+    eps: str | float | Sequence[float] | None = None,
+    norm: str = "Linf",
     params: dict[str, dict[str, Any]] | None = None,
     x: torch.Tensor | None = None,
     y: torch.Tensor | None = None,
@@ -83,19 +89,23 @@ def evaluate_model(
     progress: bool = False,
 ) -> Evaluation:
     """Evaluate ``model`` with ``attacks`` over the eps grid ``eps`` (``"0:8/255:1/255"``, a
-    number or a list) and return the :class:`~bench.evaluate.Evaluation`: per-attack, per-eps
+    number or a list; None: the data set's default grid under ``norm``, 0..8/255 under Linf)
+    under threat model ``norm`` (``"Linf"``, ``"L2"`` or ``"L1"``) and return the
+    :class:`~bench.evaluate.Evaluation`: per-attack, per-eps
     flags and accuracies with 95% intervals, the worst case, the diagnostics' findings.
     ``params``: attack parameters, e.g. ``{"pgd": {"steps": 20}}``. The always-on probes run
     too (Square; transfer from ``transfer_from`` when given, e.g. a standard model of the data
     set); remedies and probes correct the worst case. Bad input: UsageError."""
+    norm = check_norm(norm)
     settings = Settings(
-        _attacks(attacks, params),
-        _grid(eps),
+        _attacks(attacks, params, norm),
+        _grid(eps, norm, dataset),
         batch_size,
         seed,
         progress=progress,
         diagnose=diagnose,
         transfer_from=transfer_from,
+        norm=norm,
     )
     target = _target(model, dataset, name, n, x, y, data_dir)
     dev = pick_device(device)

@@ -4,13 +4,21 @@
 dataclass (an unknown key is a UsageError listing the valid ones) and returns an
 :class:`Attack` whose ``run(model, x, y, eps, seed)`` gives adversarial images in [0, 1].
 
+Every attack is made for one threat model (``make_attack(name, params, norm="L2")``; see
+:mod:`bench.norms`): its registry entry lists the norms it has (``entry.extra["norms"]``), one
+implementation each, and any other norm is refused with one line naming the attacks that have
+it.
+
 Two kinds (``entry.extra["kind"]``):
 
-* ``bounded``: the attack itself keeps ``||x_adv - x||_inf <= eps``. Nothing is projected;
-  the evaluator checks every output and a violation is an error, never a result.
-* ``minimum-norm``: the attack looks for the smallest (L2) perturbation and ignores eps
-  (CW, DeepFool). Its output is projected onto the L-infinity eps-ball and [0, 1] -- the honest
-  way to score it at a given budget.
+* ``bounded``: the attack itself keeps ``||x_adv - x||_p <= eps`` in its norm. Nothing is
+  projected; the evaluator checks every output against the norm's ball and [0, 1], and a
+  violation is an error, never a result.
+* ``minimum-norm``: the attack looks for the smallest L2 perturbation and ignores eps
+  (CW, DeepFool). Under L2 its output is projected onto the L2 eps-ball, its own norm; under
+  Linf onto the L-infinity eps-ball (an L2 attack scored at an Linf budget, as bench did before
+  it knew norms). Either way it is then clamped to [0, 1] -- the honest way to score it at a
+  given budget.
 
 Epsilon is on the [0, 1] pixel scale. Inputs are images in [0, 1]; the model holds its own
 normalization, so no attack is given a mean/std. ``autoattack`` is the OFFICIAL AutoAttack
@@ -32,7 +40,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from bench import norms
+from bench.errors import UsageError
 from bench.io import model_device
+from bench.norms import L1, L2, LINF
 from bench.params import build_dataclass
 from bench.registry import Registry
 from bench.vocab import AttackKind
@@ -41,7 +52,9 @@ KINDS: tuple[str, ...] = tuple(k.value for k in AttackKind)  # the values, as st
 # The components of the official AutoAttack, as pyautoattack names them.
 AA_COMPONENTS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
-# What pyautoattack's ``_set_version`` runs for each named version (checked by the tests).
+# What pyautoattack's ``_set_version`` runs for each named version (checked by the tests). The
+# components are the same under every norm; their settings differ (under L1 standard APGD runs
+# 5 restarts with AutoAttack's larger-step schedule and APGD-T 5 target classes).
 AA_VERSION_ATTACKS: dict[str, tuple[str, ...]] = {
     "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
     "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
@@ -73,6 +86,7 @@ class Attack:
     concrete: Callable[[float], dict[str, Any]]  # eps -> the values actually passed at that eps
     perturb: Perturb
     defaults: dict[str, Any] = field(default_factory=dict)
+    norm: str = LINF  # the threat model (bench.norms) whose ball the outputs lie in
 
     @property
     def label(self) -> str:
@@ -94,8 +108,9 @@ class Attack:
         seed: int,
         index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Adversarial images for ``x`` (in [0, 1]) at L-infinity budget ``eps``, on the model's
-        device. Seeds torch first, so a run is reproducible; minimum-norm outputs are projected.
+        """Adversarial images for ``x`` (in [0, 1]) at budget ``eps`` in the attack's norm, on the
+        model's device. Seeds torch first, so a run is reproducible; minimum-norm outputs are
+        projected.
         ``index``: each point's position in the evaluated set (default 0..len(x)-1)."""
         if self.kind not in KINDS:
             raise ValueError(f"attack {self.name}: kind {self.kind!r} is not one of {KINDS}")
@@ -112,13 +127,8 @@ class Attack:
         with _frozen(model):
             x_adv = self.perturb(model, x, y, self.concrete(eps), seed, index.cpu()).detach()
         if self.kind == AttackKind.MINIMUM_NORM:
-            x_adv = project_linf(x, x_adv, eps)
+            x_adv = norms.project(x, x_adv, eps, self.norm)
         return x_adv
-
-
-def project_linf(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tensor:
-    """``x_adv`` moved into the L-infinity eps-ball around ``x`` and into [0, 1]."""
-    return (x + (x_adv.to(x.dtype) - x).clamp(-eps, eps)).clamp(0.0, 1.0)
 
 
 def _show(value: Any) -> str:
@@ -167,28 +177,57 @@ def _register(
     summary: str,
     resolve: Callable[[Any], dict[str, Any]],
     concrete: Callable[[Any, float], dict[str, Any]],
-    perturb: Perturb,
+    perturbs: dict[str, Perturb],
 ) -> None:
     """Register attack ``name`` whose parameters are dataclass ``cls``.
 
     ``resolve(cfg)`` gives the stored parameter dict; ``concrete(cfg, eps)`` the values used at
-    ``eps``; ``perturb`` runs the attack with them.
+    ``eps``; ``perturbs`` maps each norm the attack has to the function that runs it.
     """
     if kind == AttackKind.MINIMUM_NORM:
-        summary += "; minimum-norm: output projected onto the Linf eps-ball and [0, 1]"
-
+        summary += "; minimum-norm: output projected onto the eps-ball of the norm and [0, 1]"
+    summary += f"; norms {', '.join(perturbs)}"
     defaults = resolve(cls())
 
-    def factory(values: dict[str, str] | None = None) -> Attack:
+    def factory(values: dict[str, str] | None = None, norm: str = LINF) -> Attack:
         cfg = build_dataclass(cls, dict(values or {}), f"attack {name}")
-        return Attack(name, kind, resolve(cfg), lambda eps: concrete(cfg, eps), perturb, defaults)
+        return Attack(
+            name, kind, resolve(cfg), lambda eps: concrete(cfg, eps), perturbs[norm], defaults, norm
+        )
 
-    ATTACKS.add(name, factory, summary, defaults, kind=kind)
+    ATTACKS.add(name, factory, summary, defaults, kind=kind, norms=tuple(perturbs))
 
 
-def make_attack(name: str, params: dict[str, str] | None = None) -> Attack:
-    """The attack ``name`` with string ``params`` (unknown name or key -> UsageError)."""
-    return ATTACKS[name].factory(dict(params or {}))
+def attack_norms(name: str) -> tuple[str, ...]:
+    """The norms attack ``name`` has (unknown name -> UsageError); an attack registered
+    without any (by code written before bench knew norms) has Linf."""
+    return tuple(ATTACKS[name].extra.get("norms", (LINF,)))
+
+
+def with_norm(norm: str) -> list[str]:
+    """The attacks that have a version for ``norm``."""
+    return [n for n in ATTACKS.names() if norm in ATTACKS[n].extra["norms"]]
+
+
+def check_attack_norm(name: str, norm: str) -> str:
+    """``norm`` canonical, if attack ``name`` has it; else one line naming the attacks that do."""
+    norm = norms.check_norm(norm)
+    if norm not in attack_norms(name):
+        raise UsageError(
+            f"attack {name} has no {norm} version (it has {', '.join(attack_norms(name))}); "
+            f"attacks with {norm}: {', '.join(with_norm(norm))}"
+        )
+    return norm
+
+
+def make_attack(name: str, params: dict[str, str] | None = None, norm: str = LINF) -> Attack:
+    """The attack ``name`` with string ``params`` for threat model ``norm`` (unknown name or
+    key, or a norm the attack lacks -> UsageError)."""
+    norm = check_attack_norm(name, norm)
+    entry = ATTACKS[name]
+    if "norms" not in entry.extra:  # registered before norms: a factory of the params alone
+        return entry.factory(dict(params or {}))
+    return entry.factory(dict(params or {}), norm)
 
 
 def attack_kind(name: str) -> str:
@@ -233,14 +272,31 @@ def _fgsm(
     return _plain(torchattacks.FGSM(model, **kw))(x, y)
 
 
+def _fgm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kw: dict[str, Any],
+    seed: int,
+    index: torch.Tensor,
+) -> torch.Tensor:
+    """The fast gradient method, L2's FGSM (Goodfellow et al. 2015's step with the gradient
+    scaled to L2 norm eps, as cleverhans' ``fast_gradient_method``): one step, then [0, 1]
+    (clamping only shortens the step, so it stays in the ball). torchattacks has no L2 FGSM."""
+    x_in = x.clone().requires_grad_(True)
+    loss = nn.functional.cross_entropy(model(x_in), y, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, x_in)
+    return (x + kw["eps"] * norms.ascent(grad, L2)).clamp(0.0, 1.0)
+
+
 _register(
     "fgsm",
     FGSMParams,
     AttackKind.BOUNDED,
-    "FGSM (torchattacks): one signed-gradient step of size eps",
+    "FGSM (torchattacks); under L2 the fast gradient method (bench's): one step of size eps",
     lambda c: {},
     lambda c, eps: {"eps": eps},
-    _fgsm,
+    {LINF: _fgsm, L2: _fgm},
 )
 
 # -------------------------------------------------------------------------------- pgd
@@ -259,15 +315,32 @@ class PGDParams:
         _positive(steps=self.steps, alpha=self.alpha)
 
 
-def point_uniform(like: torch.Tensor, eps: float, seed: int, index: torch.Tensor) -> torch.Tensor:
-    """U(-eps, eps) noise shaped like ``like``, each point's row drawn from its own generator
+def point_uniform(
+    like: torch.Tensor, eps: float, seed: int, index: torch.Tensor, norm: str = LINF
+) -> torch.Tensor:
+    """A random start in the ``norm`` eps-ball shaped like ``like`` (Linf: U(-eps, eps); L2 and
+    L1: :func:`bench.norms.random_in_ball`), each point's row drawn from its own generator
     seeded by (seed, eps, the point's index): a point's start never depends on its batch."""
     rows = []
     for i in index.tolist():  # one small CPU generator per point: microseconds each
         g = torch.Generator().manual_seed(derive_seed(seed, round(eps * 1e9), i))
-        rows.append(torch.rand(like.shape[1:], generator=g, dtype=like.dtype))
+        if norm == LINF:  # kept as it was before norms: the same starts, the same numbers
+            rows.append((2 * torch.rand(like.shape[1:], generator=g, dtype=like.dtype) - 1) * eps)
+        else:
+            rows.append(norms.random_in_ball(like[0].cpu(), eps, norm, g))
     noise = torch.stack(rows) if rows else torch.empty_like(like.cpu())
-    return ((2 * noise - 1) * eps).to(like.device)
+    return noise.to(like.device)
+
+
+def pgd_step(
+    x: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, alpha: float, eps: float, norm: str
+) -> torch.Tensor:
+    """One PGD step: ``alpha`` along the norm's steepest ascent, back onto the ball and [0, 1]."""
+    if norm == LINF:  # the arithmetic bench used before norms (bit-identical results)
+        x_adv = x_adv.detach() + alpha * grad.sign()
+        return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+    step = norms.ascent(grad, norm, at=x_adv.detach())
+    return norms.project(x, x_adv.detach() + alpha * step, eps, norm)
 
 
 def _pgd(
@@ -278,14 +351,15 @@ def _pgd(
     seed: int,
     index: torch.Tensor,
 ) -> torch.Tensor:
-    """bench's PGD: per-point seeded uniform start, ``steps`` signed steps of ``alpha`` on the
-    summed cross-entropy, each projected onto the ball and [0, 1]. Returns, per point, the first
-    iterate that the model misclassified, else the last one (an adversarial example found on the
-    way is kept, as AutoAttack's APGD does)."""
-    eps, alpha = kw["eps"], kw["alpha"]
+    """bench's PGD: per-point seeded start in the ball, ``steps`` steps of ``alpha`` along the
+    norm's steepest ascent of the summed cross-entropy (sign under Linf, the normalised gradient
+    under L2, a sparse step under L1), each projected onto the ball and [0, 1]. Returns, per
+    point, the first iterate that the model misclassified, else the last one (an adversarial
+    example found on the way is kept, as AutoAttack's APGD does)."""
+    eps, alpha, norm = kw["eps"], kw["alpha"], kw["norm"]
     x_adv = x.clone()
     if kw["random_start"]:
-        x_adv = (x + point_uniform(x, eps, seed, index)).clamp(0.0, 1.0)
+        x_adv = (x + point_uniform(x, eps, seed, index, norm)).clamp(0.0, 1.0)
     best = x_adv.clone()
     found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     for _ in range(kw["steps"]):
@@ -297,16 +371,27 @@ def _pgd(
         wrong = (logits.detach().argmax(1) != y) & ~found  # adversarial before this step
         best[wrong] = x_adv.detach()[wrong]
         found |= wrong
-        x_adv = x_adv.detach() + alpha * grad.sign()
-        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+        x_adv = pgd_step(x, x_adv, grad, alpha, eps, norm)
     return torch.where(found[:, None, None, None], best, x_adv)
+
+
+def _in_norm(perturb: Perturb, norm: str) -> Perturb:
+    """``perturb`` with ``norm`` added to the values it is given."""
+
+    def run(
+        model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], *rest: Any
+    ) -> torch.Tensor:
+        return perturb(model, x, y, {**kw, "norm": norm}, *rest)
+
+    return run
 
 
 _register(
     "pgd",
     PGDParams,
     AttackKind.BOUNDED,
-    "PGD, Linf, CE loss (bench's own: per-point seeded start)",
+    "PGD, CE loss (bench's own in every norm: per-point seeded start, so a point's numbers "
+    "never depend on its batch or shard)",
     lambda c: {
         "steps": c.steps,
         "alpha": _alpha_rule(c.alpha, "2.5*eps/steps"),
@@ -318,7 +403,7 @@ _register(
         "random_start": c.random_start,
         "alpha": 2.5 * eps / c.steps if c.alpha is None else c.alpha,
     },
-    _pgd,
+    {norm: _in_norm(_pgd, norm) for norm in (LINF, L2, L1)},
 )
 
 # -------------------------------------------------------------------------------- cw
@@ -358,7 +443,7 @@ _register(
     "Carlini-Wagner L2 (torchattacks)",
     lambda c: {"c": c.c, "kappa": c.kappa, "steps": c.steps, "lr": c.lr},
     lambda c, eps: {"c": c.c, "kappa": c.kappa, "steps": c.steps, "lr": c.lr},
-    _cw,
+    {LINF: _cw, L2: _cw},
 )
 
 # ---------------------------------------------------------------------------- deepfool
@@ -396,7 +481,7 @@ _register(
     "DeepFool L2 (torchattacks)",
     lambda c: {"steps": c.steps, "overshoot": c.overshoot},
     lambda c, eps: {"steps": c.steps, "overshoot": c.overshoot},
-    _deepfool,
+    {LINF: _deepfool, L2: _deepfool},
 )
 
 # ------------------------------------------------------------------------------ mifgsm
@@ -440,15 +525,74 @@ _register(
         "decay": c.decay,
         "alpha": eps / c.steps if c.alpha is None else c.alpha,
     },
-    _mifgsm,
+    {LINF: _mifgsm},
 )
+
+
+def _torchattacks_in(name: str, norm: str) -> Perturb:
+    """torchattacks' attack class ``name`` (one that takes ``norm`` and ``seed``) under ``norm``,
+    run with the values it is given."""
+
+    def perturb(
+        model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, _: Any
+    ) -> torch.Tensor:
+        import torchattacks  # here: slow to import (about 0.7 s); only when the attack runs
+
+        return _plain(getattr(torchattacks, name)(model, norm=norm, seed=seed, **kw))(x, y)
+
+    return perturb
+
+
+def _official_l1(build: Callable[[nn.Module, dict[str, Any], int, Any], Any]) -> Perturb:
+    """An attack of the official AutoAttack (``pyautoattack``) under L1, where torchattacks has
+    none (APGD, Square) or fails (FAB: ``res`` is never set under L1). ``build(model, values,
+    seed, device)`` makes it; its ``perturb`` returns, per point, the adversarial example found
+    within eps, else x."""
+
+    def perturb(
+        model: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict[str, Any], seed: int, _: Any
+    ) -> torch.Tensor:
+        return build(model, kw, seed, x.device).perturb(x, y).to(x.device)
+
+    return perturb
+
+
+def _apgd_l1(model: nn.Module, kw: dict[str, Any], seed: int, device: Any) -> Any:
+    """APGD-L1 (Croce and Hein 2021), as AutoAttack runs it."""
+    from pyautoattack.autopgd_base import APGDAttack
+
+    return APGDAttack(
+        model, n_iter=kw["steps"], norm=L1, n_restarts=kw["n_restarts"], eps=kw["eps"],
+        seed=seed, loss=kw["loss"], device=device,
+    )  # fmt: skip
+
+
+def _square_l1(model: nn.Module, kw: dict[str, Any], seed: int, device: Any) -> Any:
+    """Square under L1, as AutoAttack runs it."""
+    from pyautoattack.square import SquareAttack
+
+    return SquareAttack(
+        model, norm=L1, n_queries=kw["n_queries"], eps=kw["eps"], p_init=kw["p_init"],
+        n_restarts=kw["n_restarts"], seed=seed, device=device,
+    )  # fmt: skip
+
+
+def _fab_l1(model: nn.Module, kw: dict[str, Any], seed: int, device: Any) -> Any:
+    """FAB under L1, as AutoAttack runs it."""
+    from pyautoattack.fab_pt import FABAttack_PT
+
+    return FABAttack_PT(
+        model, norm=L1, n_restarts=kw["n_restarts"], n_iter=kw["steps"], eps=kw["eps"],
+        seed=seed, targeted=kw["multi_targeted"], device=device,
+    )  # fmt: skip
+
 
 # -------------------------------------------------------------------------------- apgd
 
 
 @dataclass(frozen=True)
 class APGDParams:
-    """Auto-PGD, Linf; step size adapts from 2*eps. Defaults as in AutoAttack (100 steps)."""
+    """Auto-PGD; step size adapts from 2*eps. Defaults as in AutoAttack (100 steps)."""
 
     loss: str = "ce"
     steps: int = 100
@@ -460,27 +604,18 @@ class APGDParams:
         _positive(steps=self.steps, n_restarts=self.n_restarts)
 
 
-def _apgd(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    kw: dict[str, Any],
-    seed: int,
-    index: torch.Tensor,
-) -> torch.Tensor:
-    import torchattacks  # here: slow to import (about 0.7 s); only when the attack runs
-
-    return _plain(torchattacks.APGD(model, norm="Linf", seed=seed, **kw))(x, y)
-
-
 _register(
     "apgd",
     APGDParams,
     AttackKind.BOUNDED,
-    "Auto-PGD, Linf, CE or DLR loss (torchattacks)",
+    "Auto-PGD, CE or DLR loss (torchattacks; under L1 the official AutoAttack's APGD)",
     lambda c: {"loss": c.loss, "steps": c.steps, "n_restarts": c.n_restarts},
     lambda c, eps: {"eps": eps, "loss": c.loss, "steps": c.steps, "n_restarts": c.n_restarts},
-    _apgd,
+    {
+        LINF: _torchattacks_in("APGD", LINF),
+        L2: _torchattacks_in("APGD", L2),
+        L1: _official_l1(_apgd_l1),
+    },
 )
 
 # ------------------------------------------------------------------------------ square
@@ -488,7 +623,7 @@ _register(
 
 @dataclass(frozen=True)
 class SquareParams:
-    """Square Attack, Linf, margin loss; score-based (no gradients). Defaults as in AutoAttack."""
+    """Square Attack, margin loss; score-based (no gradients). Defaults as in AutoAttack."""
 
     n_queries: int = 5000
     n_restarts: int = 1
@@ -500,24 +635,11 @@ class SquareParams:
             raise ValueError(f"p_init must be in (0, 1], got {self.p_init}")
 
 
-def _square(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    kw: dict[str, Any],
-    seed: int,
-    index: torch.Tensor,
-) -> torch.Tensor:
-    import torchattacks  # here: slow to import (about 0.7 s); only when the attack runs
-
-    return _plain(torchattacks.Square(model, norm="Linf", seed=seed, **kw))(x, y)
-
-
 _register(
     "square",
     SquareParams,
     AttackKind.BOUNDED,
-    "Square Attack, Linf, black-box (torchattacks)",
+    "Square Attack, black-box (torchattacks; under L1 the official AutoAttack's Square)",
     lambda c: {"n_queries": c.n_queries, "n_restarts": c.n_restarts, "p_init": c.p_init},
     lambda c, eps: {
         "eps": eps,
@@ -525,7 +647,11 @@ _register(
         "n_restarts": c.n_restarts,
         "p_init": c.p_init,
     },
-    _square,
+    {
+        LINF: _torchattacks_in("Square", LINF),
+        L2: _torchattacks_in("Square", L2),
+        L1: _official_l1(_square_l1),
+    },
 )
 
 # --------------------------------------------------------------------------------- fab
@@ -533,7 +659,7 @@ _register(
 
 @dataclass(frozen=True)
 class FABParams:
-    """FAB, Linf. It searches for a minimal perturbation but keeps only those of norm <= eps
+    """FAB in its norm. It searches for a minimal perturbation but keeps only those of norm <= eps
     (torchattacks' ``perturb`` treats a point as fooled only when ``res <= eps`` and returns x
     otherwise), so its output respects the budget: bounded, checked, never projected."""
 
@@ -555,7 +681,9 @@ def _fab(
 ) -> torch.Tensor:
     import torchattacks  # here: slow to import (about 0.7 s); only when the attack runs
 
-    atk = torchattacks.FAB(model, norm="Linf", seed=seed, n_classes=_n_classes(model, x), **kw)
+    kw = dict(kw)
+    norm = kw.pop("norm")
+    atk = torchattacks.FAB(model, norm=norm, seed=seed, n_classes=_n_classes(model, x), **kw)
     return _plain(atk)(x, y)
 
 
@@ -563,7 +691,7 @@ _register(
     "fab",
     FABParams,
     AttackKind.BOUNDED,
-    "FAB, Linf, keeps only points within eps (torchattacks)",
+    "FAB, minimum-norm search that keeps only points within eps (torchattacks)",
     lambda c: {"steps": c.steps, "n_restarts": c.n_restarts, "multi_targeted": c.multi_targeted},
     lambda c, eps: {
         "eps": eps,
@@ -571,7 +699,7 @@ _register(
         "n_restarts": c.n_restarts,
         "multi_targeted": c.multi_targeted,
     },
-    _fab,
+    {LINF: _in_norm(_fab, LINF), L2: _in_norm(_fab, L2), L1: _official_l1(_fab_l1)},
 )
 
 # ------------------------------------------------------------------------------ eotpgd
@@ -622,7 +750,7 @@ _register(
         "random_start": c.random_start,
         "alpha": 2.5 * eps / c.steps if c.alpha is None else c.alpha,
     },
-    _eotpgd,
+    {LINF: _eotpgd},
 )
 
 # -------------------------------------------------------------------------- autoattack
@@ -630,7 +758,8 @@ _register(
 
 @dataclass(frozen=True)
 class AutoAttackParams:
-    """The official AutoAttack (pyautoattack), Linf. ``attacks`` only with version custom."""
+    """The official AutoAttack (pyautoattack) in the attack's norm. ``attacks`` only with
+    version custom."""
 
     version: str = "standard"
     attacks: tuple[str, ...] = ()
@@ -725,7 +854,7 @@ def _autoattack(
     with _quiet_autoattack(kw["eps"], len(x)):
         aa = pyautoattack.AutoAttack(
             model,
-            norm="Linf",
+            norm=kw["norm"],
             eps=kw["eps"],
             version=kw["version"],
             attacks=list(kw["attacks"]) if kw["version"] == "custom" else None,
@@ -741,8 +870,9 @@ _register(
     "autoattack",
     AutoAttackParams,
     AttackKind.BOUNDED,
-    "official AutoAttack (pyautoattack), Linf; version standard|plus|rand|custom",
+    "official AutoAttack (pyautoattack), its own attack list per norm; version "
+    "standard|plus|rand|custom",
     lambda c: {"version": c.version, "attacks": list(c.components())},
     lambda c, eps: {"eps": eps, "version": c.version, "attacks": list(c.attacks)},
-    _autoattack,
+    {norm: _in_norm(_autoattack, norm) for norm in (LINF, L2, L1)},
 )

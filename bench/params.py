@@ -14,7 +14,9 @@ from fractions import Fraction
 from typing import Any
 
 from bench.errors import UsageError
+from bench.norms import LINF
 
+MAX_LP_EPS = 1e7  # L2/L1 budgets above this are refused when typed (an image bounds them sooner)
 MAX_GRID_POINTS = 1000  # an eps grid longer than this is refused (each point is a full attack)
 MAX_EXPONENT = 400  # |exponent| of a typed number: beyond float's range, and 10**huge would hang
 INT_MAX = 2**63 - 1  # whole numbers must fit a signed 64-bit integer (torch, SQLite)
@@ -72,15 +74,21 @@ def parse_int(text: str, what: str = "number") -> int:
     return value
 
 
-def parse_eps(text: str | float, what: str = "eps") -> float:
-    """An L-infinity budget on the pixel scale: a number in [0, 1], e.g. ``8/255``."""
+def parse_eps(text: str | float, what: str = "eps", norm: str = LINF) -> float:
+    """A budget on the pixel scale: under Linf a number in [0, 1], e.g. ``8/255``; under L2 and
+    L1 any number >= 0 (e.g. ``0.5``, ``128/255``; the image size bounds it later, see
+    :func:`bench.norms.reach`)."""
     value = parse_number(str(text), what) if isinstance(text, str) else float(text)
+    if norm != LINF:
+        if not 0.0 <= value <= MAX_LP_EPS:
+            raise UsageError(f"{what} {shown(text)} is outside [0, {MAX_LP_EPS:g}] ({norm} budget)")
+        return value
     if not 0.0 <= value <= 1.0:
         raise UsageError(f"{what} {shown(text)} is outside [0, 1] (pixel scale; write e.g. 8/255)")
     return value
 
 
-def parse_eps_grid(text: str) -> list[float]:
+def parse_eps_grid(text: str, norm: str = LINF) -> list[float]:
     """``start:stop:step`` (inclusive of stop) or a comma list; returns sorted unique eps values.
 
     ``0:8/255:1/255`` gives the nine values 0, 1/255, ..., 8/255.
@@ -90,7 +98,7 @@ def parse_eps_grid(text: str) -> list[float]:
         parts = text.split(":")
         if len(parts) != 3:
             raise UsageError(f"eps grid {shown(text)}: write start:stop:step, e.g. 0:8/255:1/255")
-        start, stop, step = (parse_eps(p, "eps grid value") for p in parts)
+        start, stop, step = (parse_eps(p, "eps grid value", norm) for p in parts)
         if step <= 0:
             raise UsageError(f"eps grid {shown(text)}: the step must be positive")
         if stop < start:
@@ -110,7 +118,7 @@ def parse_eps_grid(text: str) -> list[float]:
         if abs(values[-1] - stop) < 1e-9:
             values[-1] = stop
     else:
-        values = [parse_eps(p, "eps grid value") for p in text.split(",") if p.strip()]
+        values = [parse_eps(p, "eps grid value", norm) for p in text.split(",") if p.strip()]
         if not values:
             raise UsageError("eps grid is empty")
         if len(values) > MAX_GRID_POINTS:
@@ -193,16 +201,22 @@ def build_dataclass(cls: type, values: dict[str, str], owner: str) -> Any:
         raise UsageError(f"{owner}: {exc}") from None
 
 
-def format_eps(eps: float) -> str:
-    """``8/255`` when eps is a whole number of 1/255 steps, else the decimal."""
+def format_eps(eps: float, norm: str = LINF) -> str:
+    """Under Linf ``8/255`` when eps is a whole number of 1/255 steps, else (and under L2 and
+    L1, whose budgets are written as decimals: 0.5, 12) the decimal."""
+    if norm != LINF:
+        return f"{eps:.6g}"
     k = eps * 255
     if abs(k - round(k)) < 1e-6:
         return "0" if round(k) == 0 else f"{round(k)}/255"
     return f"{eps:.6g}"
 
 
-def eps_in_255(eps: float, digits: int = 4) -> str:
-    """Eps in units of 1/255 for axes and column heads: ``"8"``, or e.g. ``"25.5"`` off the grid."""
+def eps_in_255(eps: float, digits: int = 4, norm: str = LINF) -> str:
+    """Eps in units of 1/255 for axes and column heads: ``"8"``, or e.g. ``"25.5"`` off the
+    grid; under L2 and L1 the budget itself (``"0.5"``), as their leaderboards write it."""
+    if norm != LINF:
+        return f"{eps:.{digits}g}"
     k = eps * 255
     return str(int(round(k))) if abs(k - round(k)) < 1e-6 else f"{k:.{digits}g}"
 

@@ -32,6 +32,12 @@ Layout 3 added ``results.walk``. A writer opening a layout-2 store migrates it i
 (``ALTER TABLE results ADD COLUMN walk TEXT NOT NULL DEFAULT 'up'``: every older row was made by
 the ascending walk, the only one there was); a reader reads a layout-2 store as it is, every row
 with walk ``up``.
+
+Layout 4 added the threat model: ``results.norm`` and ``diagnostics.norm`` (``Linf``, ``L2``,
+``L1``; :mod:`bench.norms`), part of both tables' primary keys, so that one model evaluated under
+two norms keeps both. SQLite cannot change a primary key in place, so the migration rebuilds the
+two tables (copy, drop, rename) in one transaction, every older row ``Linf``, the only norm
+there was; a reader reads a layout-2 or -3 store as it is, every row ``Linf``.
 """
 
 from __future__ import annotations
@@ -47,13 +53,14 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from bench.errors import UsageError
+from bench.norms import LINF
 from bench.paths import check_creatable, resolve
 from bench.vocab import Check, SourceKind, Walk
 
 ANY = "any"  # the label of the worst case over attacks (derived, never stored)
 APPLICATION = "bench"
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = ("2", "3")  # layouts this bench reads; writers migrate 2 to 3
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = ("2", "3", "4")  # layouts this bench reads; writers migrate them to 4
 #: Keys under which bench before the sweep's per-block findings stored one finding per model
 #: and n (GLOB patterns): the walk-inference check's single row, and AutoAttack's warnings
 #: numbered by their place in a list. A finding of the same check written now replaces them.
@@ -99,7 +106,8 @@ CREATE TABLE results (
     flags TEXT NOT NULL,            -- per-point robust flags, '0'/'1' per point
     created TEXT NOT NULL,
     walk TEXT NOT NULL DEFAULT 'up', -- how the grid was walked: up | down | bisect (layout 3)
-    PRIMARY KEY (run_id, attack, params, eps_key, n)
+    norm TEXT NOT NULL DEFAULT 'Linf', -- the threat model: Linf | L2 | L1 (layout 4)
+    PRIMARY KEY (run_id, attack, params, norm, eps_key, n)
 );
 CREATE TABLE batches (
     run_id TEXT NOT NULL,
@@ -123,7 +131,8 @@ CREATE TABLE diagnostics (
     details TEXT NOT NULL,          -- JSON
     advice TEXT NOT NULL,
     created TEXT NOT NULL,
-    PRIMARY KEY (run_id, n, check_name, key)
+    norm TEXT NOT NULL DEFAULT 'Linf', -- the threat model the finding is about (layout 4)
+    PRIMARY KEY (run_id, n, norm, check_name, key)
 );
 """
 TABLES = ("meta", "runs", "results", "batches", "diagnostics")
@@ -160,6 +169,7 @@ class ResultRow:
     fingerprint: str
     created: str = ""
     walk: str = Walk.UP  # how the grid was walked (bench.evaluate): up, down or bisect
+    norm: str = LINF  # the threat model (bench.norms): Linf, L2 or L1
 
     @property
     def robust_count(self) -> int:
@@ -173,7 +183,7 @@ class ResultRow:
         rec["params"] = canonical(self.params)
         rec["versions"] = canonical(self.versions)
         rec["grid"] = canonical(self.grid)
-        rec["eps_255"] = round(self.eps * 255, 6)
+        rec["eps_255"] = round(self.eps * 255, 6) if self.norm == LINF else None
         return rec
 
 
@@ -211,14 +221,24 @@ class DiagnosticRow:
     details: dict[str, Any]
     advice: str
     created: str = ""
+    norm: str = LINF  # the threat model of the evaluation that found it
 
 
 _RESULT_COLUMNS = (
     "run_id, fingerprint, attack, params, eps, eps_key, n, seed, batch_size, grid, clean_acc,"
-    " robust_acc, seconds, device, versions, flags, created, walk"
+    " robust_acc, seconds, device, versions, flags, created, walk, norm"
 )
-#: What a layout-2 store (no walk column) is read with: every row made by the ascending walk.
-_RESULT_COLUMNS_V2 = _RESULT_COLUMNS.replace(", walk", ", 'up' AS walk")
+#: What older layouts are read with: layout 3 has no norm (every row Linf), layout 2 no walk
+#: either (every row made by the ascending walk).
+_RESULT_COLUMNS_OLD = {
+    "3": _RESULT_COLUMNS.replace(", norm", ", 'Linf' AS norm"),
+    "2": _RESULT_COLUMNS.replace(", walk, norm", ", 'up' AS walk, 'Linf' AS norm"),
+}
+_DIAGNOSTIC_COLUMNS = (
+    "run_id, fingerprint, n, check_name, key, flagged, source, summary, details, advice, created,"
+    " norm"
+)
+_DIAGNOSTIC_COLUMNS_OLD = _DIAGNOSTIC_COLUMNS.replace(", norm", ", 'Linf' AS norm")
 _RUN_COLUMNS = (
     "run_id, fingerprint, kind, path, dataset, model, defense, defense_params, epochs,"
     " train_limit, train_seconds, config, run, updated"
@@ -303,8 +323,9 @@ class Store:
             self._migrate()
 
     def _migrate(self) -> None:
-        """Layout 2 -> 3 in one transaction: the ``walk`` column, every older row ``up``. Another
-        writer may have migrated since the layout was read: then nothing is done."""
+        """Layouts 2 and 3 -> 4 in one transaction: the ``walk`` column (every older row ``up``),
+        then the ``norm`` columns (every older row ``Linf``). Another writer may have migrated
+        since the layout was read: then nothing is done."""
         try:
             with self.transaction():
                 row = self.db.execute(
@@ -314,6 +335,8 @@ class Store:
                     self.db.execute(
                         "ALTER TABLE results ADD COLUMN walk TEXT NOT NULL DEFAULT 'up'"
                     )
+                if row[0] in ("2", "3"):
+                    self._add_norm()
                     self.db.execute(
                         "UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),)
                     )
@@ -322,6 +345,21 @@ class Store:
                 f"results store {self.path} can't be migrated to layout {SCHEMA_VERSION}: {exc}"
             ) from None
         self.version = str(SCHEMA_VERSION)
+
+    def _add_norm(self) -> None:
+        """Layout 3 -> 4 inside the caller's transaction: ``results`` and ``diagnostics`` rebuilt
+        from this layout's statements (their keys now hold the norm), every row ``Linf``."""
+        for table, columns in (
+            ("results", _RESULT_COLUMNS.replace(", norm", "")),
+            ("diagnostics", _DIAGNOSTIC_COLUMNS.replace(", norm", "")),
+        ):
+            statement = next(s for s in SCHEMA.split(";") if f"CREATE TABLE {table} (" in s)
+            self.db.execute(statement.replace(f"TABLE {table} (", f"TABLE {table}_v4 ("))
+            self.db.execute(
+                f"INSERT INTO {table}_v4 ({columns}, norm) SELECT {columns}, 'Linf' FROM {table}"
+            )
+            self.db.execute(f"DROP TABLE {table}")
+            self.db.execute(f"ALTER TABLE {table}_v4 RENAME TO {table}")
 
     def _create(self) -> None:
         """The tables, in one transaction. Another writer may have created them since they were
@@ -464,7 +502,7 @@ class Store:
         """Insert (or replace) one result row; in the same transaction drop the step's batches."""
         with self.transaction():
             self.db.execute(
-                f"INSERT OR REPLACE INTO results ({_RESULT_COLUMNS}) VALUES ({','.join('?' * 18)})",
+                f"INSERT OR REPLACE INTO results ({_RESULT_COLUMNS}) VALUES ({','.join('?' * 19)})",
                 (
                     row.run_id,
                     row.fingerprint,
@@ -484,6 +522,7 @@ class Store:
                     row.flags,
                     row.created,
                     row.walk,
+                    row.norm,
                 ),
             )
             if step is not None:
@@ -505,20 +544,32 @@ class Store:
         return [_result(r) for r in self.db.execute(sql, args).fetchall()]
 
     def result(
-        self, run_id: str, attack: str, params: dict[str, Any], eps: float, n: int
+        self,
+        run_id: str,
+        attack: str,
+        params: dict[str, Any],
+        eps: float,
+        n: int,
+        norm: str = LINF,
     ) -> ResultRow | None:
         """The one row with this identity (the table's primary key), if stored."""
-        row = self.db.execute(
+        sql = (
             f"SELECT {self._result_columns} FROM results WHERE run_id=? AND attack=? AND params=?"
-            " AND eps_key=? AND n=?",
-            (run_id, attack, canonical(params), eps_key(eps), n),
-        ).fetchone()
+            " AND eps_key=? AND n=?"
+        )
+        args: tuple[Any, ...] = (run_id, attack, canonical(params), eps_key(eps), n)
+        if self.version == str(SCHEMA_VERSION):
+            sql, args = sql + " AND norm=?", args + (norm,)
+        elif norm != LINF:  # an older layout holds Linf rows only
+            return None
+        row = self.db.execute(sql, args).fetchone()
         return _result(row) if row else None
 
     @property
     def _result_columns(self) -> str:
-        """The result columns as this store's layout holds them (layout 2: walk read as 'up')."""
-        return _RESULT_COLUMNS if self.version == str(SCHEMA_VERSION) else _RESULT_COLUMNS_V2
+        """The result columns as this store's layout holds them (older layouts: walk read as
+        'up', norm as 'Linf')."""
+        return _RESULT_COLUMNS_OLD.get(self.version, _RESULT_COLUMNS)
 
     def count(self) -> int:
         """Number of result rows."""
@@ -548,12 +599,13 @@ class Store:
             for d in rows:
                 if d.check in LEGACY_KEYS:
                     self.db.execute(
-                        "DELETE FROM diagnostics WHERE run_id=? AND n=? AND check_name=? "
-                        "AND key GLOB ?",
-                        (d.run_id, d.n, d.check, LEGACY_KEYS[d.check]),
+                        "DELETE FROM diagnostics WHERE run_id=? AND n=? AND norm=? "
+                        "AND check_name=? AND key GLOB ?",
+                        (d.run_id, d.n, d.norm, d.check, LEGACY_KEYS[d.check]),
                     )
                 self.db.execute(
-                    "INSERT OR REPLACE INTO diagnostics VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT OR REPLACE INTO diagnostics ({_DIAGNOSTIC_COLUMNS}) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         d.run_id,
                         d.fingerprint,
@@ -566,28 +618,44 @@ class Store:
                         canonical(d.details),
                         d.advice,
                         d.created,
+                        d.norm,
                     ),
                 )
 
-    def drop_diagnostic(self, run_id: str, n: int, check: str, key: str) -> None:
+    def drop_diagnostic(self, run_id: str, n: int, check: str, key: str, norm: str = LINF) -> None:
         """Delete one finding (whose evaluation's rows were replaced), if stored."""
         with self.transaction():
             self.db.execute(
-                "DELETE FROM diagnostics WHERE run_id=? AND n=? AND check_name=? AND key=?",
-                (run_id, n, check, key),
+                "DELETE FROM diagnostics WHERE run_id=? AND n=? AND norm=? AND check_name=? "
+                "AND key=?",
+                (run_id, n, norm, check, key),
             )
 
     def diagnostics(self, run_id: str | None = None) -> list[DiagnosticRow]:
         """Findings (of one model if ``run_id``), ordered by run, n, check, key."""
-        sql = "SELECT * FROM diagnostics"
+        columns = (
+            _DIAGNOSTIC_COLUMNS if self.version == str(SCHEMA_VERSION) else _DIAGNOSTIC_COLUMNS_OLD
+        )
+        sql = f"SELECT {columns} FROM diagnostics"
         args: tuple[Any, ...] = ()
         if run_id is not None:
             sql += " WHERE run_id=?"
             args = (run_id,)
-        sql += " ORDER BY run_id, n, check_name, key"
+        sql += " ORDER BY run_id, n, norm, check_name, key"
         return [
             DiagnosticRow(
-                r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], json.loads(r[8]), r[9], r[10]
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                bool(r[5]),
+                r[6],
+                r[7],
+                json.loads(r[8]),
+                r[9],
+                r[10],
+                r[11],
             )
             for r in self.db.execute(sql, args).fetchall()
         ]
@@ -633,6 +701,7 @@ def _result(r: tuple[Any, ...]) -> ResultRow:
         flags=r[15],
         created=r[16],
         walk=r[17],
+        norm=r[18],
     )
 
 

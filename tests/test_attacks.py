@@ -7,6 +7,7 @@ import torch
 from conftest import tiny_problem
 from torch import nn
 
+from bench import norms
 from bench.attacks import (
     AA_COMPONENTS,
     AA_VERSION_ATTACKS,
@@ -14,7 +15,6 @@ from bench.attacks import (
     KINDS,
     attack_kind,
     make_attack,
-    project_linf,
 )
 from bench.errors import UsageError
 from bench.evaluation.walk import check_budget
@@ -142,7 +142,7 @@ def test_minimum_norm_output_is_projected(
     assert float((raw - x).abs().max()) > eps  # unprojected, it would be a budget violation
     out = cw.run(model, x, y, eps, seed=0)
     check_budget(x, out, eps)
-    assert torch.equal(out, project_linf(x, raw, eps))
+    assert torch.equal(out, norms.project(x, raw, eps, norms.LINF))
 
 
 def test_eps_zero_returns_the_input(problem: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:

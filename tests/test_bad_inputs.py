@@ -502,7 +502,7 @@ CASES: dict[str, tuple[list[str], str]] = {
     "report-out-loop": (rep("--out", "{w}/loop1"), "symlink loop"),
     "report-out-long-name": (rep("--out", "{w}/" + LONG), "longer than 255 bytes"),
     "report-rank-eps-div-zero": (rep("--rank-eps", "8/0"), "is not a number"),
-    "report-rank-eps-outside": (rep("--rank-eps", "2"), "outside \\[0, 1\\]"),
+    "report-rank-eps-outside": (rep("--rank-eps", "-1"), "outside \\[0, 1e\\+07\\]"),
     "report-rank-eps-overflow": (rep("--rank-eps", "1e999/1"), "out of range"),
     "report-rank-by-unknown": (rep("--rank-by", "nope"), "unknown --rank-by basis 'nope'"),
     # ---- bench quick: everything is checked before a checkpoint is deleted or trained

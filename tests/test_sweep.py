@@ -564,7 +564,7 @@ def test_the_dry_run_prints_the_jobs(
         for line in trains
     )
     assert all(
-        "eval grid: fgsm,pgd[steps=3],apgd[steps=4] eps=0,2/255,4/255,8/255 n=90" in line
+        "eval grid: fgsm,pgd[steps=3],apgd[steps=4] Linf eps=0,2/255,4/255,8/255 n=90" in line
         and "shards=4" in line
         for line in evals
     ), evals
@@ -577,6 +577,7 @@ def test_the_dry_run_prints_the_jobs(
         ("batchout-ablation", (16, 32)),
         ("batchout-ablation-fmnist", (14, 42)),
         ("defenses", (21, 42)),
+        ("cross-norm-fmnist", (3, 6)),
     ],
 )
 def test_shipped_sweeps_dry_run(

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import tiny_problem, tiny_target
+from legacy import legacy_store
 from torch import nn
 
 from bench.attacks import Attack, make_attack
@@ -21,7 +22,7 @@ from bench.errors import UsageError
 from bench.evaluation.local import evaluate_target
 from bench.evaluation.plan import Settings
 from bench.evaluation.walk import DEFAULT_WALK, WALKS, grid_walk, max_tests, predict, walk_order
-from bench.store import SCHEMA_VERSION, ResultRow, Store
+from bench.store import SCHEMA_VERSION, Store
 
 GRID = [i / 255 for i in range(9)]
 
@@ -289,30 +290,8 @@ def test_steps_of_another_walk_are_never_reused(
 
 
 def _v2_store(path: Path) -> None:
-    """A layout-2 store: today's tables without the walk column, version 2, one row."""
-    with Store(path) as s:
-        s.write_result(
-            ResultRow(
-                "m",
-                "pgd",
-                {"steps": 3},
-                4 / 255,
-                3,
-                1.0,
-                2 / 3,
-                1.0,
-                "cpu",
-                {},
-                "110",
-                0,
-                8,
-                [0.0, 4 / 255],
-                "sha256:x",
-                "2024-01-01T00:00:00+00:00",
-            )
-        )
-        s.db.execute("ALTER TABLE results DROP COLUMN walk")
-        s.db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    """A layout-2 store: the tables without the walk column (or the norm), version 2, one row."""
+    legacy_store(path, 2)
 
 
 def test_a_v2_store_is_read_as_is_and_migrated_by_a_writer(tmp_path: Path) -> None:
@@ -327,13 +306,13 @@ def test_a_v2_store_is_read_as_is_and_migrated_by_a_writer(tmp_path: Path) -> No
         reader.close()
     assert db.read_bytes() == before  # reading never writes
     with Store(db) as writer:
-        assert writer.version == str(SCHEMA_VERSION) == "3"
+        assert writer.version == str(SCHEMA_VERSION) == "4"
         (row,) = writer.results()
         assert row.walk == "up"
         columns = [r[1] for r in writer.db.execute("PRAGMA table_info(results)")]
         assert "walk" in columns
     with sqlite3.connect(db) as con:
-        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "3"
+        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "4"
 
 
 def test_a_v1_store_is_still_refused(tmp_path: Path) -> None:

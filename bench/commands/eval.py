@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import checkpoint, paths, sources
-from bench.attacks import ATTACKS, Attack, make_attack
+from bench import checkpoint, norms, paths, sources
+from bench.attacks import ATTACKS, Attack, check_attack_norm, make_attack
 from bench.commands.common import add_shared, ray_module
 from bench.errors import BudgetViolation, UsageError
 from bench.evaluation import surrogate
@@ -23,6 +23,7 @@ from bench.evaluation.targets import Target, attach_points, prepare_target
 from bench.evaluation.transfer import check_request, write_matrix
 from bench.evaluation.walk import DEFAULT_WALK, WALKS
 from bench.io import pick_device
+from bench.norms import LINF, NORMS
 from bench.params import INT_MAX, parse_eps, parse_eps_grid
 from bench.sources import from_checkpoint
 from bench.store import Store, check_store
@@ -83,7 +84,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "weights-only torch load (never runs code from the file)",
     )
     p.add_argument("--name", metavar="NAME", help="leaderboard name of a --model-factory model")
-    p.add_argument("--threat-model", default="Linf", help="RobustBench threat model (default Linf)")
+    p.add_argument(
+        "--threat-model",
+        default=None,
+        help="RobustBench threat model of --robustbench (default: --norm's, e.g. Linf)",
+    )
     p.add_argument(
         "--model-dir",
         metavar="DIR",
@@ -120,10 +125,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--eps",
-        default=DEFAULT_GRID,
+        default=None,
         metavar="GRID",
         help="start:stop:step (inclusive) or a comma list, e.g. 0,2/255,8/255 "
-        f"(default {DEFAULT_GRID})",
+        f"(default under Linf {DEFAULT_GRID}; under L2 and L1 the data set's grid from the "
+        "literature, e.g. 0:0.5:0.0625 for CIFAR-10 L2: see README 'Threat models')",
+    )
+    p.add_argument(
+        "--norm",
+        default=LINF,
+        metavar="NORM",
+        help=f"the threat model: {', '.join(NORMS)} (default {LINF}); every attack must have "
+        "a version for it",
     )
     p.add_argument("--n", type=int, default=1000, help="first n test points (default 1000)")
     p.add_argument(
@@ -200,9 +213,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_attacks(
-    names: list[str], sets: list[str], aa_version: str | None = None, aa_attacks: str | None = None
+    names: list[str],
+    sets: list[str],
+    aa_version: str | None = None,
+    aa_attacks: str | None = None,
+    norm: str = LINF,
 ) -> list[Attack]:
-    """The attacks named in ``--attack`` with their ``--set`` parameters (UsageError if bad)."""
+    """The attacks named in ``--attack`` with their ``--set`` parameters, made for threat model
+    ``norm`` (UsageError if bad, or if an attack has no version for ``norm``)."""
     order: list[str] = []
     for item in names:
         for name in (s.strip() for s in item.split(",")):
@@ -237,13 +255,31 @@ def parse_attacks(
                 aa[k] = v
         if aa_attacks is not None:
             aa.setdefault("version", "custom")
-    return [make_attack(name, params[name]) for name in order]
+    for name in order:  # every norm refusal before any parameter is built
+        check_attack_norm(name, norm)
+    return [make_attack(name, params[name], norm) for name in order]
+
+
+def eps_grid_for(text: str | None, norm: str, datasets: set[str]) -> list[float]:
+    """``--eps`` parsed under ``norm``; without it, the default grid of the models' data set
+    under ``norm`` (one line if their data sets' default grids differ)."""
+    if text is not None:
+        return parse_eps_grid(text, norm)
+    grids = {norms.default_grid(d, norm) for d in datasets} or {norms.default_grid(None, norm)}
+    if len(grids) > 1:
+        raise UsageError(
+            f"the default {norm} grids of {', '.join(sorted(datasets))} differ "
+            f"({'; '.join(sorted(grids))}); give --eps"
+        )
+    return parse_eps_grid(grids.pop(), norm)
 
 
 def run(args: argparse.Namespace) -> int:
     """Validate everything, then evaluate each checkpoint in turn."""
-    attacks = parse_attacks(args.attack, args.set, args.aa_version, args.aa_attacks)
-    eps_grid = parse_eps_grid(args.eps)
+    norm = norms.check_norm(args.norm)
+    attacks = parse_attacks(args.attack, args.set, args.aa_version, args.aa_attacks, norm)
+    if args.eps is not None:
+        parse_eps_grid(args.eps, norm)  # a bad grid is refused before any model is read
     if args.n < 1:
         raise UsageError(f"--n must be >= 1, got {args.n}")
     if not 1 <= args.batch_size <= INT_MAX:
@@ -256,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
     db = check_store(args.db if args.db else paths.default_db())
     # Every model is read and checked against its data before the store is opened.
     targets = load_targets(args)
+    eps_grid = eps_grid_for(args.eps, norm, {t.source.dataset for t in targets})
     matrix_eps = transfer_request(args, eps_grid, targets)
     transfer = surrogate_for(args, targets)  # trained once, after every check
     settings = Settings(
@@ -268,6 +305,7 @@ def run(args: argparse.Namespace) -> int:
         args.diagnose,
         transfer,
         walk=args.walk,
+        norm=norm,
     )
     status = (
         evaluate_all(targets, settings, device, db)
@@ -276,8 +314,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if status or matrix_eps is None:
         return status
-    write_matrix(db, targets, matrix_eps, args.seed, args.batch_size)
+    write_matrix(db, targets, matrix_eps, args.seed, args.batch_size, norm=norm)
     return 0
+
+
+def args_norm(args: argparse.Namespace) -> str:
+    """The threat model ``--norm`` names (canonical)."""
+    return norms.check_norm(args.norm)
 
 
 def surrogate_for(args: argparse.Namespace, targets: list[Target]) -> Any:
@@ -332,11 +375,11 @@ def transfer_request(
             raise UsageError("--transfer-eps goes with --transfer-matrix")
         return None
     eps = (
-        parse_eps(args.transfer_eps, "--transfer-eps")
+        parse_eps(args.transfer_eps, "--transfer-eps", args_norm(args))
         if args.transfer_eps is not None
         else max(eps_grid)
     )
-    check_request(targets, eps)
+    check_request(targets, eps, args_norm(args))
     return eps
 
 
@@ -354,7 +397,11 @@ def load_targets(args: argparse.Namespace) -> list[Target]:
             src = sources.from_factory(args.model_factory, args.weights, args.dataset, args.name)
         else:
             src = sources.from_robustbench(
-                args.robustbench, args.threat_model, args.dataset, args.model_dir, args.model_info
+                args.robustbench,
+                args.threat_model or args.norm,
+                args.dataset,
+                args.model_dir,
+                args.model_info,
             )
         return [attach_points(src, args.n, data_dir, download)]
     targets: dict[str, Target] = {}

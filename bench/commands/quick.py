@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench import paths
+from bench import norms, paths
 from bench.commands.common import add_shared
 from bench.commands.eval import evaluate_all, parse_attacks
 from bench.data import load_dataset
@@ -30,6 +30,7 @@ from bench.evaluation.plan import Settings, check_settings
 from bench.evaluation.targets import Target, prepare_target
 from bench.evaluation.transfer import MAX_POINTS, write_matrix
 from bench.io import pick_device
+from bench.norms import L1, LINF, NORMS
 from bench.params import INT_MAX, parse_eps, parse_eps_grid
 from bench.store import check_store
 from bench.train import TrainConfig, check, train
@@ -57,26 +58,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--train-limit", type=int, default=10000, metavar="N")
     p.add_argument(
+        "--norm",
+        default=LINF,
+        help=f"the threat model of training and evaluation: {', '.join(NORMS)} (default "
+        f"{LINF}; under L2 and L1 the eps defaults below become the data set's budget and grid "
+        "from the literature, see README 'Threat models')",
+    )
+    p.add_argument(
         "--train-eps",
-        default="0.1",
+        default=None,
         help="eps of the adversarial defenses' training attacks (default 0.1, "
-        "Fashion-MNIST's conventional budget)",
+        "Fashion-MNIST's conventional Linf budget; under L2/L1 the data set's budget)",
     )
     p.add_argument(
         "--attacks",
-        default="fgsm,pgd",
-        help="attacks over the grid (default fgsm,pgd; autoattack here runs the custom "
-        "version with --aa-attacks)",
+        default=None,
+        help="attacks over the grid (default fgsm,pgd; pgd under L1, which has no FGSM; "
+        "autoattack here runs the custom version with --aa-attacks)",
     )
     p.add_argument(
         "--eps",
-        default="0,2/255,4/255,6/255,8/255,0.1",
-        help="grid of --attacks (default: the card's 0..8/255 every other step, and 0.1)",
+        default=None,
+        help="grid of --attacks (default: the card's 0..8/255 every other step, and 0.1; "
+        "under L2/L1 the data set's grid)",
     )
     p.add_argument(
         "--rank-eps",
-        default="0.1",
-        help="where standard AutoAttack also runs and the leaderboard ranks (default 0.1)",
+        default=None,
+        help="where standard AutoAttack also runs and the leaderboard ranks (default 0.1; "
+        "under L2/L1 the data set's budget)",
     )
     p.add_argument("--n", type=int, default=200, help="test points evaluated (the first n)")
     # Standard AutoAttack on every eps would cost about 45 s per eps per checkpoint here (square
@@ -122,17 +132,17 @@ def plan(args: argparse.Namespace) -> Plan:
             raise UsageError(
                 f"--{flag.replace('_', '-')} must be in 1..2**63-1, got {getattr(args, flag)}"
             )
-    train_eps = parse_eps(args.train_eps, "--train-eps")
+    norm = norm_defaults(args)
+    train_eps = parse_eps(args.train_eps, "--train-eps", norm)
     for name in names:  # the training eps must suit each defense (e.g. PGD-AT's step rule)
         if name in ADVERSARIAL:
-            build_defense(name, {"eps": args.train_eps})
-    grid, rank_eps = parse_eps_grid(args.eps), parse_eps(args.rank_eps, "--rank-eps")
+            build_defense(name, defense_params(args, name))
+    grid, rank_eps = parse_eps_grid(args.eps, norm), parse_eps(args.rank_eps, "--rank-eps", norm)
     names_ = [a.strip() for a in args.attacks.split(",") if a.strip()]
     custom = "autoattack" in names_
-    attacks = parse_attacks(
-        [args.attacks], [], "custom" if custom else None, args.aa_attacks if custom else None
-    )
-    standard = parse_attacks(["autoattack"], [], "standard", None)
+    aa = ("custom", args.aa_attacks) if custom else (None, None)
+    attacks = parse_attacks([args.attacks], [], *aa, norm=norm)
+    standard = parse_attacks(["autoattack"], [], "standard", None, norm=norm)
     for s in (attacks, standard):
         check_settings(s, grid, 500, args.seed)
     out = paths.resolve(args.out, "--out") if args.out else paths.reports_dir()
@@ -147,8 +157,8 @@ def plan(args: argparse.Namespace) -> Plan:
     p = Plan(
         names,
         train_eps,
-        Settings(attacks, grid, 500, args.seed, progress=False),
-        Settings(standard, [rank_eps], 500, args.seed, progress=False),
+        Settings(attacks, grid, 500, args.seed, progress=False, norm=norm),
+        Settings(standard, [rank_eps], 500, args.seed, progress=False, norm=norm),
         root,
         db,
         out,
@@ -157,9 +167,31 @@ def plan(args: argparse.Namespace) -> Plan:
     return p
 
 
+def norm_defaults(args: argparse.Namespace) -> str:
+    """``--norm`` checked; the eps and attack flags left unset filled with its defaults (Linf:
+    the quick benchmark as before; L2 and L1: the data set's budget and grid, bench.norms)."""
+    norm = norms.check_norm(args.norm)
+    args.norm = norm
+    budget = norms.BUDGETS.get((args.dataset, norm), norms.BUDGETS[("cifar10", norm)])
+    linf = norm == LINF
+    args.train_eps = args.train_eps or ("0.1" if linf else f"{budget.eps:g}")
+    args.rank_eps = args.rank_eps or ("0.1" if linf else f"{budget.eps:g}")
+    args.eps = args.eps or ("0,2/255,4/255,6/255,8/255,0.1" if linf else budget.grid)
+    args.attacks = args.attacks or ("pgd" if norm == L1 else "fgsm,pgd")
+    return norm
+
+
+def defense_params(args: argparse.Namespace, name: str) -> dict[str, str]:
+    """An adversarial defense's training eps, and its norm where it is not Linf (so a Linf run's
+    config stays as it was)."""
+    if name not in ADVERSARIAL:
+        return {}
+    return {"eps": args.train_eps} | ({} if args.norm == LINF else {"norm": args.norm})
+
+
 def train_config(p: Plan, args: argparse.Namespace, name: str) -> TrainConfig:
     """The training run of one defense: ``<checkpoints>/quick-<defense>``."""
-    params = {"eps": args.train_eps} if name in ADVERSARIAL else {}
+    params = defense_params(args, name)
     return TrainConfig(
         dataset=args.dataset,
         model=args.model,
@@ -240,7 +272,8 @@ def visual_report(
 
     t0 = time.perf_counter()
     if len(targets) >= 2:
-        write_matrix(p.db, targets, p.ranking.eps_grid[0], p.grid.seed, p.grid.batch_size)
+        s = p.grid
+        write_matrix(p.db, targets, p.ranking.eps_grid[0], s.seed, s.batch_size, norm=s.norm)
     matrix = time.perf_counter() - t0
     files = write_report(p.db, p.out, data_dir=paths.data_dir(args.data_dir))
     pictures = files.image_seconds

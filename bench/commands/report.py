@@ -10,6 +10,7 @@ from typing import Any
 from bench.attacks import ATTACKS
 from bench.commands.common import add_shared
 from bench.errors import UnknownNameError
+from bench.norms import L2
 from bench.params import parse_eps
 from bench.paths import default_db, reports_dir, resolve
 
@@ -57,8 +58,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--rank-eps",
         default=None,
         metavar="EPS",
-        help="the eps of the ranked table (default: the largest eps with standard "
-        "AutoAttack, per data set), e.g. 8/255",
+        help="the eps of the ranked tables, e.g. 8/255 or, for L2 sections, 0.5 (default: the "
+        "largest eps with standard AutoAttack, per section: a data set under one threat "
+        "model); a section that never ran it keeps its default and says so",
     )
     p.add_argument(
         "--no-images",
@@ -84,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     from bench.report import write_report  # here: bench.report only when the command runs
 
     check_rank_by(args.rank_by)
-    rank_eps = parse_eps(args.rank_eps, "--rank-eps") if args.rank_eps is not None else None
+    # L2 and L1 budgets go above 1 (e.g. 2.0, 12): bounded here only as L2/L1 eps are
+    rank_eps = parse_eps(args.rank_eps, "--rank-eps", L2) if args.rank_eps is not None else None
     data_dir = resolve(args.data_dir, "--data-dir") if args.data_dir else None
     files = write_report(
         args.db or default_db(),

@@ -32,6 +32,7 @@ from bench.evaluation import diagnostics as dg
 from bench.evaluation import remedies, stats
 from bench.evaluation.probes import QUERIES
 from bench.evaluation.walk import attack_points, check_budget
+from bench.norms import LINF
 from bench.params import format_eps
 from bench.store import DiagnosticRow
 from bench.vocab import Check, Walk
@@ -55,14 +56,17 @@ def flagged(findings: Sequence[dg.Finding], check: str) -> bool:
 def adapt_for_randomized(attacks: Sequence[Attack]) -> tuple[list[Attack], str]:
     """AutoAttack's ``rand`` version in place of standard/plus, and EOT-PGD added: the attacks
     RobustBench uses for randomized defenses. Returns the attacks and a note saying so."""
-    out, changed = [], []
+    out, changed, norm = [], [], _norm(attacks)
     for a in attacks:
         if a.name == "autoattack" and a.params.get("version") in ("standard", "plus"):
-            out.append(make_attack("autoattack", {"version": "rand"}))
+            out.append(make_attack("autoattack", {"version": "rand"}, norm))
             changed.append(f"autoattack {a.params['version']} -> rand")
         else:
             out.append(a)
-    if not any(a.name == "eotpgd" for a in out):
+    if norm != LINF and not any(a.name == "autoattack" for a in out):
+        out.append(make_attack("autoattack", {"version": "rand"}, norm))
+        changed.append(f"autoattack rand added (EOT-PGD has no {norm} version)")
+    elif norm == LINF and not any(a.name == "eotpgd" for a in out):
         out.append(make_attack("eotpgd", {"eot_iter": str(EOT_ITER)}))
         changed.append(f"eotpgd (eot_iter={EOT_ITER}) added")
     return out, "randomized model: " + "; ".join(changed)
@@ -81,6 +85,11 @@ def adapt(attacks: Sequence[Attack], findings: Sequence[dg.Finding]) -> tuple[li
     return out, "; ".join(notes)
 
 
+def _norm(attacks: Sequence[Attack]) -> str:
+    """The threat model of an evaluation's attacks (all share it)."""
+    return attacks[0].norm if attacks else LINF
+
+
 def graph_cut(findings: Sequence[dg.Finding]) -> bool:
     """The input is cut off from the graph: no gradient-based attack can run at all."""
     return any(f.check == Check.GRADIENTS and f.details.get("graph_interrupted") for f in findings)
@@ -88,7 +97,7 @@ def graph_cut(findings: Sequence[dg.Finding]) -> bool:
 
 def adapt_for_no_gradients(attacks: Sequence[Attack]) -> tuple[list[Attack], str]:
     """Only gradient-free attacks (Square) can run on a model whose input leaves the graph."""
-    out = [a for a in attacks if a.name == "square"] or [make_attack("square")]
+    out = [a for a in attacks if a.name == "square"] or [make_attack("square", norm=_norm(attacks))]
     dropped = [a.display for a in attacks if a.name != "square"]
     return out, (
         "no input gradient at all (the graph is cut): ran Square only, dropped "
@@ -236,7 +245,7 @@ def inference(
     walking, j, every = plan
     idx = every[:INFERENCE_MAX_POINTS]
     eps = walking[0].eps[j]
-    attack = attack or make_attack("pgd")
+    attack = attack or make_attack("pgd", norm=walking[0].attack.norm)
     direct = attack_points(model, attack, x, y, idx, eps, seed)
     finding = dg.check_inference(eps, walking[0].eps[-1], direct, unchecked=len(every) - len(idx))
     finding.details["attacks"] = [r.attack.display for r in walking]  # whose walks were checked
@@ -254,23 +263,25 @@ class Costly:
     eps: float
     worst: torch.Tensor
     seed: int = 0
+    norm: str = LINF
 
 
 def costly(model: nn.Module, x: torch.Tensor, y: torch.Tensor, c: Costly) -> list[dg.Finding]:
     """Large budget, and the loss trace with its remedy: on at most 100 points."""
     m = dg.COSTLY_MAX_POINTS
     x, y, worst = x[:m], y[:m], c.worst[:m]
-    out = [dg.check_large_budget(model, x, y)]
+    out = [dg.check_large_budget(model, x, y, norm=c.norm)]
     g = torch.Generator().manual_seed(c.seed)
+    alpha = 2.5 * c.eps / TRACE_STEPS
     x_adv, losses = dg.pgd_with_trace(
-        model, x, y, c.eps, TRACE_STEPS, 2.5 * c.eps / TRACE_STEPS, random_start=True, generator=g
+        model, x, y, c.eps, TRACE_STEPS, alpha, random_start=True, generator=g, norm=c.norm
     )
     trace = dg.check_loss_trace(losses, robust=worst)
-    check_budget(x.to(x_adv.device), x_adv, c.eps, attack="pgd-100 (loss trace)")
+    check_budget(x.to(x_adv.device), x_adv, c.eps, attack="pgd-100 (loss trace)", norm=c.norm)
     with torch.no_grad():  # the trace's own PGD-100 may break points the attacks left: proofs
         broke = model(x_adv).argmax(1).cpu() != y.cpu()
     remedies.record(trace, c.eps, (worst & broke).nonzero().flatten().tolist(), int(worst.sum()))
-    out.append(remedies.loss_trace(model, x, y, trace, c.eps, c.seed))
+    out.append(remedies.loss_trace(model, x, y, trace, c.eps, c.seed, c.norm))
     return out
 
 
@@ -308,9 +319,10 @@ def classify_aa_warning(message: str, points: int, calls: int = 1) -> tuple[bool
 
 
 def rows(
-    run_id: str, fingerprint: str, n: int, findings: Sequence[dg.Finding]
+    run_id: str, fingerprint: str, n: int, findings: Sequence[dg.Finding], norm: str = LINF
 ) -> list[DiagnosticRow]:
-    """Findings as store rows, keyed by :func:`row_key`."""
+    """Findings of an evaluation under threat model ``norm`` as store rows, keyed by
+    :func:`row_key`."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out = []
     for f in findings:
@@ -329,6 +341,7 @@ def rows(
                 d["details"],
                 f.advice,
                 now,
+                norm,
             )
         )
     return out

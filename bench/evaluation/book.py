@@ -24,6 +24,7 @@ from bench.evaluation.targets import run_row
 from bench.evaluation.walk import GridResult, Recorder, flag_text, text_flags
 from bench.evaluation.work import ShardResult, Stats
 from bench.io import library_versions
+from bench.norms import LINF
 from bench.params import format_eps
 from bench.store import DiagnosticRow, ResultRow, Store, canonical, eps_key
 from bench.vocab import Check, Walk
@@ -71,28 +72,34 @@ class Book:
 
     def stored_cheap(self) -> list[dg.Finding] | None:
         """The cheap checks' findings stored for these weights and n, or None if one is missing."""
-        rows = [
-            d
-            for d in self.store.diagnostics(self.source.run_id)
-            if d.n == self.n
-            and d.fingerprint == self.source.fingerprint
-            and d.check in CHEAP_CHECKS
-        ]
+        rows = [d for d in self.mine() if d.check in CHEAP_CHECKS]
         if {d.check for d in rows} != set(CHEAP_CHECKS):
             return None
         rows.sort(key=lambda d: CHEAP_CHECKS.index(d.check))  # the order they run in
         return [_finding(d) for d in rows]
 
+    def mine(self) -> list[DiagnosticRow]:
+        """The stored findings about these weights at this n under this threat model."""
+        src, norm = self.source, self.plan.settings.norm
+        return [
+            d
+            for d in self.store.diagnostics(src.run_id)
+            if d.n == self.n and d.fingerprint == src.fingerprint and d.norm == norm
+        ]
+
     def write_findings(self, findings: Sequence[dg.Finding]) -> None:
         """Findings of this model at this n (a finding replaces the one with its check and key)."""
         if findings:
-            src = self.source
-            self.store.write_diagnostics(audit.rows(src.run_id, src.fingerprint, self.n, findings))
+            src, norm = self.source, self.plan.settings.norm
+            self.store.write_diagnostics(
+                audit.rows(src.run_id, src.fingerprint, self.n, findings, norm)
+            )
 
     # -- steps -------------------------------------------------------------------------------
     def step(self, attack: Attack, eps: float) -> str:
-        """A step's identity in the batches table. The walk is part of it; the ascending walk
-        keeps the layout-2 identity (no walk), so that a v2 store's step in progress resumes."""
+        """A step's identity in the batches table. The walk and the norm are part of it; the
+        ascending walk keeps the layout-2 identity (no walk) and Linf the layout-3 one (no
+        norm), so that an older store's step in progress resumes."""
         s = self.plan.settings
         ident: list[Any] = [
             self.source.fingerprint,
@@ -104,12 +111,13 @@ class Book:
             s.batch_size,
             [eps_key(e) for e in s.eps_grid],
         ]
-        return canonical(ident if s.walk == Walk.UP else ident + [s.walk])
+        ident += [] if s.walk == Walk.UP else [s.walk]
+        return canonical(ident if s.norm == LINF else ident + [s.norm])
 
     def row(self, attack: Attack, eps: float) -> ResultRow | None:
         """The stored row of this step made with these weights, seed, batches, grid and walk."""
         s = self.plan.settings
-        r = self.store.result(self.source.run_id, attack.label, attack.params, eps, self.n)
+        r = self.store.result(self.source.run_id, attack.label, attack.params, eps, self.n, s.norm)
         same = (
             r is not None
             and r.fingerprint == self.source.fingerprint
@@ -165,6 +173,7 @@ class Book:
             fingerprint=self.source.fingerprint,
             created=now(),
             walk=s.walk,
+            norm=s.norm,
         )
         self.store.write_result(row, step)
         self.finished.add((i, eps_key(eps)))
@@ -284,7 +293,9 @@ class Book:
         that walk's walk-inference finding no longer describes stored numbers."""
         key = audit.stale_inference_key(results)
         if key is not None:
-            self.store.drop_diagnostic(self.source.run_id, self.n, Check.WALK_INFERENCE, key)
+            self.store.drop_diagnostic(
+                self.source.run_id, self.n, Check.WALK_INFERENCE, key, self.plan.settings.norm
+            )
 
     def inference_context(self, results: Sequence[GridResult]) -> dict[str, Any]:
         """What this evaluation's walk-inference finding depends on (grid, walk, seed, batches)."""
@@ -294,17 +305,11 @@ class Book:
     def stored_inference(self, results: Sequence[GridResult]) -> list[dg.Finding] | None:
         """The walk-inference finding stored for these weights, n, attacks, eps pair, grid, walk,
         seed and batches, if any."""
-        key, src, context = (
-            audit.inference_key(results),
-            self.source,
-            self.inference_context(results),
-        )
-        for d in self.store.diagnostics(src.run_id):
+        key, context = audit.inference_key(results), self.inference_context(results)
+        for d in self.mine():
             if (
                 d.check == Check.WALK_INFERENCE
                 and d.key == key
-                and d.n == self.n
-                and d.fingerprint == src.fingerprint
                 and d.details.get("evaluation") == context
             ):
                 return [_finding(d)]
@@ -318,16 +323,14 @@ class Book:
 
     def stored_probes(self, eps: float, context: dict[str, Any]) -> list[dg.Finding] | None:
         """The probes' findings stored for these weights, n, eps and context, if all are."""
-        src, want = self.source, {Check.BLACK_BOX_PROBE}
+        want = {Check.BLACK_BOX_PROBE}
         if context.get("surrogate") is not None:
             want.add(Check.TRANSFER)
         rows = [
             d
-            for d in self.store.diagnostics(src.run_id)
+            for d in self.mine()
             if d.check in want
             and d.key == f"{audit.probe_key(eps)}~{'+'.join(context['whitebox'])}"
-            and d.n == self.n
-            and d.fingerprint == src.fingerprint
             and d.details.get("context") == context
         ]
         if {d.check for d in rows} != want:

@@ -31,9 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench import norms
+from bench.attacks import pgd_step
 from bench.evaluation import stats
 from bench.evaluation.results import status
 from bench.io import model_device
+from bench.norms import LINF
 from bench.vocab import Check
 
 #: The checks that make findings (AutoAttack's warnings and the transfer matrix are stored apart).
@@ -84,7 +87,7 @@ PROBABILITY_TOL = 1e-5  # AutoAttack's alpha for check_range_output
 # when its count exceeds what that rate explains at its level (bench.evaluation.stats.ALPHAS).
 ZERO_GRADIENT_SHARE = 0.01  # H0: at most 1% of points have an all-zero gradient (float64 CE)
 ALPHA = 0.01  # the family's level; each check's own level is stats.ALPHAS[check]
-LARGE_BUDGET_EPS = 1.0  # Linf 1 on [0, 1] images: every image is reachable (unbounded)
+LARGE_BUDGET_EPS = 1.0  # Linf 1 on [0, 1] images: every image is reachable (see norms.reach)
 LARGE_BUDGET_ACC = 0.01  # H0: at most 1% of points survive it (numerical ties)
 TRACE_WINDOW = 10  # IoAF: the last 10 iterations
 TRACE_TOL = 0.05  # IoAF: a rise of more than 5% of the loss's range in that window
@@ -655,15 +658,16 @@ def _pgd_broken(
     steps: int,
     alpha: float,
     loss: str,
+    norm: str = LINF,
 ) -> torch.Tensor:
-    """Linf PGD from x itself (no random start), sign steps; per point, True if some iterate
-    (each inside the ball and [0, 1]) is misclassified."""
+    """PGD in ``norm`` from x itself (no random start), steepest-ascent steps; per point, True
+    if some iterate (each inside the ball and [0, 1]) is misclassified."""
     broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     x_adv = x.clone()
     for _ in range(steps):
         _, pred, grad = _loss_and_grad(model, x_adv, y, loss)
         broken |= pred != y
-        x_adv = torch.min(torch.max(x_adv + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1)
+        x_adv = pgd_step(x, x_adv, grad, alpha, eps, norm)
     with torch.no_grad():
         broken |= model(x_adv).argmax(1) != y
     return broken
@@ -673,24 +677,27 @@ def check_large_budget(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    eps: float = LARGE_BUDGET_EPS,
+    eps: float | None = None,
     steps: int = 50,
     alpha: float | None = None,
     max_acc: float = LARGE_BUDGET_ACC,
     max_points: int = COSTLY_MAX_POINTS,
+    norm: str = LINF,
 ) -> Finding:
-    """Under a huge Linf budget, accuracy must fall to about zero.
+    """Under a huge budget, accuracy must fall to about zero.
 
-    Attack: Linf PGD started at x (no random start, so that it measures what the gradients
-    give), ``steps`` (50) sign steps of ``alpha`` (2.5 * eps / steps), first on the
-    cross-entropy, then on the margin (CW) loss for the points still standing; a point counts
-    as broken if any iterate is misclassified. With eps = 1 (the default) every image in
+    Attack: PGD in ``norm`` started at x (no random start, so that it measures what the
+    gradients give), ``steps`` (50) steepest-ascent steps of ``alpha`` (2.5 * eps / steps),
+    first on the cross-entropy, then on the margin (CW) loss for the points still standing; a
+    point counts as broken if any iterate is misclassified. The default eps is the norm's
+    :func:`bench.norms.reach` for these images (Linf 1, L2 sqrt(d), L1 d): every image in
     [0, 1] is reachable, so 0% is always attainable (Carlini et al. 2019: unbounded attacks
     must reach 100% success; IoAF: unconstrained attack failure). Test on the first
     ``max_points`` (100) points: H0 "at most ``max_acc`` (1%) of points survive" (a numerical
     tie), exact one-sided binomial test at ``stats.ALPHAS['large-budget']``. IoAF counts any
     surviving point.
     """
+    eps = norms.reach(norm, tuple(x.shape[1:])) if eps is None else eps
     if not 0 < eps or steps < 1:
         raise ValueError(f"eps must be > 0 and steps >= 1, got eps {eps}, steps {steps}")
     alpha = 2.5 * eps / steps if alpha is None else alpha
@@ -704,19 +711,21 @@ def check_large_budget(
         for loss in ("ce", "margin"):
             idx = standing.nonzero().flatten()
             if len(idx):
-                standing[idx] &= ~_pgd_broken(model, x[idx], y[idx], eps, steps, alpha, loss)
+                broken = _pgd_broken(model, x[idx], y[idx], eps, steps, alpha, loss, norm)
+                standing[idx] &= ~broken
     acc, clean_acc = _share(standing), _share(clean)
     alpha = stats.level(Check.LARGE_BUDGET)
     p = stats.binomial_p(int(standing.sum()), n, max_acc)
     flagged = p < alpha
     summary = (
-        f"accuracy {_pct(acc)} at Linf eps {eps:g} ({steps}-step PGD on CE then margin loss, "
+        f"accuracy {_pct(acc)} at {norm} eps {eps:g} ({steps}-step PGD on CE then margin loss, "
         f"{n} points, clean {_pct(clean_acc)}); should be about 0: binomial p = {p:.3g} "
         f"against at most {_pct(max_acc)} (flag if p < {alpha:g})"
     )
     details = {
         "n": n,
         "eps": eps,
+        "norm": norm,
         "steps": steps,
         "alpha": alpha,
         "losses": ["ce", "margin"],
@@ -753,28 +762,34 @@ def pgd_with_trace(
     alpha: float,
     random_start: bool = True,
     generator: torch.Generator | None = None,
+    norm: str = LINF,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Linf PGD on the cross-entropy (Madry et al. 2018) that records each point's loss.
+    """PGD in ``norm`` on the cross-entropy (Madry et al. 2018) that records each point's loss.
 
     Returns ``(x_adv, losses)``: ``x_adv`` the last iterate (as torchattacks' PGD), on the
     model's device; ``losses[k, i]`` the CE of point i after step k + 1 (shape [steps, n], on
-    the CPU). ``random_start``: uniform in the eps-ball, drawn on the CPU with ``generator``.
+    the CPU). ``random_start``: in the eps-ball (uniform under Linf), drawn on the CPU with
+    ``generator``.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     device = model_device(model)
     x, y = x.detach().to(device), y.detach().to(device)
     x_adv = x.clone()
-    if random_start:
+    if random_start and norm == LINF:
         noise = torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1
         x_adv = (x + eps * noise.to(device)).clamp(0, 1)
+    elif random_start:
+        g = generator or torch.Generator().manual_seed(0)
+        noise = torch.stack([norms.random_in_ball(p.cpu(), eps, norm, g) for p in x])
+        x_adv = (x + noise.to(device)).clamp(0, 1)
     trace: list[torch.Tensor] = []
     with _eval_mode(model):
         for k in range(steps):
             values, _, grad = _loss_and_grad(model, x_adv, y, "ce")
             if k > 0:
                 trace.append(values.cpu())
-            x_adv = torch.min(torch.max(x_adv + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1)
+            x_adv = pgd_step(x, x_adv, grad, alpha, eps, norm)
         with torch.no_grad():
             trace.append(_attack_loss("ce", model(x_adv), y).detach().cpu())
     return x_adv.detach(), torch.stack(trace)

@@ -130,7 +130,8 @@ def _after(
     found += yield from _probes(plan, book, ev)
     if plan.settings.diagnose and ev.worst:
         top = ev.worst[-1]
-        item = work.Costly(top.eps, text_flags(top.flags), plan.settings.seed)
+        s = plan.settings
+        item = work.Costly(top.eps, text_flags(top.flags), s.seed, s.norm)
         [costly] = yield Step("costly", [item])
         book.write_findings(costly)
         ev.ran.append("costly")
@@ -166,6 +167,7 @@ def _probes(plan: Plan, book: Book, ev: Evaluation) -> Generator[Step, list[Any]
     s = plan.settings
     whitebox, names = audit.whitebox_worst(ev.results, top[-1].eps)
     probe = probes.Probe(top[-1].eps, whitebox, names, text_flags(top[-1].flags), s.seed)
+    probe.norm = s.norm
     probe.surrogate = s.transfer_from
     probe.margin = audit.has_margin_loss(ev.results, probe.eps)
     probe.randomized = audit.flagged(ev.findings, Check.RANDOMIZED)

@@ -10,10 +10,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from bench import norms
 from bench.attacks import Attack
 from bench.errors import UsageError
 from bench.evaluation.targets import Target
 from bench.evaluation.walk import DEFAULT_WALK, check_walk
+from bench.norms import LINF
 from bench.params import MAX_GRID_POINTS
 from bench.store import canonical
 
@@ -35,6 +37,7 @@ class Settings:
     diagnose: bool = False  # the costly checks too (large budget, loss trace and its remedy)
     transfer_from: Any = None  # the transfer probe's surrogate (an nn.Module), or None
     walk: str = DEFAULT_WALK  # how each attack walks the grid: up, down or bisect
+    norm: str = LINF  # the threat model (bench.norms); every attack is made for it
 
 
 @dataclass
@@ -77,7 +80,8 @@ def check_settings(
         if key in seen:
             raise UsageError(f"attack {a.display} is listed twice")
         seen.add(key)
-    _check_grid(eps_grid)
+    norm = attacks[0].norm  # the image size bounds L2 and L1 budgets: checked by check_plan
+    _check_grid(eps_grid, norm, 1.0 if norm == LINF else math.inf)
     if (
         isinstance(batch_size, bool)
         or not isinstance(batch_size, int)
@@ -90,15 +94,35 @@ def check_settings(
         raise UsageError(f"--seed must be a whole number in 0..2**63-1, got {seed!r}")
 
 
-def _check_grid(eps_grid: Sequence[float]) -> None:
-    """A grid of 1..MAX_GRID_POINTS eps on the pixel scale (UsageError)."""
+def _check_grid(eps_grid: Sequence[float], norm: str = LINF, reach: float = 1.0) -> None:
+    """A grid of 1..MAX_GRID_POINTS eps on the pixel scale, each in [0, ``reach``]: 1 under
+    Linf, under L2 and L1 the budget that already reaches every image (UsageError)."""
     if not eps_grid:
         raise UsageError("the eps grid is empty")
     if len(eps_grid) > MAX_GRID_POINTS:  # the API takes lists that never went through the parser
         raise UsageError(f"the eps grid has {len(eps_grid)} values; at most {MAX_GRID_POINTS}")
     for e in eps_grid:
-        if not (isinstance(e, (int, float)) and math.isfinite(e) and 0.0 <= e <= 1.0):
-            raise UsageError(f"eps {e!r} is outside [0, 1] (pixel scale; write e.g. 8/255)")
+        if not (isinstance(e, (int, float)) and math.isfinite(e) and 0.0 <= e <= reach):
+            if norm == LINF:
+                raise UsageError(f"eps {e!r} is outside [0, 1] (pixel scale; write e.g. 8/255)")
+            raise UsageError(
+                f"{norm} eps {e!r} is outside [0, {reach:g}] ({reach:g} already reaches every "
+                "image of this size; eps is on the [0, 1] pixel scale)"
+            )
+
+
+def _check_norm(plan: Plan) -> None:
+    """The plan's norm is known, every attack is made for it, and its grid fits the images."""
+    s = plan.settings
+    s.norm = norms.check_norm(s.norm)
+    for a in s.attacks:
+        if a.norm != s.norm:
+            raise UsageError(
+                f"attack {a.display} is made for {a.norm}, the evaluation for {s.norm}"
+            )
+    x = plan.target.x  # a sweep's driver holds no images: its workers check their points
+    reach = norms.reach(s.norm, tuple(x.shape[1:])) if x.dim() > 1 else math.inf
+    _check_grid(s.eps_grid, s.norm, reach)
 
 
 def check_plan(plan: Plan) -> None:
@@ -106,4 +130,5 @@ def check_plan(plan: Plan) -> None:
     s = plan.settings
     check_settings(s.attacks, s.eps_grid, s.batch_size, s.seed)
     check_walk(s.walk)
+    _check_norm(plan)
     s.eps_grid = sorted(float(e) for e in s.eps_grid)

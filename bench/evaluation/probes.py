@@ -35,13 +35,14 @@ from bench.attacks import derive_seed, make_attack
 from bench.evaluation import diagnostics as dg
 from bench.evaluation import remedies, stats
 from bench.evaluation.walk import attack_points, check_budget, predict
+from bench.norms import LINF
 from bench.vocab import Check
 from bench.weights import fingerprint_model
 
 POINTS = 200  # points probed (drawn at random, seeded), at most
 QUERIES = 300  # Square's queries per point: a few hundred break an honest model's easy points
 ESCALATED_QUERIES = 3000  # Square's queries where the first probe found significant evidence
-P_INIT = 0.8  # Square's initial square size (AutoAttack's Linf value)
+P_INIT = 0.8  # Square's initial square size (the value AutoAttack gives it in every norm)
 #: The white-box side's margin-loss attack, run unless a margin loss already ran: APGD on the
 #: DLR loss (Croce & Hein 2020), which no rescaling of the logits can flatten.
 DLR = ("apgd", {"loss": "dlr"})
@@ -64,6 +65,7 @@ class Probe:
     margin: bool = False
     randomized: bool = False
     covered: str | None = None  # an attack of the evaluation that already ran Square here
+    norm: str = LINF  # the evaluation's threat model: every probe attacks in its ball
 
 
 @dataclass
@@ -91,9 +93,10 @@ def _apply(
     x, y = xy
     local = on.nonzero().flatten()
     if len(local):
-        ok = attack_points(model, make_attack(*attack), x, y, side.idx[local], p.eps, p.seed)
+        made = make_attack(*attack, p.norm)
+        ok = attack_points(model, made, x, y, side.idx[local], p.eps, p.seed)
         side.flags[local[~ok]] = False
-    side.ran.append(make_attack(*attack).display)
+    side.ran.append(make_attack(*attack, p.norm).display)
 
 
 def _smooth(model: nn.Module, xy: Any, p: Probe, side: Side, samples: int) -> None:
@@ -103,7 +106,7 @@ def _smooth(model: nn.Module, xy: Any, p: Probe, side: Side, samples: int) -> No
     local = side.flags.nonzero().flatten()
     if len(local):
         at = side.idx[local]
-        ok = remedies.smoothed_pgd(model, x[at], y[at], p.eps, p.seed, samples)
+        ok = remedies.smoothed_pgd(model, x[at], y[at], p.eps, p.seed, samples, p.norm)
         side.flags[local[~ok]] = False
     side.ran.append(f"smoothed-pgd[samples={samples}]")
 
@@ -183,8 +186,9 @@ def _transfer_sides(
     """The surrogate's examples on the points ``idx``; where they lead (``decide``: test here,
     else always), APGD-CE and APGD-DLR on the points only they broke."""
     x, y = xy
-    x_adv = make_attack("pgd").run(p.surrogate, x[idx], y[idx], p.eps, p.seed, index=idx)
-    check_budget(x[idx].to(x_adv.device), x_adv, p.eps, attack="transfer[pgd]")
+    pgd = make_attack("pgd", norm=p.norm)
+    x_adv = pgd.run(p.surrogate, x[idx], y[idx], p.eps, p.seed, index=idx)
+    check_budget(x[idx].to(x_adv.device), x_adv, p.eps, attack="transfer[pgd]", norm=p.norm)
     ok = _clean(model, x, y, idx) & (predict(model, x_adv) == y[idx].cpu())
     box = Side(idx, ok, ["transfer[pgd]"])
     if p.whitebox is None:
@@ -308,7 +312,7 @@ def context(p: Probe) -> dict[str, Any]:
         "whitebox_flags": _digest(p.whitebox),
         "worst_flags": _digest(p.worst),
         "surrogate": fingerprint_model(p.surrogate) if p.surrogate is not None else None,
-    }
+    } | ({} if p.norm == LINF else {"norm": p.norm})  # Linf: the context stored before norms
 
 
 def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: Probe) -> list[dg.Finding]:

@@ -24,11 +24,13 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from bench.attacks import Attack, make_attack
+from bench import norms
+from bench.attacks import Attack, make_attack, pgd_step
 from bench.evaluation import diagnostics as dg
 from bench.evaluation import stats
 from bench.evaluation.walk import attack_points, check_budget
 from bench.io import model_device
+from bench.norms import LINF
 from bench.params import format_eps
 
 #: The loss-trace remedy: APGD on the cross-entropy, then on the DLR loss (AutoAttack's pair).
@@ -36,15 +38,22 @@ LOSS_TRACE_ATTACKS = (("apgd", {"loss": "ce", "steps": "100"}), ("apgd", {"loss"
 
 
 def apgd_breaks(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, eps: float, seed: int
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    idx: torch.Tensor,
+    eps: float,
+    seed: int,
+    norm: str = LINF,
 ) -> torch.Tensor:
-    """Which of the points ``idx`` APGD-CE then APGD-DLR (on those CE left) break at ``eps``."""
+    """Which of the points ``idx`` APGD-CE then APGD-DLR (on those CE left) break at ``eps``
+    in ``norm``."""
     standing = torch.ones(len(idx), dtype=torch.bool)
     for name, params in LOSS_TRACE_ATTACKS:
         todo = idx[standing]
         if len(todo):
             standing[standing.clone()] &= attack_points(
-                model, make_attack(name, params), x, y, todo, eps, seed
+                model, make_attack(name, params, norm), x, y, todo, eps, seed
             )
     return idx[~standing]
 
@@ -53,7 +62,7 @@ SMOOTH_STEPS = 20  # smoothed PGD: sign steps of 2.5 * eps / steps
 SMOOTH_SAMPLES = 8  # noisy copies whose gradients are averaged at each step (always-on)
 SMOOTH_SAMPLES_ESCALATED = 64  # where a probe found evidence: a gradient shattered with
 # amplitude a*w (the planted x + 0.004 sin(2000 x): 8) needs about (a*w)^2 samples
-SMOOTH_SIGMA = 0.5  # the noise's standard deviation, in units of eps
+SMOOTH_SIGMA = 0.5  # the noise's size in units of eps (per pixel: eps / norms.reach, see below)
 SMOOTH_CHUNK = 8  # noisy copies per forward pass (one batch of 8 x the points)
 
 
@@ -64,9 +73,12 @@ def smoothed_pgd(
     eps: float,
     seed: int,
     samples: int = SMOOTH_SAMPLES,
+    norm: str = LINF,
 ) -> torch.Tensor:
-    """Per point (on the CPU): still classified correctly after PGD on the margin (CW) loss
-    whose gradient is averaged over ``samples`` Gaussian copies of the input (std
+    """Per point (on the CPU): still classified correctly after PGD in ``norm`` on the margin
+    (CW) loss whose gradient is averaged over ``samples`` Gaussian copies of the input (std per
+    pixel ``SMOOTH_SIGMA * eps`` under Linf; under L2 and L1 ``SMOOTH_SIGMA * eps`` divided by
+    :func:`bench.norms.reach` (sqrt(d), d), so that the noise's size in the norm is about
     ``SMOOTH_SIGMA * eps``): Expectation over Transformation applied to input noise (Athalye et
     al. 2018), which averages out gradients shattered at a scale finer than the noise, as a
     high-frequency input transform or a masking ensemble member makes them. Every iterate is
@@ -76,16 +88,17 @@ def smoothed_pgd(
     g = torch.Generator().manual_seed(seed)
     broken = torch.zeros(len(x), dtype=torch.bool, device=device)
     x_adv, step = x.clone(), 2.5 * eps / SMOOTH_STEPS
+    sigma = SMOOTH_SIGMA * eps / norms.reach(norm, tuple(x.shape[1:])) ** (norm != LINF)
     for _ in range(SMOOTH_STEPS):
         grad = torch.zeros_like(x)
         for lo in range(0, samples, SMOOTH_CHUNK):  # copies in batches of up to 8 (memory)
             k = min(SMOOTH_CHUNK, samples - lo)
             noise = torch.randn((k, *x.shape), generator=g, dtype=x.dtype).to(device)
-            noisy = (x_adv[None] + SMOOTH_SIGMA * eps * noise).clamp(0, 1).flatten(0, 1)
+            noisy = (x_adv[None] + sigma * noise).clamp(0, 1).flatten(0, 1)
             g_all = dg.input_gradient(model, noisy, y.repeat(k), "margin")
             grad += g_all.view(k, *x.shape).sum(dim=0)  # each copy's gradient is its own
-        x_adv = torch.min(torch.max(x_adv + step * grad.sign(), x - eps), x + eps).clamp(0, 1)
-        check_budget(x, x_adv, eps, attack="smoothed-pgd")
+        x_adv = pgd_step(x, x_adv, grad, step, eps, norm)
+        check_budget(x, x_adv, eps, attack="smoothed-pgd", norm=norm)
         with torch.no_grad():
             broken |= model(x_adv).argmax(1) != y
     return (~broken).cpu()
@@ -117,11 +130,13 @@ def loss_trace(
     finding: dg.Finding,
     eps: float,
     seed: int,
+    norm: str = LINF,
 ) -> dg.Finding:
-    """APGD-CE then APGD-DLR at ``eps`` on the points the loss-trace check found still
-    improving (``details['incomplete_points']``, indices into ``x``); their breaks recorded."""
+    """APGD-CE then APGD-DLR at ``eps`` in ``norm`` on the points the loss-trace check found
+    still improving (``details['incomplete_points']``, indices into ``x``); their breaks
+    recorded."""
     idx = torch.tensor(finding.details.get("incomplete_points", []), dtype=torch.long)
-    broken = apgd_breaks(model, x, y, idx, eps, seed).tolist()
+    broken = apgd_breaks(model, x, y, idx, eps, seed, norm).tolist()
     record(finding, eps, broken, int(finding.details["assessed"]))
     finding.details["remedy"] = "APGD-CE (100 steps) then APGD-DLR (100 steps) on these points"
     finding.summary += f"; APGD broke {len(broken)} of them at eps {eps:.4g}"

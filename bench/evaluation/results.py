@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from bench.evaluation import stats
-from bench.params import parse_eps
+from bench.params import parse_number
 from bench.store import ResultRow, canonical, eps_key
 
 
@@ -114,7 +114,7 @@ def corrections(findings: Iterable[Any]) -> list[Correction]:
     if any(f.check == "randomized" and f.flagged for f in findings):
         return []
     return [
-        (f.check, parse_eps(e, "correction"), idx)
+        (f.check, parse_number(e, "correction"), idx)  # any norm's eps: no Linf bound
         for f in findings
         for e, idx in (f.details.get("corrections") or {}).items()
         if idx

@@ -22,6 +22,7 @@ says whether they agree.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from datetime import datetime, timezone
@@ -36,6 +37,7 @@ from bench.evaluation import stats
 from bench.evaluation.results import estimate, worst_case
 from bench.evaluation.targets import Target
 from bench.evaluation.walk import batch_seed, check_budget, flag_text, predict, text_flags
+from bench.norms import LINF
 from bench.params import format_eps
 from bench.store import DiagnosticRow, ResultRow, Store, canonical, eps_key
 from bench.vocab import Check, Walk
@@ -63,25 +65,33 @@ def groups(targets: Sequence[Target]) -> dict[str, list[Target]]:
     return out
 
 
-def check_request(targets: Sequence[Target], eps: float) -> None:
-    """A matrix needs two models of one data set and an eps in (0, 1] (UsageError)."""
-    if not 0 < eps <= 1:
-        raise UsageError(f"--transfer-eps must be in (0, 1], got {eps!r}")
+def check_request(targets: Sequence[Target], eps: float, norm: str = LINF) -> None:
+    """A matrix needs two models of one data set and an eps > 0 (at most 1 under Linf)."""
+    if not 0 < eps <= (1 if norm == LINF else math.inf):
+        bound = "(0, 1]" if norm == LINF else "(0, inf)"
+        raise UsageError(f"--transfer-eps must be in {bound}, got {eps!r}")
     if not any(len(g) >= 2 for g in groups(targets).values()):
         raise UsageError("--transfer-matrix needs at least two models of one data set")
 
 
 def craft(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int, batch_size: int
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    seed: int,
+    batch_size: int,
+    norm: str = LINF,
 ) -> torch.Tensor:
-    """PGD examples (CPU) for ``x`` at ``eps`` on ``model``, in the grid walk's fixed batches."""
-    pgd = make_attack(ATTACK)
+    """PGD examples (CPU) for ``x`` at ``eps`` in ``norm`` on ``model``, in the grid walk's
+    fixed batches."""
+    pgd = make_attack(ATTACK, norm=norm)
     out = []
     for k, lo in enumerate(range(0, len(x), batch_size)):
         idx = torch.arange(lo, min(lo + batch_size, len(x)))
         out.append(pgd.run(model, x[idx], y[idx], eps, batch_seed(seed, eps, k), index=idx).cpu())
     x_adv = torch.cat(out)
-    check_budget(x, x_adv, eps, attack="pgd (transfer matrix)")
+    check_budget(x, x_adv, eps, attack="pgd (transfer matrix)", norm=norm)
     return x_adv
 
 
@@ -102,7 +112,13 @@ def cell_key(source_fingerprint: str, eps: float) -> str:
 
 
 def cell_row(
-    source: Target, target: Target, eps: float, flags: torch.Tensor, seed: int, batch_size: int
+    source: Target,
+    target: Target,
+    eps: float,
+    flags: torch.Tensor,
+    seed: int,
+    batch_size: int,
+    norm: str = LINF,
 ) -> DiagnosticRow:
     """One cell of the matrix as a diagnostics row (never flagged: it is a measurement)."""
     text = flag_text(flags)
@@ -123,7 +139,8 @@ def cell_row(
         "flags": text,
     }
     summary = (
-        f"PGD at eps {format_eps(eps)} crafted on {source.run_id}: {est.k}/{est.n} robust "
+        f"PGD at {norm} eps {format_eps(eps, norm)} crafted on {source.run_id}: "
+        f"{est.k}/{est.n} robust "
         f"({100 * est.acc:.1f}%, 95% interval {100 * lo:.1f}-{100 * hi:.1f})"
     )
     return DiagnosticRow(
@@ -138,13 +155,21 @@ def cell_row(
         details,
         "",
         _now(),
+        norm,
     )
 
 
-def whitebox_flags(store: Store, target: Target, eps: float) -> torch.Tensor | None:
-    """The target's stored white-box worst case at ``eps`` (its weights, its n), if evaluated."""
+def whitebox_flags(
+    store: Store, target: Target, eps: float, norm: str = LINF
+) -> torch.Tensor | None:
+    """The target's stored white-box worst case at ``eps`` in ``norm`` (its weights, its n), if
+    evaluated."""
     fp, n = target.source.fingerprint, len(target.y)
-    rows = [r for r in store.results(target.run_id) if r.fingerprint == fp and r.n == n]
+    rows = [
+        r
+        for r in store.results(target.run_id)
+        if r.fingerprint == fp and r.n == n and r.norm == norm
+    ]
     clean = flag_text(predict(target.model, target.x) == target.y)
     for w in worst_case(rows, clean) if rows else []:
         if eps_key(w.eps) == eps_key(eps):
@@ -159,6 +184,7 @@ def transfer_row(
     whitebox: torch.Tensor,
     eps: float,
     sources: int = 1,
+    norm: str = LINF,
 ) -> DiagnosticRow:
     """The ``transfer`` diagnostic of ``target`` fed by the source's examples. ``sources``: how
     many other models' examples test this target; each test runs at the transfer check's
@@ -200,32 +226,35 @@ def transfer_row(
         details,
         f.advice,
         _now(),
+        norm,
     )
 
 
 def matrix(
-    group: Sequence[Target], eps: float, seed: int, batch_size: int, store: Store | None = None
+    group: Sequence[Target],
+    eps: float,
+    seed: int,
+    batch_size: int,
+    store: Store | None = None,
+    norm: str = LINF,
 ) -> list[DiagnosticRow]:
-    """Every cell of one data set's matrix, and the transfer findings the store allows."""
+    """Every cell of one data set's matrix in ``norm``, and the transfer findings the store
+    allows."""
     m = points(group)
     x, y = group[0].x[:m], group[0].y[:m]
     for t in group[1:]:  # the same first points of the same test split
         if not torch.equal(t.y[:m], y):
             raise UsageError(f"{t.run_id} was evaluated on other points than {group[0].run_id}")
-    wb = {t.run_id: whitebox_flags(store, t, eps) for t in group} if store is not None else {}
+    wb = {t.run_id: whitebox_flags(store, t, eps, norm) for t in group} if store else {}
     rows = []
     for source in group:  # one source's examples at a time: memory of m images
-        x_adv = craft(source.model, x, y, eps, seed, batch_size)
+        x_adv = craft(source.model, x, y, eps, seed, batch_size, norm)
         for target in group:
-            rows.append(
-                cell_row(
-                    source, target, eps, robust_flags(target.model, x, y, x_adv), seed, batch_size
-                )
-            )
+            flags = robust_flags(target.model, x, y, x_adv)
+            rows.append(cell_row(source, target, eps, flags, seed, batch_size, norm))
             if target is not source and wb.get(target.run_id) is not None:
-                rows.append(
-                    transfer_row(target, source, x_adv, wb[target.run_id], eps, len(group) - 1)
-                )
+                found = wb[target.run_id]
+                rows.append(transfer_row(target, source, x_adv, found, eps, len(group) - 1, norm))
     return rows
 
 
@@ -236,6 +265,7 @@ def _repeats(r: ResultRow, cell: DiagnosticRow) -> bool:
     det = cell.details
     return (
         r.attack == ATTACK
+        and r.norm == cell.norm
         and r.fingerprint == cell.fingerprint
         and r.walk in (Walk.BISECT, Walk.DOWN)
         and canonical(r.params) == canonical(make_attack(ATTACK).params)
@@ -290,6 +320,7 @@ def write_matrix(
     seed: int,
     batch_size: int,
     out: TextIO | None = sys.stdout,
+    norm: str = LINF,
 ) -> list[DiagnosticRow]:
     """Compute each data set's matrix (data sets with one model are skipped, with a line) and
     store it in ``db``; prints each matrix on ``out``."""
@@ -300,14 +331,14 @@ def write_matrix(
                 print(f"bench: transfer matrix: {name} has one model; skipped", file=sys.stderr)
                 continue
             started = time.perf_counter()
-            rows = matrix(group, eps, seed, batch_size, store)
+            rows = matrix(group, eps, seed, batch_size, store, norm)
             store.write_diagnostics(rows)
             for line in diagonal_check(store, rows):
                 print(f"bench: warning: transfer matrix: {line}", file=sys.stderr)
             every += rows
             if out is not None:
                 print(
-                    f"transfer matrix, {name}: PGD at eps {format_eps(eps)}, first "
+                    f"transfer matrix, {name}: PGD at {norm} eps {format_eps(eps, norm)}, first "
                     f"{points(group)} test points (at most {MAX_POINTS}), accuracy %, "
                     f"{time.perf_counter() - started:.1f} s\n{table(rows)}",
                     file=out,

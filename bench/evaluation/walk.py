@@ -50,10 +50,14 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from bench import vocab  # its Walk, not this module's (the settings of one walk)
+from bench import (
+    norms,
+    vocab,  # its Walk, not this module's (the settings of one walk)
+)
 from bench.attacks import Attack, derive_seed
 from bench.errors import BudgetViolation, UsageError
 from bench.io import model_device
+from bench.norms import LINF
 from bench.params import format_eps
 from bench.store import WALKS, eps_key
 
@@ -62,10 +66,16 @@ DEFAULT_WALK = vocab.Walk.BISECT  # see the module docstring; up is the walk of 
 
 
 def check_budget(
-    x: torch.Tensor, x_adv: torch.Tensor, eps: float, tol: float = 1e-6, attack: str = "attack"
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    eps: float,
+    tol: float = 1e-6,
+    attack: str = "attack",
+    norm: str = LINF,
 ) -> None:
     """Raise BudgetViolation unless ``x_adv`` has x's shape, no NaN, lies in [0, 1] and within
-    ``eps`` of ``x`` in L-infinity (each up to ``tol``, for float rounding)."""
+    ``eps`` of ``x`` in ``norm`` (each up to ``tol``, for float rounding; under L2 and L1, whose
+    float32 sums over thousands of pixels round more, up to ``tol + 1e-5 * eps``)."""
     if tuple(x_adv.shape) != tuple(x.shape):
         raise BudgetViolation(
             f"attack {attack} at eps {format_eps(eps)}: returned shape {tuple(x_adv.shape)}, "
@@ -76,13 +86,21 @@ def check_budget(
     xa = x_adv.detach().to(device=x.device, dtype=torch.float64)
     if not bool(torch.isfinite(xa).all()):
         raise BudgetViolation(f"attack {attack} at eps {format_eps(eps)}: returned NaN or inf")
-    delta = float((xa - x.detach().to(torch.float64)).abs().max())
+    delta = float(norms.distance(x, xa, norm).max())
     lo, hi = float(xa.min()), float(xa.max())
-    if delta > eps + tol or lo < -tol or hi > 1.0 + tol:
+    slack = tol if norm == LINF else tol + 1e-5 * eps
+    if delta > eps + slack or lo < -tol or hi > 1.0 + tol:
         raise BudgetViolation(
-            f"attack {attack} left the budget at eps {format_eps(eps)} (= {eps:.6g}): "
-            f"max|x_adv - x| = {delta:.6g}, x_adv in [{lo:.6g}, {hi:.6g}] (allowed [0, 1])"
+            f"attack {attack} left the budget at {norm} eps {format_eps(eps, norm)} "
+            f"(= {eps:.6g}): {_distance_name(norm)} = {delta:.6g}, "
+            f"x_adv in [{lo:.6g}, {hi:.6g}] "
+            "(allowed [0, 1])"
         )
+
+
+def _distance_name(norm: str) -> str:
+    """How a violation's size is written: ``max|x_adv - x|`` (Linf), ``max ||x_adv - x||_2``."""
+    return "max|x_adv - x|" if norm == LINF else f"max ||x_adv - x||_{norm[1:]}"
 
 
 def batch_seed(seed: int, eps: float, batch: int) -> int:
@@ -162,7 +180,7 @@ def attack_points(
     device = model_device(model)
     xb, yb = x[idx].to(device), y[idx].to(device)
     x_adv = attack.run(model, xb, yb, eps, seed, index=idx + offset)
-    check_budget(xb, x_adv, eps, attack=attack.display)
+    check_budget(xb, x_adv, eps, attack=attack.display, norm=attack.norm)
     model.eval()  # whatever the attack did to the mode
     with torch.no_grad():
         return (model(x_adv.to(device)).argmax(dim=1) == yb).cpu()

@@ -72,6 +72,7 @@ class Costly:
     eps: float
     worst: torch.Tensor
     seed: int
+    norm: str = "Linf"
     kind = "costly"
 
 
@@ -191,7 +192,7 @@ def inference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, w: Inference) 
 
 def costly(model: nn.Module, x: torch.Tensor, y: torch.Tensor, w: Costly) -> list[Any]:
     """:func:`bench.evaluation.audit.costly`."""
-    return audit.costly(model, x, y, audit.Costly(w.eps, w.worst, w.seed))
+    return audit.costly(model, x, y, audit.Costly(w.eps, w.worst, w.seed, w.norm))
 
 
 def probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, w: Probes) -> list[Any]:

@@ -232,6 +232,7 @@ def eval_plan(ev: EvalJob) -> Plan:
         spec.seed,
         progress=False,
         walk=spec.walk,
+        norm=spec.norm,
     )
     return Plan(target, settings, shards=spec.shards)
 

@@ -5,11 +5,13 @@ Layout (every key optional unless marked; see ``sweeps/`` for complete files)::
 
     [sweep]                  name (required, a plain name), seeds = [0, 1], out, data_dir, download
     [train]                  defaults of every variant: dataset, model, epochs, train_limit,
-                             batch_size, lr, momentum, weight_decay, schedule, eval_n, augment
+                             batch_size, lr, momentum, weight_decay, schedule, eval_n, augment,
+                             norm (the threat model of the defenses that take one)
     [params.<defense>]       default parameters of every variant of that defense
     [[variant]]              name (required), defense (required), params = {...}, any [train] key
     [[eval]]                 attacks (required), eps, n, batch_size, seed, shards, params =
-                             {attack = {key = value}}, name
+                             {attack = {key = value}}, name, norm (Linf, L2 or L1; default
+                             Linf; eps is then required unless Linf)
 
 Every name and value goes through the validators ``bench train`` and ``bench eval`` use. Paths
 (``out``, ``data_dir``) are relative to the sweep file's directory; ``out`` defaults to
@@ -31,12 +33,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from bench import paths
-from bench.attacks import ATTACKS, make_attack
+from bench.attacks import check_attack_norm, make_attack
 from bench.data import dataset_info
 from bench.defenses import DEFENSES, build_defense, defense_params
 from bench.errors import UsageError
 from bench.evaluation.plan import shard_ranges
 from bench.models import MODELS, create_model
+from bench.norms import LINF, check_norm, default_grid
 from bench.params import format_eps, parse_eps_grid
 from bench.store import WALKS, canonical, eps_key
 from bench.train import SCHEDULES, TrainConfig, check_numbers, run_dir_of
@@ -62,8 +65,11 @@ TRAIN_KEYS: dict[str, tuple[type, ...]] = {
     "eval_n": (int,),
     "augment": (bool,),
 }
-VARIANT_KEYS = ("name", "defense", "params", *TRAIN_KEYS)
-EVAL_KEYS = ("name", "attacks", "eps", "n", "batch_size", "seed", "shards", "walk", "params")
+NORM_KEY = "norm"  # in [train], a variant and [[eval]]: not a TrainConfig field
+VARIANT_KEYS = ("name", "defense", "params", NORM_KEY, *TRAIN_KEYS)
+EVAL_KEYS = (
+    "name", "attacks", "eps", "n", "batch_size", "seed", "shards", "walk", "params", NORM_KEY
+)  # fmt: skip
 TYPE_NAMES = {int: "whole number", float: "number", str: "string", bool: "boolean (true/false)"}
 EVAL_DEFAULTS: dict[str, Any] = {
     "eps": "0:8/255:1/255",
@@ -97,11 +103,13 @@ class EvalSpec:
     seed: int
     shards: int
     walk: str = Walk.BISECT  # how each attack walks the grid (bench eval --walk): up, down, bisect
+    norm: str = LINF  # the threat model (bench eval --norm)
 
     def identity(self) -> dict[str, Any]:
-        """What the stored rows depend on (not ``shards``: sharding never changes a flag)."""
+        """What the stored rows depend on (not ``shards``: sharding never changes a flag). Linf
+        keeps the identity it had before norms, so that a rerun finds its jobs done."""
         made = self.make_attacks()
-        return {
+        out = {
             "attacks": [[a.label, a.params] for a in made],
             "eps": [eps_key(e) for e in self.eps],
             "n": self.n,
@@ -109,10 +117,11 @@ class EvalSpec:
             "seed": self.seed,
             "walk": self.walk,
         }
+        return out if self.norm == LINF else out | {"norm": self.norm}
 
     def make_attacks(self) -> list[Any]:
         """The :class:`bench.attacks.Attack` objects (built anew: they hold closures)."""
-        return [make_attack(name, dict(params)) for name, params in self.attacks]
+        return [make_attack(name, dict(params), self.norm) for name, params in self.attacks]
 
     def batches(self) -> int:
         """Fixed batches of the evaluated points."""
@@ -158,9 +167,10 @@ class EvalJob:
     def describe(self) -> str:
         """The evaluation on one line (for the dry run and failure reports)."""
         names = ",".join(a.display for a in self.spec.make_attacks())
-        grid = ",".join(format_eps(e) for e in self.spec.eps)
+        grid = ",".join(format_eps(e, self.spec.norm) for e in self.spec.eps)
         return (
-            f"{self.train.cfg.run_id} / eval {self.spec.name}: {names} eps={grid} n={self.spec.n} "
+            f"{self.train.cfg.run_id} / eval {self.spec.name}: {names} {self.spec.norm} "
+            f"eps={grid} n={self.spec.n} "
             f"batch={self.spec.batch_size} seed={self.spec.seed} walk={self.spec.walk} "
             f"shards={len(self.spec.shard_ranges())}"
         )
@@ -225,8 +235,13 @@ IDENTITY_KEYS = (
 
 def train_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """The keys of a training configuration that decide its weights (resolved defense
-    parameters included); the same from a job and from the config.json it wrote."""
-    return _plain_json({k: config.get(k) for k in IDENTITY_KEYS})
+    parameters included); the same from a job and from the config.json it wrote. A Linf
+    ``norm`` parameter is left out: the identity of every job made before norms existed."""
+    out = {k: config.get(k) for k in IDENTITY_KEYS}
+    params = out.get("defense_params")
+    if isinstance(params, dict) and params.get(NORM_KEY) == LINF:
+        out["defense_params"] = {k: v for k, v in params.items() if k != NORM_KEY}
+    return _plain_json(out)
 
 
 # ------------------------------------------------------------------------------ reading
@@ -405,10 +420,26 @@ def defense_defaults(ck: Checker, doc: dict[str, Any]) -> dict[str, dict[str, st
 
 def check_params(ck: Checker, defense: str, params: dict[str, str], key: str) -> dict[str, str]:
     """Each parameter of ``defense`` checked alone, so that a bad one is named by its key
-    (``<key>.<name>``); a bad combination is caught when the variant is built."""
+    (``<key>.<name>``), in the threat model the parameters name (a budget is read in its
+    norm); a bad combination is caught when the variant is built."""
+    norm = {NORM_KEY: params[NORM_KEY]} if NORM_KEY in params else {}
     for name, value in params.items():
-        ck.guarded(f"{key}.{name}", lambda: build_defense(defense, {name: value}))
+        ck.guarded(f"{key}.{name}", lambda: build_defense(defense, {name: value, **norm}))
     return params
+
+
+def variant_norm(
+    ck: Checker, v: dict[str, Any], key: str, defense: str, base: str | None
+) -> dict[str, str]:
+    """The ``norm`` parameter a variant trains with: its own ``norm``, else [train]'s, for the
+    defenses that take one (a [train] norm passes over the others; a variant's own ``norm`` on a
+    defense without one is refused). Linf adds nothing: the defenses' default."""
+    own = sweep_norm(ck, v[NORM_KEY], f"{key}.{NORM_KEY}") if NORM_KEY in v else None
+    takes = NORM_KEY in DEFENSES[defense].defaults
+    if own is not None and not takes and own != LINF:
+        raise ck.fail(f"{key}.{NORM_KEY}", f"defense {defense} trains for no threat model")
+    norm = own or base
+    return {NORM_KEY: norm} if takes and norm not in (None, LINF) else {}
 
 
 def variant_tables(ck: Checker, doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -521,7 +552,9 @@ def train_job(
 def variant_specs(ck: Checker, doc: dict[str, Any]) -> list[dict[str, Any]]:
     """Each variant's training values ([train] overridden by the variant) and parameters
     ([params.<defense>] overridden by the variant's own)."""
-    base = train_values(ck, ck.table(doc.get("train", {}), "train", tuple(TRAIN_KEYS)), "train")
+    table = ck.table(doc.get("train", {}), "train", (*TRAIN_KEYS, NORM_KEY))
+    base = train_values(ck, table, "train")
+    base_norm = sweep_norm(ck, table[NORM_KEY], f"train.{NORM_KEY}") if NORM_KEY in table else None
     check_train_values(ck, base, "train")
     defaults = defense_defaults(ck, doc)
     specs = []
@@ -529,9 +562,9 @@ def variant_specs(ck: Checker, doc: dict[str, Any]) -> list[dict[str, Any]]:
         key = f"variant[{i}]"
         defense = ck.typed(v["defense"], f"{key}.defense", (str,))
         ck.guarded(f"{key}.defense", lambda: _known_defense(defense))
-        own = check_params(
-            ck, defense, string_params(ck, v.get("params", {}), f"{key}.params"), f"{key}.params"
-        )
+        own = string_params(ck, v.get("params", {}), f"{key}.params")
+        own.update(variant_norm(ck, v, key, defense, base_norm))  # eps is read in this norm
+        own = check_params(ck, defense, own, f"{key}.params")
         params = {**defaults.get(defense, {}), **own}
         values = {**base, **train_values(ck, v, key)}
         check_train_values(ck, values, key)
@@ -549,27 +582,30 @@ def _known_defense(name: str) -> None:
 # ------------------------------------------------------------------------------ evaluations
 
 
-def eval_attacks(ck: Checker, e: dict[str, Any], key: str) -> list[tuple[str, dict[str, str]]]:
-    """``attacks`` and ``params``: each attack known, listed once, its parameters valid."""
+def eval_attacks(
+    ck: Checker, e: dict[str, Any], key: str, norm: str = LINF
+) -> list[tuple[str, dict[str, str]]]:
+    """``attacks`` and ``params``: each attack known (with a version for ``norm``), listed once,
+    its parameters valid."""
     names = e.get("attacks")
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ck.fail(f"{key}.attacks", f"must be a non-empty list of attack names, got {names!r}")
     for j, name in enumerate(names):
-        ck.guarded(f"{key}.attacks[{j}]", lambda: ATTACKS[name])
+        ck.guarded(f"{key}.attacks[{j}]", lambda: check_attack_norm(name, norm))
         if names.index(name) != j:
             raise ck.fail(f"{key}.attacks[{j}]", f"attack {name} is listed twice")
     params = ck.table(e.get("params", {}), f"{key}.params", tuple(names))
     out = []
     for name in names:
         values = string_params(ck, params.get(name, {}), f"{key}.params.{name}")
-        ck.guarded(f"{key}.params.{name}", lambda: make_attack(name, values))
+        ck.guarded(f"{key}.params.{name}", lambda: make_attack(name, values, norm))
         out.append((name, values))
     return out
 
 
-def eval_grid(ck: Checker, value: Any, key: str) -> list[float]:
+def eval_grid(ck: Checker, value: Any, key: str, norm: str = LINF) -> list[float]:
     """``eps``: a grid string as ``bench eval --eps`` takes, or a list of values."""
     if isinstance(value, list):
         if not value or any(isinstance(v, (bool, dict, list)) for v in value):
@@ -578,7 +614,7 @@ def eval_grid(ck: Checker, value: Any, key: str) -> list[float]:
             )
         value = ",".join(str(v) for v in value)
     ck.typed(value, key, (str,))
-    grid = ck.guarded(key, lambda: parse_eps_grid(value))
+    grid = ck.guarded(key, lambda: parse_eps_grid(value, norm))
     return grid if grid[0] == 0.0 else [0.0, *grid]  # eps 0 (clean accuracy) is always walked
 
 
@@ -588,14 +624,27 @@ def eval_spec(ck: Checker, e: Any, i: int) -> EvalSpec:
     ck.table(e, key, EVAL_KEYS)
     v = {**EVAL_DEFAULTS, **e}
     name = ck.plain(v.get("name", str(i)), f"{key}.name")
-    attacks = eval_attacks(ck, e, key)
-    grid = eval_grid(ck, v["eps"], f"{key}.eps")
+    norm = sweep_norm(ck, e.get(NORM_KEY, LINF), f"{key}.{NORM_KEY}")
+    if norm != LINF and "eps" not in e:  # the Linf default grid means nothing under L2/L1
+        raise ck.fail(
+            f"{key}.eps",
+            f"is required under {norm} (e.g. CIFAR-10's {default_grid('cifar10', norm)}, "
+            f"MNIST's {default_grid('mnist', norm)}; README 'Threat models')",
+        )
+    attacks = eval_attacks(ck, e, key, norm)
+    grid = eval_grid(ck, v["eps"], f"{key}.eps", norm)
     n = ck.whole(v["n"], f"{key}.n", 1)
     batch = ck.whole(v["batch_size"], f"{key}.batch_size", 1)
     seed = ck.whole(v["seed"], f"{key}.seed", 0)
     shards = ck.whole(v["shards"], f"{key}.shards", 1, math.ceil(n / batch))
     walk = eval_walk(ck, v["walk"], f"{key}.walk")
-    return EvalSpec(name, attacks, grid, n, batch, seed, shards, walk)
+    return EvalSpec(name, attacks, grid, n, batch, seed, shards, walk, norm)
+
+
+def sweep_norm(ck: Checker, value: Any, key: str) -> str:
+    """A ``norm`` key: Linf, L2 or L1 (any case)."""
+    ck.typed(value, key, (str,))
+    return ck.guarded(key, lambda: check_norm(value))
 
 
 def eval_walk(ck: Checker, value: Any, key: str) -> str:
@@ -627,7 +676,7 @@ def _no_shared_rows(ck: Checker, specs: list[EvalSpec]) -> None:
         names.add(spec.name)
         for a in spec.make_attacks():
             for e in spec.eps:
-                row = (a.label, canonical(a.params), spec.n, eps_key(e))
+                row = (a.label, canonical(a.params), spec.norm, spec.n, eps_key(e))
                 if row in seen and seen[row] != i:
                     raise ck.fail(
                         f"eval[{i}].attacks",
