@@ -5,6 +5,10 @@ Every number is a pure function of the store: it reads the store (read-only), an
 gives byte-identical files (no clock, no absolute paths). The pictures (input gradients and
 adversarial examples of a handful of test images, :mod:`.images`) are the one thing computed
 from the checkpoints, cached by weights fingerprint under ``cache/``, and never a number.
+One section per data set and threat model (Linf, L2, L1; :mod:`bench.norms`): a section's
+tables, plots and JSON hold that norm's rows only, Linf sections keep the names they had before
+bench knew other norms, and the others carry the norm (``fashion-mnist L2``,
+``plot-fashion-mnist-l2-pgd.png``, ``json/L2/<run>.json``).
 Modules: :mod:`.model` (what is shown: one evaluation per row, entries, ranking),
 :mod:`.markdown`, :mod:`.plots`, :mod:`.tradeoff`, :mod:`.heatmap` (the transfer matrix),
 :mod:`.images` and :mod:`.figures`, :mod:`.html`, :mod:`.jsonout`. The files written (and the
@@ -23,7 +27,7 @@ from typing import TYPE_CHECKING
 from bench.errors import UsageError
 from bench.paths import resolve, writable
 from bench.report import heatmap, html, jsonout, markdown, model, plots, tradeoff
-from bench.report.text import safe_name, variant_labels
+from bench.report.text import variant_labels
 from bench.store import Store
 
 if TYPE_CHECKING:
@@ -80,7 +84,7 @@ def render(
 ) -> dict[str, bytes]:
     """Every output file (relative name -> bytes) of the store's report; ``visuals``: the
     pictures made from the checkpoints (none if not given)."""
-    return _render(store, _sets(store, rank_eps), rank_by, visuals)
+    return _render(store, _sets(store, rank_eps), rank_by, visuals, rank_eps)
 
 
 def _figures(
@@ -88,7 +92,7 @@ def _figures(
     rank_by: str,
     matrices: dict[str, list[heatmap.Matrix]],
 ) -> tuple[dict[str, bytes], dict[str, list[str]], dict[str, str]]:
-    """The plots made from the store: files, their order per data set, captions."""
+    """The plots made from the store: files, their order per section, captions."""
     files: dict[str, bytes] = {}
     order: dict[str, list[str]] = {}
     captions: dict[str, str] = {}
@@ -124,9 +128,11 @@ def _render(
     sets: dict[str, tuple[int, list[model.Model]]],
     rank_by: str,
     visuals: Visuals | None,
+    rank_eps: float | None = None,
 ) -> dict[str, bytes]:
     matrices = heatmap.load(store, sets)
-    files: dict[str, bytes] = {LEADERBOARD: markdown.render(sets, rank_by, matrices).encode()}
+    md = markdown.render(sets, rank_by, matrices, rank_eps)
+    files: dict[str, bytes] = {LEADERBOARD: md.encode()}
     figs, order, captions = _figures(sets, rank_by, matrices)
     files.update(figs)
     notes = ["Pictures were not made (`--no-images`)."] if visuals is None else visuals.notes
@@ -135,18 +141,26 @@ def _render(
         captions.update(visuals.captions)
         for name in sets:  # the pictures after the plots
             order[name] = order.get(name, []) + visuals.shown.get(name, [])
+    files.update(_json_files(sets))
+    files["results.csv"] = store.csv_text().encode()
+    files["results.json"] = store.json_text().encode()
+    page = html.render(sets, rank_by, matrices, files, order, captions, notes, rank_eps)
+    files[INDEX] = page.encode()
+    return files
+
+
+def _json_files(sets: dict[str, tuple[int, list[model.Model]]]) -> dict[str, bytes]:
+    """One model-info file per model of every section (:func:`.jsonout.file_name`)."""
+    files: dict[str, bytes] = {}
     names: dict[str, str] = {}
     for _, (key, models) in sets.items():
         labels = variant_labels({v for m in models for v in m.curves})
         for m in models:
-            name = f"json/{safe_name(m.run_id)}.json"
+            name = jsonout.file_name(m)
             if name in names:
                 raise UsageError(f"run ids {names[name]!r} and {m.run_id!r} map to one file {name}")
             names[name] = m.run_id
             files[name] = (json.dumps(jsonout.model_info(m, key, labels), indent=2) + "\n").encode()
-    files["results.csv"] = store.csv_text().encode()
-    files["results.json"] = store.json_text().encode()
-    files[INDEX] = html.render(sets, rank_by, matrices, files, order, captions, notes).encode()
     return files
 
 
@@ -190,7 +204,7 @@ def write_report(
             from bench.report.images import build  # here: torch, only for the pictures
 
             visuals = build(sets, out, data_dir)
-        files = _render(store, sets, rank_by, visuals)
+        files = _render(store, sets, rank_by, visuals, rank_eps)
     previous = _previous(out)
     cache = visuals.cache if visuals else [f for f in previous if f.startswith(f"{CACHE_DIR}/")]
     kept = set(files) | set(cache)  # --no-images keeps the pictures' cache

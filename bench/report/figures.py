@@ -80,12 +80,13 @@ def strip_png(
     eps_large: str,
     eps_grid: str,
 ) -> bytes:
-    """Clean, first attack at the grid's largest eps, PGD at a large eps; predicted labels."""
+    """Clean, first attack at the grid's largest eps, PGD at a large eps (``eps_large``: e.g.
+    ``eps 32/255``, ``L2 eps 2``); predicted labels."""
     k = len(x)
     rows = [
         ("clean", x, t["pred_clean"]),
         (f"first attack\n(grid max {eps_grid})", t["x_first"], t["pred_first"]),
-        (f"PGD\neps {eps_large}", t["x_large"], t["pred_large"]),
+        (f"PGD\n{eps_large}", t["x_large"], t["pred_large"]),
     ]
     fig = _canvas(1.9 + 1.35 * k, 0.6 + 1.65 * len(rows))
     axes = fig.subplots(len(rows), k, squeeze=False)

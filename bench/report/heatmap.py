@@ -2,7 +2,7 @@
 evaluated on) with n and 95% intervals, and the same as a markdown table. Read from the
 diagnostics rows that ``bench eval --transfer-matrix`` stores (see
 :mod:`bench.evaluation.transfer`); a cell is shown only while both its models' weights are the
-ones the store holds now."""
+ones the store holds now. A section's matrices are those of its threat model (the rows' norm)."""
 
 from __future__ import annotations
 
@@ -11,21 +11,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.evaluation.results import Estimate
+from bench.norms import LINF
 from bench.params import format_eps
-from bench.report.model import TRANSFER_MATRIX, Model
-from bench.report.text import DASH, ci, slug, table
+from bench.report.model import TRANSFER_MATRIX, Model, norm_of
+from bench.report.text import DASH, ci, eps_label, slug, table
 from bench.store import DiagnosticRow, Store, eps_key
 
 
 @dataclass
 class Matrix:
-    """One data set's matrix at one eps on n points: run ids in order, cells by (source, target)."""
+    """One section's matrix at one eps on n points: run ids in order, cells by (source, target).
+    ``dataset``: the section's name (the data set, with the norm outside Linf)."""
 
     dataset: str
     eps: float
     n: int
     params: dict[str, Any]
     max_points: int
+    norm: str = LINF
     runs: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
     cells: dict[tuple[str, str], Estimate] = field(default_factory=dict)
@@ -33,14 +36,19 @@ class Matrix:
     @property
     def name(self) -> str:
         """The file name of its heatmap."""
-        return f"transfer-{slug(self.dataset)}-{slug(format_eps(self.eps))}.png"
+        return f"transfer-{slug(self.dataset)}-{slug(format_eps(self.eps, self.norm))}.png"
+
+    @property
+    def at_eps(self) -> str:
+        """``eps 8/255``, ``L2 eps 0.5``."""
+        return f"{eps_label(self.norm)} {format_eps(self.eps, self.norm)}"
 
     @property
     def caption(self) -> str:
         """What the matrix is: attack, eps, points and the cap on them."""
         return (
             f"Transfer on {self.dataset}: bench's PGD ({self.params.get('steps', '?')} steps, "
-            f"random start) at eps {format_eps(self.eps)}, crafted on each row's model, "
+            f"random start) at {self.at_eps}, crafted on each row's model, "
             "accuracy (%) of "
             f"each column's model; the first {self.n} test points (at most {self.max_points}); "
             "diagonal: white-box PGD on itself."
@@ -66,33 +74,36 @@ def _pair(d: DiagnosticRow, by_id: dict[str, Model]) -> tuple[Model, Model] | No
 
 
 def load(store: Store, sets: dict[str, tuple[int, list[Model]]]) -> dict[str, list[Matrix]]:
-    """Data set -> its matrices (one per eps and n), from the store's current weights only."""
+    """Section -> its matrices (one per eps and n), from the store's current weights and the
+    section's norm only."""
     rows = [d for d in store.diagnostics() if d.check == TRANSFER_MATRIX]
     out: dict[str, list[Matrix]] = {}
     for name, (_, models) in sets.items():
-        by_id = {m.run_id: m for m in models}
-        found: dict[tuple[int, int], Matrix] = {}
-        for d in rows:
-            pair, det = _pair(d, by_id), d.details
-            if pair is None:
-                continue
-            mx = found.setdefault(
-                (eps_key(det["eps"]), det["n"]),
-                Matrix(
-                    name,
-                    det["eps"],
-                    det["n"],
-                    det.get("params", {}),
-                    det.get("max_points", det["n"]),
-                ),
-            )
-            mx.cells[(pair[0].run_id, pair[1].run_id)] = Estimate(det["robust"], det["n"])
-        for mx in found.values():
-            mx.runs = [m.run_id for m in models if any(m.run_id in k for k in mx.cells)]
-            mx.labels = {m.run_id: _label(m, models) for m in models}
+        norm = norm_of(models)
+        found = _matrices(name, norm, [d for d in rows if d.norm == norm], models)
         if found:
-            out[name] = [found[k] for k in sorted(found)]
+            out[name] = found
     return out
+
+
+def _matrices(name: str, norm: str, rows: list[DiagnosticRow], models: list[Model]) -> list[Matrix]:
+    """The matrices of one section's cells, by (eps, n)."""
+    by_id = {m.run_id: m for m in models}
+    found: dict[tuple[int, int], Matrix] = {}
+    for d in rows:
+        pair, det = _pair(d, by_id), d.details
+        if pair is None:
+            continue
+        most = det.get("max_points", det["n"])
+        mx = found.setdefault(
+            (eps_key(det["eps"]), det["n"]),
+            Matrix(name, det["eps"], det["n"], det.get("params", {}), most, norm),
+        )
+        mx.cells[(pair[0].run_id, pair[1].run_id)] = Estimate(det["robust"], det["n"])
+    for mx in found.values():
+        mx.runs = [m.run_id for m in models if any(m.run_id in k for k in mx.cells)]
+        mx.labels = {m.run_id: _label(m, models) for m in models}
+    return [found[k] for k in sorted(found)]
 
 
 def png(mx: Matrix) -> bytes:
@@ -119,7 +130,7 @@ def png(mx: Matrix) -> bytes:
     ax.set_xlabel("evaluated on")
     ax.set_ylabel("crafted on (PGD)")
     ax.set_title(
-        f"Transfer accuracy (%) at eps {format_eps(mx.eps)}, n = {mx.n} (at most {mx.max_points})",
+        f"Transfer accuracy (%) at {mx.at_eps}, n = {mx.n} (at most {mx.max_points})",
         fontsize=9,
     )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)

@@ -3,8 +3,9 @@ no server and no network: CSS and the sorting script inline, every image a base6
 
 The text is the leaderboard's markdown (:mod:`.markdown`: settings, ranked tables with
 intervals and flags, legends, transfer matrices, curves per checkpoint) turned into HTML by the
-small converter here, with each data set's figures after its tables. Every table sorts by a
-click on a column header (numbers by value, cells without a number last)."""
+small converter here, with each section's (data set and threat model) figures after its tables.
+Every table sorts by a click on a column header (numbers by value, cells without a number
+last)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import base64
 import html
 import re
 
-from bench.report import markdown
+from bench.report import crossnorm, markdown
 from bench.report.heatmap import Matrix
 from bench.report.model import Model
 from bench.report.text import slug
@@ -163,9 +164,16 @@ def figure(name: str, data: bytes, caption: str) -> str:
     )
 
 
-def _section(name: str, key: int, models: list[Model], rank_by: str, matrices: list[Matrix]) -> str:
-    """A data set's tables; its first table, the ranked one, is marked as the leaderboard."""
-    body = convert(markdown.dataset_section(name, key, models, rank_by, matrices))
+def _section(
+    name: str,
+    key: int,
+    models: list[Model],
+    rank_by: str,
+    matrices: list[Matrix],
+    rank_eps: float | None = None,
+) -> str:
+    """A section's tables; its first table, the ranked one, is marked as the leaderboard."""
+    body = convert(markdown.dataset_section(name, key, models, rank_by, matrices, rank_eps))
     return body.replace(
         '<table class="sortable">',
         f'<table class="sortable leaderboard" id="leaderboard-{slug(name)}">',
@@ -174,7 +182,7 @@ def _section(name: str, key: int, models: list[Model], rank_by: str, matrices: l
 
 
 def _figures(names: list[str], files: dict[str, bytes], captions: dict[str, str]) -> str:
-    """The figures of a data set, with a note before the pictures made from checkpoints."""
+    """The figures of a section, with a note before the pictures made from checkpoints."""
     out = []
     for f in names:
         if f.startswith("gradients-"):
@@ -191,12 +199,14 @@ def render(
     figs: dict[str, list[str]],
     captions: dict[str, str],
     notes: list[str],
+    rank_eps: float | None = None,
 ) -> str:
-    """The page: settings, then per data set its tables and figures, then every curve."""
+    """The page: settings, then per section its tables and figures, then every curve."""
     parts = [convert(markdown.header(sets, rank_by))]
     for name, (key, models) in sets.items():
-        parts.append(_section(name, key, models, rank_by, matrices.get(name, [])))
+        parts.append(_section(name, key, models, rank_by, matrices.get(name, []), rank_eps))
         parts.append(_figures(figs.get(name, []), files, captions))
+    parts.append(convert(crossnorm.section(sets)))
     if notes:
         parts.append(
             '<h2>Pictures not made</h2><ul class="notes">'

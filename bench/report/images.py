@@ -11,6 +11,8 @@ figures 2 and 3).
   attack's walk first broke it (the balls are nested, so it is an example at the largest eps
   too), with the stored seed; and bench's PGD (:data:`LARGE_STEPS` steps) at a large eps
   (:func:`large_eps`), far above the grid as in the source's figure 3.
+* One set of pictures per section (data set and threat model): a section's attacks are rerun,
+  and its large-eps PGD run, in that section's norm.
 
 A checkpoint is found by the path its run row records; it is skipped with a note when it is
 gone, is not a bench checkpoint, or holds other weights than the evaluated ones. The tensors are
@@ -37,10 +39,11 @@ from bench.errors import UsageError
 from bench.evaluation import diagnostics as dg
 from bench.evaluation.walk import batch_seed, check_budget, predict
 from bench.io import atomic_write_bytes
+from bench.norms import BUDGETS, LINF
 from bench.params import format_eps
 from bench.report import CACHE_DIR, figures
 from bench.report.model import WORST, Model, Variant
-from bench.report.text import DISPLAY, safe_name, slug
+from bench.report.text import DISPLAY, eps_label, safe_name, slug
 from bench.sources import from_checkpoint
 from bench.store import RunRow, canonical
 from bench.vocab import SourceKind
@@ -55,8 +58,11 @@ TENSORS = ("grad", "x_first", "x_large", "pred_clean", "pred_first", "pred_large
 Plan = dict[str, Any] | str  # how the first attack broke an image, or why there is none
 
 
-def large_eps(dataset: str) -> float:
-    """The large budget of the PGD column: 0.3 on the 28x28 greyscale sets, else 32/255."""
+def large_eps(dataset: str, norm: str = LINF) -> float:
+    """The large budget of the PGD column: under Linf 0.3 on the 28x28 greyscale sets, else
+    32/255; under L2 and L1 four times the data set's default budget (as 32/255 is to 8/255)."""
+    if norm != LINF:
+        return 4 * BUDGETS.get((dataset, norm), BUDGETS[("cifar10", norm)]).eps
     return 0.3 if dataset in ("mnist", "fashion-mnist") else 32 / 255
 
 
@@ -130,10 +136,10 @@ def _first_break(m: Model, variants: list[Variant], key: int, i: int) -> Plan:
                 "seed": row.seed,
                 "batch_size": row.batch_size,
             }
-    return f"no attack broke it at eps {format_eps(key / 1e9)}"
+    return f"no attack broke it at {eps_label(m.norm)} {format_eps(key / 1e9, m.norm)}"
 
 
-def caption(p: Plan, clean_ok: bool, rerun_ok: bool) -> str:
+def caption(p: Plan, clean_ok: bool, rerun_ok: bool, norm: str = LINF) -> str:
     """What the middle row of a strip shows for one image."""
     if isinstance(p, str):
         return p
@@ -142,14 +148,15 @@ def caption(p: Plan, clean_ok: bool, rerun_ok: bool) -> str:
     name = DISPLAY.get(p["attack"], p["attack"])
     if p["attack"] == "autoattack":
         name += f" {p['params'].get('version', '')}"
-    return f"{name} at {format_eps(p['eps'])}" + ("" if rerun_ok else " (rerun failed)")
+    return f"{name} at {format_eps(p['eps'], norm)}" + ("" if rerun_ok else " (rerun failed)")
 
 
 # ------------------------------------------------------------------------- computing
 
 
-def rebuild(p: dict[str, Any]) -> Any:
-    """The stored attack with its stored parameters (defaults left to the attack's own rules)."""
+def rebuild(p: dict[str, Any], norm: str = LINF) -> Any:
+    """The stored attack with its stored parameters (defaults left to the attack's own rules),
+    in the threat model ``norm``."""
     defaults = ATTACKS[p["attack"]].defaults
     values = {}
     for k, v in p["params"].items():
@@ -162,15 +169,15 @@ def rebuild(p: dict[str, Any]) -> Any:
             if isinstance(v, bool)
             else str(v)
         )
-    return make_attack(p["attack"], values)
+    return make_attack(p["attack"], values, norm)
 
 
 def _rerun(
-    net: nn.Module, p: dict[str, Any], x: torch.Tensor, y: torch.Tensor, i: int
+    net: nn.Module, p: dict[str, Any], x: torch.Tensor, y: torch.Tensor, i: int, norm: str
 ) -> torch.Tensor | None:
     """The attack's example for one image (seeded as its batch was), or None if it can't run."""
     try:
-        attack = rebuild(p)
+        attack = rebuild(p, norm)
         with collect_warnings():
             x_adv = attack.run(
                 net,
@@ -180,7 +187,7 @@ def _rerun(
                 batch_seed(p["seed"], p["eps"], i // p["batch_size"]),
                 index=torch.tensor([i]),
             ).cpu()
-        check_budget(x, x_adv, p["eps"])
+        check_budget(x, x_adv, p["eps"], norm=norm)
     except Exception:  # noqa: BLE001 - a picture, never a number: shown as "rerun failed"
         return None
     return x_adv
@@ -194,17 +201,19 @@ def compute(
     plans: list[Plan],
     seed: int,
     eps_large: float,
+    norm: str = LINF,
 ) -> dict[str, torch.Tensor]:
-    """Gradients, the first attack's examples and large-eps PGD's, with predictions."""
+    """Gradients, the first attack's examples and large-eps PGD's (in ``norm``), with
+    predictions."""
     grad = dg.input_gradients(net, x, y)
     pred_clean = predict(net, x)
     x_first, ok = x.clone(), torch.zeros(len(x), dtype=torch.uint8)
     for j, p in enumerate(plans):  # one image at a time: the handful only
         if isinstance(p, dict) and bool(pred_clean[j] == y[j]):
-            adv = _rerun(net, p, x[j : j + 1], y[j : j + 1], idx[j])
+            adv = _rerun(net, p, x[j : j + 1], y[j : j + 1], idx[j], norm)
             if adv is not None:
                 x_first[j], ok[j] = adv[0], 1
-    pgd = make_attack("pgd", {"steps": str(LARGE_STEPS)})
+    pgd = make_attack("pgd", {"steps": str(LARGE_STEPS)}, norm)
     x_large = pgd.run(net, x, y, eps_large, seed, index=torch.tensor(idx)).cpu()
     return {
         "grad": torch.zeros_like(x) if grad is None else grad.float().cpu(),
@@ -247,9 +256,11 @@ def load_net(run: RunRow) -> tuple[nn.Module | None, str]:
 
 
 def cache_name(m: Model, idx: list[int], plans: list[Plan], seed: int, eps_large: float) -> str:
-    """``cache/<fingerprint>-pictures-<key>.safetensors``: the key hashes what the tensors hold."""
-    what = canonical([CACHE_VERSION, m.run.dataset, idx, plans, seed, eps_large, LARGE_STEPS])
-    key = hashlib.sha256(what.encode()).hexdigest()[:12]
+    """``cache/<fingerprint>-pictures-<key>.safetensors``: the key hashes what the tensors hold
+    (the norm outside Linf, so that Linf keys stay those of before bench knew other norms)."""
+    what = [CACHE_VERSION, m.run.dataset, idx, plans, seed, eps_large, LARGE_STEPS]
+    what += [] if m.norm == LINF else [m.norm]
+    key = hashlib.sha256(canonical(what).encode()).hexdigest()[:12]
     return (
         f"{CACHE_DIR}/{m.run.fingerprint.removeprefix('sha256:')[:16]}-pictures-{key}.safetensors"
     )
@@ -270,7 +281,8 @@ def pictures(
     """One checkpoint's tensors: from the cache, else computed from its checkpoint (and cached)."""
     plans = plan(m, idx)
     seed = next((r.seed for c in m.curves.values() for r in c.values()), 0)
-    name = cache_name(m, idx, plans, seed, large_eps(m.run.dataset))
+    eps_large = large_eps(m.run.dataset, m.norm)
+    name = cache_name(m, idx, plans, seed, eps_large)
     cached = _read_cache(out / name) if (out / name).is_file() else None
     if cached is None:
         net, why = load_net(m.run)
@@ -278,7 +290,7 @@ def pictures(
             v.notes.append(why)
             return None
         try:
-            cached = compute(net, x, y, idx, plans, seed, large_eps(m.run.dataset))
+            cached = compute(net, x, y, idx, plans, seed, eps_large, m.norm)
         except Exception as exc:  # noqa: BLE001 - a picture, never a number: the report goes on
             v.notes.append(
                 f"`{m.run_id}`: computing its pictures failed ({type(exc).__name__}: {exc})"
@@ -309,22 +321,39 @@ def _data_dirs(explicit: str | Path | None, models: list[Model]) -> list[Path | 
 def dataset_figures(
     name: str, models: list[Model], out: Path, data_dir: str | Path | None, v: Visuals
 ) -> None:
-    """The gradient figure and one adversarial strip per checkpoint of one data set."""
+    """The gradient figure and one adversarial strip per checkpoint of one section (``name``:
+    the section, whose models share a data set and a threat model)."""
     ckpts = [m for m in models if m.run.kind == SourceKind.CHECKPOINT]
     v.notes += [load_net(m.run)[1] for m in models if m.run.kind != SourceKind.CHECKPOINT]
     if not ckpts:
         return
+    dataset = ckpts[0].run.dataset
     try:
-        idx, x, y = pick(name, _data_dirs(data_dir, ckpts))
+        idx, x, y = pick(dataset, _data_dirs(data_dir, ckpts))
     except UsageError as exc:
         v.notes.append(
             f"{name}: the test images for the pictures were not found ({exc}); pass --data-dir"
         )
         return
-    classes = list(dataset_info(name).classes)
+    classes = list(dataset_info(dataset).classes)
     shown = [(m, got) for m in ckpts if (got := pictures(m, idx, x, y, out, v)) is not None]
     if not shown:
         return
+    _gradients(name, [(m, t) for m, (_, t) in shown], idx, x, y, classes, v)
+    for m, (plans, t) in shown:
+        _strip(name, m, x, y, classes, plans, t, v)
+
+
+def _gradients(
+    name: str,
+    shown: list[tuple[Model, dict[str, torch.Tensor]]],
+    idx: list[int],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: list[str],
+    v: Visuals,
+) -> None:
+    """The input-gradient figure of a section's checkpoints, with its caption, into ``v``."""
     gname = f"gradients-{slug(name)}.png"
     labels = [
         m.run.defense
@@ -332,15 +361,13 @@ def dataset_figures(
         for m, _ in shown
     ]
     v.files[gname] = figures.gradients_png(
-        name, x, y, classes, [(lab, t["grad"]) for lab, (_, (_, t)) in zip(labels, shown)]
+        name, x, y, classes, [(lab, t["grad"]) for lab, (_, t) in zip(labels, shown)]
     )
     v.shown.setdefault(name, []).append(gname)
     v.captions[gname] = (
         f"Loss gradient with respect to the input, {name}, test images {idx} (each map "
         "scaled to its 99th percentile of |gradient|; grey is zero)"
     )
-    for m, (plans, t) in shown:
-        _strip(name, m, x, y, classes, plans, t, v)
 
 
 def _strip(
@@ -355,27 +382,27 @@ def _strip(
 ) -> None:
     """The adversarial strip of one checkpoint, with its caption, into ``v``."""
     caps = [
-        caption(p, bool(t["pred_clean"][j] == y[j]), bool(t["rerun_ok"][j]))
+        caption(p, bool(t["pred_clean"][j] == y[j]), bool(t["rerun_ok"][j]), m.norm)
         for j, p in enumerate(plans)
     ]
-    eps_l = format_eps(large_eps(name))
+    eps_l = f"{eps_label(m.norm)} {format_eps(large_eps(m.run.dataset, m.norm), m.norm)}"
     fname = f"adversarial-{slug(name)}-{safe_name(m.run_id)}.png"
     v.shown.setdefault(name, []).append(fname)
     v.files[fname] = figures.strip_png(
-        f"{m.run.defense} ({m.run_id})",
+        f"{m.run.defense} ({m.run_id})" + ("" if m.norm == LINF else f", {m.norm}"),
         x,
         y,
         classes,
         t,
         caps,
         eps_l,
-        format_eps(max(m.eps_keys, default=0) / 1e9),
+        format_eps(max(m.eps_keys, default=0) / 1e9, m.norm),
     )
     v.captions[fname] = (
         f"{m.run_id}: clean images; the example of the first attack that broke each "
         "at the grid's largest eps (the store keeps only per-point flags, so the example "
         "is recomputed from the checkpoint: that attack rerun with its stored seed at the "
-        f"eps where it first broke the image); PGD ({LARGE_STEPS} steps) at eps {eps_l}, "
+        f"eps where it first broke the image); PGD ({LARGE_STEPS} steps) at {eps_l}, "
         "far above the grid. Labels: the model's prediction (green: correct, red: wrong)"
     )
 
@@ -383,10 +410,11 @@ def _strip(
 def build(
     sets: dict[str, tuple[int, list[Model]]], out: Path, data_dir: str | Path | None = None
 ) -> Visuals:
-    """Every data set's pictures, computed on the CPU where not cached under ``out``."""
+    """Every section's pictures, computed on the CPU where not cached under ``out``."""
     started = time.perf_counter()
     v = Visuals()
     for name, (_, models) in sets.items():
         dataset_figures(name, models, out, data_dir, v)
+    v.notes = list(dict.fromkeys(v.notes))  # a model of two sections is noted once
     v.seconds = time.perf_counter() - started
     return v

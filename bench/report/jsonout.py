@@ -1,4 +1,7 @@
-"""RobustBench-style model-info JSON, one file per model.
+"""RobustBench-style model-info JSON, one file per model and threat model: ``json/<run>.json``
+under Linf (as before bench knew other norms), ``json/<norm>/<run>.json`` otherwise (RobustBench's
+own layout files model-info by threat model too; a run id never holds a ``/`` once escaped, so
+the names never collide).
 
 RobustBench's keys (``clean_acc``, ``autoattack_acc`` as ``"%.2f"`` strings, ``eps``, ...) so that
 robustbench's own model-info reader loads the file; ``autoattack_acc`` is written only from the
@@ -12,11 +15,19 @@ from __future__ import annotations
 from typing import Any
 
 from bench.evaluation.results import Estimate, status
+from bench.norms import LINF
 from bench.params import eps_in_255, format_eps
 from bench.report import robustbench
 from bench.report.model import AUTOATTACK, WORST, Model, Variant
+from bench.report.text import safe_name
 from bench.store import ANY
 from bench.vocab import SourceKind
+
+
+def file_name(m: Model) -> str:
+    """The model-info file of one evaluation, relative to the report."""
+    folder = "json" if m.norm == LINF else f"json/{m.norm}"
+    return f"{folder}/{safe_name(m.run_id)}.json"
 
 
 def pct(e: Estimate | None) -> str | None:
@@ -35,11 +46,16 @@ def _aa(m: Model, key: int) -> dict[str, Any]:
 
 
 def _curves(m: Model, labels: dict[Variant, str]) -> dict[str, dict[str, Any]]:
+    """Every variant's curve, eps keyed as :func:`eps_in_255` writes them in the model's norm."""
     out = {}
     for v in sorted(m.curves, key=lambda v: v.sort_key):
-        out[labels[v]] = {eps_in_255(k / 1e9): m.at(v, k).as_dict() for k in sorted(m.curves[v])}  # type: ignore[union-attr]
-    out[ANY] = {eps_in_255(k / 1e9): m.at(WORST, k).as_dict() for k in m.eps_keys}  # type: ignore[union-attr]
+        out[labels[v]] = {_eps(m, k): m.at(v, k).as_dict() for k in sorted(m.curves[v])}  # type: ignore[union-attr]
+    out[ANY] = {_eps(m, k): m.at(WORST, k).as_dict() for k in m.eps_keys}  # type: ignore[union-attr]
     return out
+
+
+def _eps(m: Model, key: int) -> str:
+    return eps_in_255(key / 1e9, norm=m.norm)
 
 
 def model_info(m: Model, key: int, labels: dict[Variant, str]) -> dict[str, Any]:
@@ -54,8 +70,8 @@ def model_info(m: Model, key: int, labels: dict[Variant, str]) -> dict[str, Any]
         "dataset": m.run.dataset,
         "venue": None,
         "architecture": m.run.model,
-        "threat_model": "Linf",
-        "eps": format_eps(key / 1e9),
+        "threat_model": m.norm,
+        "eps": format_eps(key / 1e9, m.norm),
         "clean_acc": pct(m.clean),
         "reported": None,
     }
@@ -113,7 +129,7 @@ def _published(m: Model, key: int) -> dict[str, Any]:
         "published": pub,
         "published_note": robustbench.published_note(m),
         "ours_vs_published": {
-            "eps": format_eps(key / 1e9),
+            "eps": format_eps(key / 1e9, m.norm),
             "clean_acc": {
                 "ours": _pct_number(m.clean),
                 "published": None if pub is None else pub.get("clean_acc"),

@@ -1,5 +1,7 @@
-"""``leaderboard.md``: settings, per data set a ranked table at the ranking eps, the worst case
-at every eps, the flags with their legend, and every model's full curves with intervals."""
+"""``leaderboard.md``: settings, per section (data set and threat model) a ranked table at the
+ranking eps, the worst case at every eps, the flags with their legend, and every model's full
+curves with intervals. Eps are written as their norm writes them (``8/255`` under Linf, ``0.5``
+under L2 and L1), and text outside Linf names the norm (``at L2 eps = 0.5``)."""
 
 from __future__ import annotations
 
@@ -7,20 +9,33 @@ import json
 from typing import Iterable
 
 from bench.evaluation.results import Estimate, WorstPoint, estimate
+from bench.norms import L1, L2, LINF
 from bench.params import format_eps, plural
-from bench.report import heatmap, robustbench
-from bench.report.model import AUTOATTACK, WORST, Entry, Model, Ranked, Variant, entries, rank
+from bench.report import crossnorm, heatmap, robustbench
+from bench.report.model import (
+    AUTOATTACK,
+    WORST,
+    Entry,
+    Model,
+    Ranked,
+    Variant,
+    entries,
+    norm_of,
+    norm_order,
+    rank,
+)
 from bench.report.text import (
     DASH,
     aa_attack_list,
     ci,
     ci_many,
+    eps_label,
     format_seconds,
     joined,
     table,
     variant_labels,
 )
-from bench.store import ANY
+from bench.store import ANY, eps_key
 from bench.vocab import Check, SourceKind
 
 #: What each flag means and what to run next (shown under each table that carries a flag).
@@ -103,14 +118,18 @@ def header(sets: dict[str, tuple[int, list[Model]]], rank_by: str) -> list[str]:
         "",
         "Settings, as recorded in the results store:",
         "",
-        f"- Models: {len(models)} ("
+        f"- Models: {len({m.run_id for m in models})} ("
         + ", ".join(f"{k}: {len(v[1])}" for k, v in sets.items())
         + ")",
-        "- Threat model: L-infinity, eps on the pixel scale of images in [0, 1]",
+        _threat_line(models),
         "- Ranking eps: "
-        + ", ".join(f"{k} {format_eps(v[0] / 1e9)}" for k, v in sets.items() if v[0] is not None),
+        + ", ".join(
+            f"{k} {format_eps(v[0] / 1e9, norm_of(v[1]))}"
+            for k, v in sets.items()
+            if v[0] is not None
+        ),
         f"- Ranking basis: {_basis_text(rank_by)}",
-        "- Eps grid: " + ", ".join(format_eps(e) for e in sorted({r.eps for r in rows})),
+        _grid_line(rows),
         f"- Test points n: {joined(m.n for m in models)} (the first n points of each test split; "
         "every number of a row comes from the same n points)",
         f"- Training epochs: {joined(m.run.epochs for m in models)}",
@@ -132,6 +151,43 @@ def header(sets: dict[str, tuple[int, list[Model]]], rank_by: str) -> list[str]:
         )
     )
     return lines
+
+
+#: How the settings name each threat model.
+NORM_NAMES = {LINF: "L-infinity", L2: "L2", L1: "L1"}
+
+
+def _norms(items: Iterable[str]) -> list[str]:
+    """Distinct norms, Linf, L2, L1 first."""
+    return sorted(set(items), key=norm_order)
+
+
+def _threat_line(models: list[Model]) -> str:
+    """The threat model (or models: then how their sections are named)."""
+    norms = _norms(m.norm for m in models) or [LINF]
+    if len(norms) == 1:
+        name = NORM_NAMES.get(norms[0], norms[0])
+        return f"- Threat model: {name}, eps on the pixel scale of images in [0, 1]"
+    return (
+        "- Threat models: "
+        + ", ".join(NORM_NAMES.get(n, n) for n in norms)
+        + ", eps on the pixel scale of images in [0, 1]; one section per data set and threat "
+        "model, Linf named by its data set, the others `<data set> <norm>`; the numbers of "
+        "different threat models are never compared"
+    )
+
+
+def _grid_line(rows: list) -> str:
+    """The eps evaluated, per norm when there are several."""
+    norms = _norms(r.norm for r in rows)
+
+    def grid(norm: str) -> str:
+        values = sorted({r.eps for r in rows if r.norm == norm})
+        return ", ".join(format_eps(e, norm) for e in values)
+
+    if len(norms) <= 1:
+        return "- Eps grid: " + grid(norms[0] if norms else LINF)
+    return "- Eps grid: " + "; ".join(f"{n} {grid(n)}" for n in norms)
 
 
 def _aa_lines(rows: list) -> list[str]:
@@ -200,11 +256,27 @@ def _row(r: Ranked, columns: list[Variant], key: int) -> list[str]:
     )
 
 
+def fallback_note(key: int, rank_eps: float | None) -> str:
+    """Why a section is not ranked at ``--rank-eps``: it has no row at that eps."""
+    if rank_eps is None or key == eps_key(rank_eps):
+        return ""
+    return (
+        f" `--rank-eps {format_eps(rank_eps)}` was not evaluated in this section: "
+        "it is ranked at its default eps."
+    )
+
+
 def dataset_section(
-    name: str, key: int, models: list[Model], rank_by: str, matrices: Iterable[heatmap.Matrix] = ()
+    name: str,
+    key: int,
+    models: list[Model],
+    rank_by: str,
+    matrices: Iterable[heatmap.Matrix] = (),
+    rank_eps: float | None = None,
 ) -> list[str]:
-    """The ranked table of one data set, its notes and legend, the transfer matrices."""
-    eps = format_eps(key / 1e9)
+    """The ranked table of one section, its notes and legend, the transfer matrices."""
+    norm = norm_of(models)
+    eps = format_eps(key / 1e9, norm)
     variants = {v for m in models for v in m.curves}
     labels = variant_labels(variants)
     columns = sorted(
@@ -228,7 +300,8 @@ def dataset_section(
     lines = [
         f"## {name}",
         "",
-        f"Accuracy in % (95% interval) at eps = {eps}; ranked by {_basis_text(rank_by)}.",
+        f"Accuracy in % (95% interval) at {eps_label(norm)} = {eps}; ranked by "
+        f"{_basis_text(rank_by)}.{fallback_note(key, rank_eps)}",
         "",
     ]
     lines += table(head, [_row(r, columns, key) for r in ranked], right_from=4)
@@ -279,7 +352,7 @@ def published_section(models: list[Model], key: int) -> list[str]:
         body.append(
             [
                 f"`{m.run_id}`",
-                format_eps(k / 1e9),
+                format_eps(k / 1e9, m.norm),
                 ci(m.clean),
                 _num(pub.get("clean_acc")),
                 ci(m.at(basis, k)) if basis is not None else DASH,
@@ -328,11 +401,12 @@ def _corrected_note(points: Iterable[WorstPoint | None]) -> str:
 
 
 def worst_by_eps(models: list[Model]) -> list[str]:
-    """The worst case of every model at every eps of the data set's grid."""
+    """The worst case of every model at every eps of the section's grid."""
+    norm = norm_of(models)
     keys = sorted({k for m in models for k in m.worst})
-    head = ["run id", "n"] + [format_eps(k / 1e9) for k in keys]
+    head = ["run id", "n"] + [format_eps(k / 1e9, norm) for k in keys]
     body = [[f"`{m.run_id}`", str(m.n)] + [ci(m.at(WORST, k)) for k in keys] for m in models]
-    return ["Worst case (%, 95% interval) at every eps evaluated:", ""] + table(
+    return [f"Worst case (%, 95% interval) at every {eps_label(norm)} evaluated:", ""] + table(
         head, body, right_from=1
     )
 
@@ -362,13 +436,14 @@ def _curve_table(name: str, m: Model, labels: dict[Variant, str]) -> list[str]:
         f"Model {m.run.model}, weights `{fp}`, clean accuracy {ci(m.clean)}, n = {m.n}{other}.",
         "",
     ]
-    lines += table(["attack"] + [format_eps(k / 1e9) for k in keys], body, right_from=1)
+    lines += table(["attack"] + [format_eps(k / 1e9, m.norm) for k in keys], body, right_from=1)
     for k in keys:
         w = m.worst[k]
         if w.overstated:
             lines += [
                 "",
-                f"- corrected at eps {format_eps(w.eps)}: the attacks above counted "
+                f"- corrected at {eps_label(m.norm)} {format_eps(w.eps, m.norm)}: the attacks "
+                "above counted "
                 f"{plural(w.overstated, 'point')} robust that {', '.join(w.corrected_by)} broke; "
                 "worst case "
                 f"{ci(estimate(w.before))} -> {ci(w.estimate)}",
@@ -383,11 +458,14 @@ def render(
     sets: dict[str, tuple[int, list[Model]]],
     rank_by: str = "worst-case",
     matrices: dict[str, list[heatmap.Matrix]] | None = None,
+    rank_eps: float | None = None,
 ) -> str:
-    """The whole ``leaderboard.md``."""
+    """The whole ``leaderboard.md``; ``rank_eps``: the eps ``--rank-eps`` asked for, if any."""
     lines = header(sets, rank_by) + [""]
     for name, (key, models) in sets.items():
-        lines += dataset_section(name, key, models, rank_by, (matrices or {}).get(name, []))
+        mxs = (matrices or {}).get(name, [])
+        lines += dataset_section(name, key, models, rank_by, mxs, rank_eps)
+    lines += crossnorm.section(sets)
     lines += curves_section(sets)
     while lines and lines[-1] == "":
         lines.pop()

@@ -1,5 +1,11 @@
-"""What the report shows, computed from the store alone: one evaluation per model, entries
-(seeds grouped), the ranking eps and basis, flags.
+"""What the report shows, computed from the store alone: one section per data set and threat
+model, one evaluation per model in it, entries (seeds grouped), the ranking eps and basis, flags.
+
+Sections: rows of different threat models (:mod:`bench.norms`) never mix. A section holds the
+evaluations of one data set under one norm, named by the data set alone under Linf (as before
+bench knew other norms, so Linf files keep their names) and ``<data set> <norm>`` otherwise
+(``fashion-mnist L2``); a model evaluated under two norms is a model of two sections, each with
+its own worst case, findings and corrections.
 
 One evaluation per leaderboard row: every number of a model's row (clean, each attack, the worst
 case) comes from the same weights and the same n points. Where a model was evaluated at several
@@ -10,6 +16,10 @@ Ranking (``--rank-by``, default ``worst-case``): the worst case at the ranking e
 for models whose worst case there includes standard AutoAttack (or AutoAttack's ``rand`` version
 for a model found randomized, as RobustBench does). Models without that basis, and models with a
 flag that makes the evaluation unreliable, are listed but not ranked.
+
+The ranking eps is chosen per section: the largest eps with standard (or rand) AutoAttack, else
+the largest eps. ``--rank-eps`` applies to the sections with rows at that eps; the others (a
+Linf 8/255 means nothing under L2) keep their default, and the report says so.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from bench.evaluation.results import (
     group_rows,
     worst_case,
 )
+from bench.norms import LINF, NORMS
 from bench.store import ANY, DiagnosticRow, ResultRow, RunRow, Store, canonical, eps_key
 from bench.vocab import Check
 
@@ -79,6 +90,7 @@ class Model:
     clean: Estimate
     findings: list[DiagnosticRow] = field(default_factory=list)
     other_ns: list[int] = field(default_factory=list)
+    norm: str = LINF  # the threat model of every row and finding above
 
     @property
     def run_id(self) -> str:
@@ -156,6 +168,9 @@ def _clean_flags(rows: list[ResultRow]) -> str:
 def build_model(
     run: RunRow, rows: list[ResultRow], findings: list[DiagnosticRow], basis_key: int | None
 ) -> Model:
+    """One run's evaluation under one norm (``rows`` all of it); only that norm's findings count
+    (their corrections included)."""
+    norm = rows[0].norm
     groups = list(group_rows(rows).values())
     chosen = _choose(groups, basis_key)
     n = chosen[0].n
@@ -163,7 +178,7 @@ def build_model(
     for r in chosen:
         curves.setdefault(variant_of(r), {})[eps_key(r.eps)] = r
     clean = _clean_flags(chosen)
-    mine = [f for f in findings if f.n == n]
+    mine = [f for f in findings if f.n == n and f.norm == norm]
     fixes = corrections([f for f in mine if f.fingerprint == chosen[0].fingerprint])
     worst = {eps_key(w.eps): w for w in corrected(worst_case(chosen, clean), fixes)}
     return Model(
@@ -174,6 +189,7 @@ def build_model(
         _clean_estimate(chosen, clean),
         mine,
         sorted({g[0].n for g in groups} - {n}),
+        norm,
     )
 
 
@@ -189,8 +205,13 @@ def _stub(run_id: str, dataset: str = "unknown") -> RunRow:
     return RunRow(run_id, "", dataset, "unknown", "unknown", {}, None, None, None)
 
 
+def _run(runs: dict[str, RunRow], run_id: str, dataset: str) -> RunRow:
+    """The run row of ``run_id``, or a stub in ``dataset`` for rows without one."""
+    return runs.get(run_id) or _stub(run_id, dataset)
+
+
 def rank_eps_key(rows: Iterable[ResultRow]) -> int | None:
-    """Default ranking eps of a data set: the largest eps with standard (or rand) AutoAttack,
+    """Default ranking eps of a section: the largest eps with standard (or rand) AutoAttack,
     else the largest eps evaluated."""
     rows = list(rows)
     aa = [
@@ -202,40 +223,74 @@ def rank_eps_key(rows: Iterable[ResultRow]) -> int | None:
     return max(aa) if aa else (max(every) if every else None)
 
 
-def _findings(store: Store, runs: dict[str, RunRow]) -> dict[str, list[DiagnosticRow]]:
-    """Findings by run id: the transfer matrix's cells left out, and transfer findings fed by
-    examples of weights no longer in the store dropped."""
+def _findings(store: Store, runs: dict[str, RunRow]) -> dict[tuple[str, str], list[DiagnosticRow]]:
+    """Findings by (run id, norm): the transfer matrix's cells left out, and transfer findings
+    fed by examples of weights no longer in the store dropped."""
     current = {r.fingerprint for r in runs.values()}
-    out: dict[str, list[DiagnosticRow]] = {}
+    out: dict[tuple[str, str], list[DiagnosticRow]] = {}
     for d in store.diagnostics():
         if d.check == TRANSFER_MATRIX:
             continue
         source = d.details.get("source_fingerprint") if d.check == Check.TRANSFER else None
         if source is not None and source not in current:
             continue
-        out.setdefault(d.run_id, []).append(d)
+        out.setdefault((d.run_id, d.norm), []).append(d)
+    return out
+
+
+def section_name(dataset: str, norm: str) -> str:
+    """A section's name: the data set under Linf, else ``<data set> <norm>``."""
+    return dataset if norm == LINF else f"{dataset} {norm}"
+
+
+def norm_of(models: list[Model]) -> str:
+    """The threat model of a section's models (all share it)."""
+    return models[0].norm if models else LINF
+
+
+def section_key(rows: list[ResultRow], rank_eps: float | None) -> int | None:
+    """A section's ranking eps: ``rank_eps`` where the section has rows at it, else the
+    default (:func:`rank_eps_key`)."""
+    if rank_eps is not None and any(eps_key(r.eps) == eps_key(rank_eps) for r in rows):
+        return eps_key(rank_eps)
+    return rank_eps_key(rows)
+
+
+def norm_order(norm: str) -> tuple[int, str]:
+    """Linf, L2, L1, then any other spelling by name."""
+    return (NORMS.index(norm) if norm in NORMS else len(NORMS), norm)
+
+
+EvalKey = tuple[str, str]  # (run id, norm): one model of one section
+
+
+def _sections(
+    by_eval: dict[EvalKey, list[ResultRow]], runs: dict[str, RunRow]
+) -> dict[tuple[str, tuple[int, str]], list[EvalKey]]:
+    """(data set, norm order) -> its evaluations by run id."""
+    out: dict[tuple[str, tuple[int, str]], list[EvalKey]] = {}
+    for run_id, norm in sorted(by_eval):
+        dataset = (runs.get(run_id) or _stub(run_id)).dataset
+        out.setdefault((dataset, norm_order(norm)), []).append((run_id, norm))
     return out
 
 
 def load(store: Store, rank_eps: float | None = None) -> dict[str, tuple[int, list[Model]]]:
-    """Data set -> (ranking eps key, models), data sets sorted by name."""
+    """Section (:func:`section_name`) -> (ranking eps key, models); sections by data set, then
+    by norm (Linf, L2, L1)."""
     runs = {r.run_id: r for r in store.runs()}
     findings = _findings(store, runs)
-    by_run: dict[str, list[ResultRow]] = {}
+    by_eval: dict[EvalKey, list[ResultRow]] = {}
     for row in store.results():
-        by_run.setdefault(row.run_id, []).append(row)
-    by_set: dict[str, list[str]] = {}
-    for run_id in sorted(by_run):
-        by_set.setdefault((runs.get(run_id) or _stub(run_id)).dataset, []).append(run_id)
+        by_eval.setdefault((row.run_id, row.norm), []).append(row)
     out = {}
-    for name in sorted(by_set):
-        rows = [r for rid in by_set[name] for r in by_run[rid]]
-        key = eps_key(rank_eps) if rank_eps is not None else rank_eps_key(rows)
+    for (dataset, (_, norm)), evals in sorted(_sections(by_eval, runs).items()):
+        key = section_key([r for e in evals for r in by_eval[e]], rank_eps)
         models = [
-            build_model(runs.get(rid) or _stub(rid, name), by_run[rid], findings.get(rid, []), key)
-            for rid in by_set[name]
+            build_model(_run(runs, e[0], dataset), by_eval[e], findings.get(e, []), key)
+            for e in evals
         ]
-        out[name] = (key, models)
+        out[section_name(dataset, norm)] = (key, models)
     return out
 
 

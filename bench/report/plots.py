@@ -1,18 +1,31 @@
-"""Plots: robust accuracy against eps, one line per model with its 95% interval as a band."""
+"""Plots: robust accuracy against eps, one line per model with its 95% interval as a band; one
+figure per section (data set and threat model) and attack. Under Linf eps are in units of 1/255,
+under L2 and L1 the budget itself."""
 
 from __future__ import annotations
 
 import io
 
-from bench.report.model import AUTOATTACK, WORST, Model, Variant
+from bench.norms import LINF
+from bench.report.model import AUTOATTACK, WORST, Model, Variant, norm_of
 from bench.report.text import base_label, joined, slug, variant_labels
 from bench.store import ANY
 
 Line = tuple[str, list[float], list[float], list[float], list[float]]  # label, x, y, lo, hi
 
 
-def plot_png(title: str, lines: list[Line]) -> bytes:
-    """A PNG (Agg) of accuracy (%) against eps in units of 1/255, bands for the intervals."""
+def x_label(norm: str) -> str:
+    """The x axis: eps in units of 1/255 under Linf, the budget itself under L2 and L1."""
+    return "eps (units of 1/255, L-infinity)" if norm == LINF else f"eps ({norm})"
+
+
+def x_value(key: int, norm: str) -> float:
+    """An eps key where the x axis puts it (see :func:`x_label`)."""
+    return key / 1e9 * 255 if norm == LINF else key / 1e9
+
+
+def plot_png(title: str, lines: list[Line], norm: str = LINF) -> bytes:
+    """A PNG (Agg) of accuracy (%) against eps (:func:`x_label`), bands for the intervals."""
     # here: matplotlib is slow to import; only when a figure is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -32,10 +45,11 @@ def plot_png(title: str, lines: list[Line]) -> bytes:
             label=label,
         )
         ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.12, linewidth=0)
-    xmax = max((max(xs) for _, xs, *_ in lines if xs), default=8.0)
-    ax.set_xlim(-0.2, xmax + 0.2)
+    xmax = max((max(xs) for _, xs, *_ in lines if xs), default=8.0 if norm == LINF else 1.0)
+    pad = 0.2 if norm == LINF else 0.025 * (xmax or 1.0)  # 0.2 of 1/255 units; L2, L1: 2.5%
+    ax.set_xlim(-pad, xmax + pad)
     ax.set_ylim(-2, 102)
-    ax.set_xlabel("eps (units of 1/255, L-infinity)")
+    ax.set_xlabel(x_label(norm))
     ax.set_ylabel("accuracy (%), band: 95% interval")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
@@ -53,7 +67,7 @@ def _line(label: str, m: Model, v: Variant) -> Line:
     pts = [(k, e) for k, e in zip(keys, est) if e is not None]
     return (
         label,
-        [k / 1e9 * 255 for k, _ in pts],
+        [x_value(k, m.norm) for k, _ in pts],
         [100 * e.acc for _, e in pts],
         [100 * e.interval[0] for _, e in pts],
         [100 * e.interval[1] for _, e in pts],
@@ -66,9 +80,10 @@ def _label(m: Model, models: list[Model], extra: str) -> str:
 
 
 def plots(sets: dict[str, tuple[int, list[Model]]]) -> dict[str, bytes]:
-    """File name -> PNG, one per (data set, attack name), and the worst case."""
+    """File name -> PNG, one per (section, attack name), and the worst case."""
     out: dict[str, bytes] = {}
     for name, (_, models) in sets.items():
+        norm = norm_of(models)
         variants = {v for m in models for v in m.curves}
         labels = variant_labels(variants)
         for attack in sorted({v.attack for v in variants}, key=lambda a: (a == AUTOATTACK, a)):
@@ -83,8 +98,8 @@ def plots(sets: dict[str, tuple[int, list[Model]]]) -> dict[str, bytes]:
                 f"{'AutoAttack' if len(mine) > 1 else base_label(mine[0])} on {name} "
                 f"(n = {joined(m.n for m in models if any(v in m.curves for v in mine))})"
             )
-            out[f"plot-{slug(name)}-{slug(attack)}.png"] = plot_png(title, lines)
+            out[f"plot-{slug(name)}-{slug(attack)}.png"] = plot_png(title, lines, norm)
         lines = [_line(_label(m, models, ""), m, WORST) for m in models]
         title = f"Worst case over attacks on {name} (n = {joined(m.n for m in models)})"
-        out[f"plot-{slug(name)}-{ANY}.png"] = plot_png(title, lines)
+        out[f"plot-{slug(name)}-{ANY}.png"] = plot_png(title, lines, norm)
     return out

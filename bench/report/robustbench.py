@@ -1,12 +1,14 @@
-"""RobustBench, out and in: whether a model's numbers could be submitted to RobustBench's
-Linf leaderboard, and the published numbers of zoo models (``bench eval --robustbench``) shown
+"""RobustBench, out and in: whether a model's numbers could be submitted to one of RobustBench's
+leaderboards, and the published numbers of zoo models (``bench eval --robustbench``) shown
 beside ours.
 
 What RobustBench ranks (https://robustbench.github.io, its README and model-info files):
-CIFAR-10, CIFAR-100 and ImageNet, in the Linf, L2 and corruptions threat models; bench evaluates
-Linf only. A Linf entry is standard AutoAttack (``rand`` for a randomized defense) at the data
-set's budget -- 8/255 for CIFAR-10 and CIFAR-100, 4/255 for ImageNet -- on the full test set
-(10,000 CIFAR points; 5,000 ImageNet validation points).
+CIFAR-10, CIFAR-100 and ImageNet in the Linf threat model, CIFAR-10 in the L2 one, and
+corruptions (which bench does not evaluate); it has no L1 leaderboard. An entry is standard
+AutoAttack (``rand`` for a randomized defense) at the leaderboard's budget -- Linf 8/255 for
+CIFAR-10 and CIFAR-100, Linf 4/255 for ImageNet, L2 0.5 for CIFAR-10 -- on the full test set
+(10,000 CIFAR points; 5,000 ImageNet validation points). bench evaluates Linf, L2 and L1
+(:mod:`bench.norms`); each model's numbers are judged against the leaderboard of their norm.
 """
 
 from __future__ import annotations
@@ -15,53 +17,71 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.errors import UsageError
+from bench.norms import L2, LINF
 from bench.params import format_eps, parse_eps
 from bench.report.model import Model
+from bench.report.text import eps_label
 from bench.store import eps_key
 
-THREAT_MODEL = "Linf"  # the only threat model bench evaluates
+THREAT_MODELS = (LINF, L2)  # the threat models of bench's that RobustBench ranks
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    """RobustBench's Linf setting of one data set: the budget and the points evaluated."""
+    """One RobustBench leaderboard: the budget and the points evaluated."""
 
     eps: float
     n: int
 
 
-#: bench data-set name -> RobustBench's Linf benchmark.
-RANKED: dict[str, Benchmark] = {
-    "cifar10": Benchmark(8 / 255, 10_000),
-    "cifar100": Benchmark(8 / 255, 10_000),
-    "imagenet": Benchmark(4 / 255, 5_000),
+#: (bench data-set name, norm) -> RobustBench's leaderboard of it.
+RANKED: dict[tuple[str, str], Benchmark] = {
+    ("cifar10", LINF): Benchmark(8 / 255, 10_000),
+    ("cifar100", LINF): Benchmark(8 / 255, 10_000),
+    ("imagenet", LINF): Benchmark(4 / 255, 5_000),
+    ("cifar10", L2): Benchmark(0.5, 10_000),
 }
+
+
+def _unranked(dataset: str, norm: str) -> str:
+    """Why RobustBench has no leaderboard for ``dataset`` under ``norm``."""
+    if norm not in THREAT_MODELS:
+        return f"RobustBench has no {norm} leaderboard; it ranks " + ", ".join(
+            f"{t} ({', '.join(d for d, n in RANKED if n == t)})" for t in THREAT_MODELS
+        )
+    ranked = [d for d, n in RANKED if n == norm]
+    if len(ranked) == 1:
+        return f"RobustBench ranks {norm} only on {ranked[0]}"
+    return f"RobustBench does not rank {dataset}; its {norm} leaderboards are {', '.join(ranked)}"
+
+
+def _benchmark_reasons(m: Model, key: int) -> list[str]:
+    """The budget and the points, against the leaderboard of the model's data set and norm."""
+    bench = RANKED.get((m.run.dataset, m.norm))
+    if bench is None:
+        return [_unranked(m.run.dataset, m.norm)]
+    reasons = []
+    if key != eps_key(bench.eps):
+        reasons.append(
+            f"eps {format_eps(key / 1e9, m.norm)} is not RobustBench's {m.norm} budget "
+            f"for {m.run.dataset} ({format_eps(bench.eps, m.norm)})"
+        )
+    if m.n < bench.n:
+        reasons.append(
+            f"n = {m.n} points, below the full test set RobustBench evaluates ({bench.n:,})"
+        )
+    return reasons
 
 
 def submission(m: Model, key: int) -> dict[str, Any]:
     """``{"submittable": bool, "reasons": [...]}`` for the numbers of ``m`` at eps ``key``
     (nano-units), as the model-info JSON reports them. Every reason that applies is listed."""
-    reasons: list[str] = []
-    bench = RANKED.get(m.run.dataset)
-    if bench is None:
-        reasons.append(
-            f"RobustBench does not rank {m.run.dataset}; its Linf leaderboards are "
-            f"{', '.join(RANKED)}"
-        )
-    else:
-        if key != eps_key(bench.eps):
-            reasons.append(
-                f"eps {format_eps(key / 1e9)} is not RobustBench's {THREAT_MODEL} budget "
-                f"for {m.run.dataset} ({format_eps(bench.eps)})"
-            )
-        if m.n < bench.n:
-            reasons.append(
-                f"n = {m.n} points, below the full test set RobustBench evaluates ({bench.n:,})"
-            )
+    reasons = _benchmark_reasons(m, key)
     if m.basis_variant(key) is None:
         version = "rand" if m.randomized else "standard"
         reasons.append(
-            f"no {version} AutoAttack at eps {format_eps(key / 1e9)} (RobustBench's ranking attack)"
+            f"no {version} AutoAttack at {eps_label(m.norm)} {format_eps(key / 1e9, m.norm)} "
+            "(RobustBench's ranking attack)"
         )
     if m.unreliable:
         reasons.append(
@@ -86,6 +106,6 @@ def published_key(m: Model, default: int) -> int:
     """The eps (nano-units) the published numbers are at; ``default`` if not readable."""
     pub = published(m) or {}
     try:
-        return eps_key(parse_eps(str(pub.get("eps")), "published eps"))
+        return eps_key(parse_eps(str(pub.get("eps")), "published eps", m.norm))
     except UsageError:  # absent or malformed in the model-info file: compare at the ranking eps
         return default

@@ -7,6 +7,7 @@ import re
 from typing import Any, Iterable
 
 from bench.evaluation.results import Estimate
+from bench.norms import LINF
 from bench.params import format_eps
 from bench.report.model import AUTOATTACK, Variant, mean, span, spread
 from bench.store import ANY, canonical
@@ -30,6 +31,12 @@ AA_ATTACKS = {
     "plus": ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"],
     "rand": ["apgd-ce", "apgd-dlr"],
 }
+
+
+def eps_label(norm: str) -> str:
+    """How text names a budget: ``eps`` under Linf (the default threat model, worded as
+    before), else e.g. ``L2 eps``."""
+    return "eps" if norm == LINF else f"{norm} eps"
 
 
 def ci(e: Estimate | None) -> str:

@@ -1,7 +1,7 @@
 """The trade-off plot: clean accuracy against worst-case robust accuracy at the ranking eps, one
 point per entry (seeds as one point: their mean, the bar the hull of their intervals), error
-bars from the 95% Wilson intervals, the Pareto front drawn; one figure per data set (Tsipras et
-al. 2019, "Robustness may be at odds with accuracy")."""
+bars from the 95% Wilson intervals, the Pareto front drawn; one figure per section, a data set
+under one threat model (Tsipras et al. 2019, "Robustness may be at odds with accuracy")."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import io
 from dataclasses import dataclass
 
 from bench.params import format_eps
-from bench.report.model import WORST, Model, entries, mean, rank, span
-from bench.report.text import slug
+from bench.report.model import WORST, Model, entries, mean, norm_of, rank, span
+from bench.report.text import eps_label, slug
 
 
 @dataclass
@@ -134,14 +134,17 @@ def _draw(ax: object, p: Point, marker: str, color: str) -> None:
 
 
 def plots(sets: dict[str, tuple[int, list[Model]]], rank_by: str) -> dict[str, bytes]:
-    """``tradeoff-<dataset>.png`` for each data set with a ranking eps."""
+    """``tradeoff-<section>.png`` for each section with a ranking eps (``tradeoff-cifar10.png``,
+    ``tradeoff-cifar10-l2.png``)."""
     out = {}
     for name, (key, models) in sets.items():
         if key is None:
             continue
         pts, missing = points(models, key, rank_by)
         n = ", ".join(sorted({str(m.n) for m in models}))
-        title = f"Clean vs worst-case accuracy at eps {format_eps(key / 1e9)} on {name} (n = {n})"
+        norm = norm_of(models)
+        eps = f"{eps_label(norm)} {format_eps(key / 1e9, norm)}"
+        title = f"Clean vs worst-case accuracy at {eps} on {name} (n = {n})"
         if missing:
             title += f"\nno worst case there: {', '.join(missing)}"
         out[f"tradeoff-{slug(name)}.png"] = png(title, pts)
