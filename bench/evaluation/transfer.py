@@ -319,11 +319,12 @@ def write_matrix(
     eps: float,
     seed: int,
     batch_size: int,
-    out: TextIO | None = sys.stdout,
+    out: TextIO | None = None,
     norm: str = LINF,
 ) -> list[DiagnosticRow]:
     """Compute each data set's matrix (data sets with one model are skipped, with a line) and
-    store it in ``db``; prints each matrix on ``out``."""
+    store it in ``db``; prints each matrix on ``out`` (None: the ``sys.stdout`` of the call,
+    not of the import, which a test's capture may have closed since)."""
     every: list[DiagnosticRow] = []
     with Store(db) as store:
         for name, group in groups(targets).items():
@@ -336,13 +337,12 @@ def write_matrix(
             for line in diagonal_check(store, rows):
                 print(f"bench: warning: transfer matrix: {line}", file=sys.stderr)
             every += rows
-            if out is not None:
-                print(
-                    f"transfer matrix, {name}: PGD at {norm} eps {format_eps(eps, norm)}, first "
-                    f"{points(group)} test points (at most {MAX_POINTS}), accuracy %, "
-                    f"{time.perf_counter() - started:.1f} s\n{table(rows)}",
-                    file=out,
-                )
+            print(
+                f"transfer matrix, {name}: PGD at {norm} eps {format_eps(eps, norm)}, first "
+                f"{points(group)} test points (at most {MAX_POINTS}), accuracy %, "
+                f"{time.perf_counter() - started:.1f} s\n{table(rows)}",
+                file=out or sys.stdout,
+            )
     return every
 
 
