@@ -12,3 +12,8 @@ def __getattr__(name: str) -> object:
 
         return evaluate_model
     raise AttributeError(f"module 'bench' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names, for tab completion (``evaluate_model`` is loaded on first use)."""
+    return sorted([*__all__, "__version__"])

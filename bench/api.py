@@ -26,7 +26,7 @@ from bench.evaluation.outcome import Evaluation
 from bench.evaluation.plan import Settings
 from bench.evaluation.targets import Target, attach_points
 from bench.io import pick_device
-from bench.norms import check_norm
+from bench.norms import L1, check_norm
 from bench.params import parse_eps_grid
 from bench.sources import from_module
 from bench.store import Store
@@ -72,7 +72,7 @@ def evaluate_model(
     *,
     dataset: str = "fashion-mnist",
     n: int = 1000,
-    attacks: Sequence[str] | str = ("fgsm", "pgd", "autoattack"),
+    attacks: Sequence[str] | str | None = None,
     eps: str | float | Sequence[float] | None = None,
     norm: str = "Linf",
     params: dict[str, dict[str, Any]] | None = None,
@@ -88,7 +88,8 @@ def evaluate_model(
     data_dir: str | Path | None = None,
     progress: bool = False,
 ) -> Evaluation:
-    """Evaluate ``model`` with ``attacks`` over the eps grid ``eps`` (``"0:8/255:1/255"``, a
+    """Evaluate ``model`` with ``attacks`` (default FGSM, PGD and AutoAttack; PGD and AutoAttack
+    under L1) over the eps grid ``eps`` (``"0:8/255:1/255"``, a
     number or a list; None: the data set's default grid under ``norm``, 0..8/255 under Linf)
     under threat model ``norm`` (``"Linf"``, ``"L2"`` or ``"L1"``) and return the
     :class:`~bench.evaluate.Evaluation`: per-attack, per-eps
@@ -97,6 +98,8 @@ def evaluate_model(
     too (Square; transfer from ``transfer_from`` when given, e.g. a standard model of the data
     set); remedies and probes correct the worst case. Bad input: UsageError."""
     norm = check_norm(norm)
+    if attacks is None:  # FGSM, PGD and AutoAttack; under L1, which has no FGSM, the last two
+        attacks = ("pgd", "autoattack") if norm == L1 else ("fgsm", "pgd", "autoattack")
     settings = Settings(
         _attacks(attacks, params, norm),
         _grid(eps, norm, dataset),

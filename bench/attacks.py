@@ -558,7 +558,9 @@ def _official_l1(build: Callable[[nn.Module, dict[str, Any], int, Any], Any]) ->
 
 
 def _apgd_l1(model: nn.Module, kw: dict[str, Any], seed: int, device: Any) -> Any:
-    """APGD-L1 (Croce and Hein 2021), as AutoAttack runs it."""
+    """APGD-L1 (Croce and Hein 2021): pyautoattack's APGD with its L1 projection and sparse
+    step. Standard AutoAttack under L1 (``autoattack``) also runs it with 5 restarts and its
+    larger-step schedule; this one runs the ``steps`` and ``n_restarts`` given."""
     from pyautoattack.autopgd_base import APGDAttack
 
     return APGDAttack(
@@ -568,7 +570,7 @@ def _apgd_l1(model: nn.Module, kw: dict[str, Any], seed: int, device: Any) -> An
 
 
 def _square_l1(model: nn.Module, kw: dict[str, Any], seed: int, device: Any) -> Any:
-    """Square under L1, as AutoAttack runs it."""
+    """Square under L1 (pyautoattack's), with the queries given."""
     from pyautoattack.square import SquareAttack
 
     return SquareAttack(
@@ -578,7 +580,7 @@ def _square_l1(model: nn.Module, kw: dict[str, Any], seed: int, device: Any) -> 
 
 
 def _fab_l1(model: nn.Module, kw: dict[str, Any], seed: int, device: Any) -> Any:
-    """FAB under L1, as AutoAttack runs it."""
+    """FAB under L1 (pyautoattack's), with the steps and restarts given."""
     from pyautoattack.fab_pt import FABAttack_PT
 
     return FABAttack_PT(

@@ -1,4 +1,4 @@
-"""The ``bench`` command line: ``bench train | eval | report | export | list``.
+"""The ``bench`` command line: ``bench train | eval | report | quick | sweep | perf | list``.
 
 Every command module in :mod:`bench.commands` has ``add_parser(subparsers)``, which registers its
 sub-parser with ``func=run``, and ``run(args) -> int``. Bad input of any kind (a

@@ -52,7 +52,9 @@ def parse_number(text: str, what: str = "number") -> float:
             value = float(_fraction(parts[0], text, what) / _fraction(parts[1], text, what))
         else:
             value = float(s)
-    except (ValueError, ZeroDivisionError):
+    except ZeroDivisionError:
+        raise UsageError(f"{what} {shown(text)} divides by zero") from None
+    except ValueError:
         raise UsageError(
             f"{what} {shown(text)} is not a number (write e.g. 0.03 or 8/255)"
         ) from None
@@ -210,6 +212,11 @@ def format_eps(eps: float, norm: str = LINF) -> str:
     if abs(k - round(k)) < 1e-6:
         return "0" if round(k) == 0 else f"{round(k)}/255"
     return f"{eps:.6g}"
+
+
+def eps_words(eps: float, norm: str = LINF) -> str:
+    """``eps 8/255`` under Linf (as bench wrote it before norms), ``L2 eps 0.5`` otherwise."""
+    return f"eps {format_eps(eps)}" if norm == LINF else f"{norm} eps {format_eps(eps, norm)}"
 
 
 def eps_in_255(eps: float, digits: int = 4, norm: str = LINF) -> str:

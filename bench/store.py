@@ -43,6 +43,7 @@ there was; a reader reads a layout-2 or -3 store as it is, every row ``Linf``.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import random
@@ -54,6 +55,7 @@ from typing import Any, Iterable, Iterator
 
 from bench.errors import UsageError
 from bench.norms import LINF
+from bench.params import shown
 from bench.paths import check_creatable, resolve
 from bench.vocab import Check, SourceKind, Walk
 
@@ -136,6 +138,17 @@ CREATE TABLE diagnostics (
 );
 """
 TABLES = ("meta", "runs", "results", "batches", "diagnostics")
+
+
+@functools.cache
+def expected_columns() -> dict[str, frozenset[str]]:
+    """Each table's columns in this layout, read from :data:`SCHEMA` built in memory."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(SCHEMA)
+        return {t: frozenset(r[1] for r in db.execute(f"PRAGMA table_info({t})")) for t in TABLES}
+    finally:
+        db.close()
 
 
 def canonical(obj: Any) -> str:
@@ -300,6 +313,13 @@ class Store:
         if not tables and not self.readonly:
             self._create()
             return
+        if "meta" not in tables and {"results", "runs"} <= tables:
+            raise UsageError(
+                f"{self.path} comes from the first bench (tables results and runs, no meta "
+                f"table), whose rows lack what this one identifies a number by (weights "
+                f"fingerprint, flags per point); this bench reads layouts "
+                f"{', '.join(READABLE_VERSIONS)}: evaluate again into a new --db"
+            )
         if "meta" not in tables:
             raise UsageError(
                 f"{self.path} is not a bench results store (no meta table; tables: "
@@ -319,8 +339,21 @@ class Store:
                 f"results store {self.path} lacks tables {sorted(set(TABLES) - tables)}"
             )
         self.version = str(version)
-        if self.version != str(SCHEMA_VERSION) and not self.readonly:
+        if self.version == str(SCHEMA_VERSION):
+            self._check_columns()
+        elif not self.readonly:
             self._migrate()
+
+    def _check_columns(self) -> None:
+        """A store that claims this layout must have its columns (a store edited by hand, or
+        written by another program, fails here with one line, before anything is written)."""
+        for table, wanted in expected_columns().items():
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if not wanted <= have:
+                raise UsageError(
+                    f"results store {self.path} claims layout {SCHEMA_VERSION} but its {table} "
+                    f"table lacks {', '.join(sorted(wanted - have))}: evaluate into a new --db"
+                )
 
     def _migrate(self) -> None:
         """Layouts 2 and 3 -> 4 in one transaction: the ``walk`` column (every older row ``up``),
@@ -487,12 +520,12 @@ class Store:
                 dataset=r[4],
                 model=r[5],
                 defense=r[6],
-                defense_params=json.loads(r[7]),
+                defense_params=_json(r[7], "runs.defense_params"),
                 epochs=r[8],
                 train_limit=r[9],
                 train_seconds=r[10],
-                config=json.loads(r[11]),
-                run=json.loads(r[12]),
+                config=_json(r[11], "runs.config"),
+                run=_json(r[12], "runs.run"),
             )
             for r in cur.fetchall()
         ]
@@ -652,7 +685,7 @@ class Store:
                 bool(r[5]),
                 r[6],
                 r[7],
-                json.loads(r[8]),
+                _json(r[8], "diagnostics.details"),
                 r[9],
                 r[10],
                 r[11],
@@ -682,22 +715,34 @@ class Store:
         return json.dumps(doc, indent=2) + "\n"
 
 
+def _json(text: str, column: str) -> Any:
+    """A JSON column's value; text that does not parse is one line (the store was not written
+    by bench), not a traceback."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise UsageError(
+            f"the results store's {column} holds {shown(text)}, not JSON "
+            f"({getattr(exc, 'msg', exc)}): it was not written by bench; evaluate into a new --db"
+        ) from None
+
+
 def _result(r: tuple[Any, ...]) -> ResultRow:
     return ResultRow(
         run_id=r[0],
         fingerprint=r[1],
         attack=r[2],
-        params=json.loads(r[3]),
+        params=_json(r[3], "results.params"),
         eps=r[4],
         n=r[6],
         seed=r[7],
         batch_size=r[8],
-        grid=json.loads(r[9]),
+        grid=_json(r[9], "results.grid"),
         clean_acc=r[10],
         robust_acc=r[11],
         seconds=r[12],
         device=r[13],
-        versions=json.loads(r[14]),
+        versions=_json(r[14], "results.versions"),
         flags=r[15],
         created=r[16],
         walk=r[17],

@@ -137,3 +137,10 @@ def test_bad_factories(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("bench: error:") and re.search(error, err[0]), err
     assert not db.exists()
+
+
+def test_dir_of_the_package_lists_its_api() -> None:
+    """Tab completion: ``dir(bench)`` names the API without importing torch for it."""
+    import bench
+
+    assert "evaluate_model" in dir(bench) and "__version__" in dir(bench)

@@ -176,7 +176,7 @@ def test_mixup_mixes_labels_with_the_same_lambda(tiny_model, tiny_data, monkeypa
     "name,values,needle",
     [
         ("pgd-at", {"foo": "1"}, "no parameter 'foo'"),
-        ("pgd-at", {"eps": "8/0"}, "not a number"),
+        ("pgd-at", {"eps": "8/0"}, "divides by zero"),
         ("pgd-at", {"eps": "abc"}, "not a number"),
         ("pgd-at", {"eps": "-1"}, "eps must be in [0, 1]"),
         ("trades", {"steps": "1.5"}, "not a whole number"),

@@ -7,6 +7,7 @@ import argparse
 import re
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,15 +21,18 @@ from bench import norms
 from bench.attacks import ATTACKS, attack_norms, make_attack
 from bench.cli import main
 from bench.commands import quick
+from bench.defenses import build_defense
 from bench.errors import BudgetViolation, UsageError
 from bench.evaluation import diagnostics as dg
+from bench.evaluation.book import aa_warning_rows
 from bench.evaluation.local import evaluate_target
 from bench.evaluation.outcome import Evaluation
 from bench.evaluation.plan import Settings
+from bench.evaluation.results import Estimate
 from bench.evaluation.walk import check_budget
 from bench.norms import L1, L2, LINF, NORMS
-from bench.report import markdown, model
-from bench.store import ResultRow, Store
+from bench.report import markdown, model, robustbench
+from bench.store import ResultRow, RunRow, Store
 from bench.sweep.spec import load_sweep
 
 #: A budget per norm that breaks some points of tiny_problem's 1x8x8 images but not all.
@@ -319,3 +323,32 @@ def test_bench_quick_takes_each_norms_budget(norm: str, expected: tuple[str, ...
     assert quick.defense_params(args, "pgd-at") == (
         {"eps": expected[0]} if canonical == LINF else {"eps": expected[0], "norm": canonical}
     )
+
+
+def test_autoattack_warnings_are_stored_under_the_evaluations_norm() -> None:
+    """A warning of an L2 AutoAttack run is a finding of the L2 section, never of Linf's."""
+    src = SimpleNamespace(run_id="m", fingerprint="sha256:x")
+    (row,) = aa_warning_rows(src, 10, [("Square attack has decreased ...", 2.0, 10)], 1, L2)
+    assert row.norm == L2 and "L2 eps 2 on 10 points" in row.summary
+    (old,) = aa_warning_rows(src, 10, [("Square attack has decreased ...", 8 / 255, 10)])
+    assert old.norm == LINF and "at eps 8/255 on 10 points" in old.summary
+
+
+def test_published_numbers_of_another_norm_are_not_shown() -> None:
+    run = RunRow("zoo", "", "cifar10", "m", "external", {}, None, None, None)
+    run.config, run.run = {"threat_model": "Linf"}, {"published": {"eps": "8/255"}}
+    linf = model.Model(run, 1, {}, {}, Estimate(1, 1), norm=LINF)
+    l2 = model.Model(run, 1, {}, {}, Estimate(1, 1), norm=L2)
+    assert robustbench.published(linf) == {"eps": "8/255"} and robustbench.published(l2) is None
+    assert "published under Linf, not L2" in str(robustbench.published_note(l2))
+
+
+def test_training_budgets_are_bounded_and_sweep_defaults_read_in_the_train_norm(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(UsageError, match="eps must be in \\[0, 1e\\+07\\] under L2"):
+        build_defense("pgd-at", {"eps": "1e300", "norm": "L2"})
+    text = SWEEP.format(train='norm = "L2"\n[params.pgd-at]\neps = "2"', variant="", eval="")
+    (tmp_path / "s.toml").write_text(text)  # [params.pgd-at]'s eps 2 is read under L2
+    sweep = load_sweep(tmp_path / "s.toml")
+    assert {j.variant: j.cfg.defense_params.get("norm") for j in sweep.trains}["at"] == L2

@@ -506,8 +506,8 @@ BAD = [
         "eval[0].attacks[1]",
         "unknown attack 'pgdd'",
     ),
-    ('eps = "0,8/255"', 'eps = "0,9/0"', "eval[0].eps", "not a number"),
-    ("shards = 1", "shards = 9", "eval[0].shards", "1..2"),
+    ('eps = "0,8/255"', 'eps = "0,9/0"', "eval[0].eps", "divides by zero"),
+    ("shards = 1", "shards = 9", "eval[0].shards", "1..2: one shard holds at least one batch"),
     (
         "shards = 1",
         'shards = 1\nwalk = "sideways"',

@@ -102,7 +102,7 @@ def test_training_learns_and_is_reproducible(tmp_path, fmnist_dir):
         (["--defense", "nope"], "unknown defense 'nope'; valid: standard"),
         (["--model", "nope"], "unknown model 'nope'; valid: cnn"),
         (["--dataset", "nope"], "unknown data set 'nope'; valid: fashion-mnist"),
-        (["--defense", "pgd-at", "--eps", "8/0"], "not a number"),
+        (["--defense", "pgd-at", "--eps", "8/0"], "divides by zero"),
         (["--defense", "pgd-at", "--eps", "-1"], "[0, 1]"),
         (["--defense", "pgd-at", "--eps", "abc"], "not a number"),
         (["--defense", "pgd-at", "--set", "bogus=1"], "no parameter 'bogus'; valid: alpha, eps"),

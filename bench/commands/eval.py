@@ -17,14 +17,14 @@ from bench.commands.common import add_shared, ray_module
 from bench.errors import BudgetViolation, UsageError
 from bench.evaluation import surrogate
 from bench.evaluation.local import evaluate_target
-from bench.evaluation.plan import SEED_MAX, Settings
+from bench.evaluation.plan import MAX_BATCH, SEED_MAX, Settings
 from bench.evaluation.table import format_table
 from bench.evaluation.targets import Target, attach_points, prepare_target
 from bench.evaluation.transfer import check_request, write_matrix
 from bench.evaluation.walk import DEFAULT_WALK, WALKS
 from bench.io import pick_device
 from bench.norms import LINF, NORMS
-from bench.params import INT_MAX, parse_eps, parse_eps_grid
+from bench.params import parse_eps, parse_eps_grid
 from bench.sources import from_checkpoint
 from bench.store import Store, check_store
 
@@ -52,13 +52,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="extend",
         nargs="+",
         metavar="PATH",
-        help="checkpoint directories (or their weights.pt)",
+        help="checkpoint directories (or their weights.safetensors)",
     )
     which.add_argument(
         "--model-factory",
         metavar="MODULE:FUNCTION",
-        help="a model bench did not train: package.module:function returning an "
-        "nn.Module (logits on images in [0, 1]); needs --dataset",
+        help="a model bench did not train: package.module:function or path/file.py:function "
+        "returning an nn.Module (logits on images in [0, 1]); needs --dataset",
     )
     which.add_argument(
         "--robustbench",
@@ -282,8 +282,10 @@ def run(args: argparse.Namespace) -> int:
         parse_eps_grid(args.eps, norm)  # a bad grid is refused before any model is read
     if args.n < 1:
         raise UsageError(f"--n must be >= 1, got {args.n}")
-    if not 1 <= args.batch_size <= INT_MAX:
-        raise UsageError(f"--batch-size must be in 1..2**63-1, got {args.batch_size}")
+    if not 1 <= args.batch_size <= MAX_BATCH:  # the plan's bound, checked before any file
+        raise UsageError(
+            f"--batch-size must be a whole number in 1..{MAX_BATCH}, got {args.batch_size}"
+        )
     if not 0 <= args.seed <= SEED_MAX:
         raise UsageError(f"--seed must be in 0..2**63-1, got {args.seed}")
     device = pick_device(args.device)

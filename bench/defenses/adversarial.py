@@ -20,7 +20,7 @@ from bench import norms
 from bench.defenses.base import Defense, input_grad, project_linf
 from bench.errors import UsageError
 from bench.norms import LINF
-from bench.params import format_eps
+from bench.params import MAX_LP_EPS, format_eps
 
 #: A loss of the perturbed input that an inner attack ascends.
 Objective = Callable[[torch.Tensor], torch.Tensor]
@@ -123,8 +123,8 @@ def _check_eps(eps: float, norm: str = LINF) -> None:
     if norm == LINF:
         if not 0.0 <= eps <= 1.0:
             raise ValueError(f"eps must be in [0, 1] (pixel scale, e.g. 8/255), got {eps}")
-    elif not (math.isfinite(eps) and eps >= 0.0):
-        raise ValueError(f"eps must be a finite number >= 0 under {norm}, got {eps}")
+    elif not (math.isfinite(eps) and 0.0 <= eps <= MAX_LP_EPS):
+        raise ValueError(f"eps must be in [0, {MAX_LP_EPS:g}] under {norm}, got {eps}")
 
 
 def alpha_rule(norm: str) -> str:

@@ -25,7 +25,7 @@ from bench.evaluation.walk import GridResult, Recorder, flag_text, text_flags
 from bench.evaluation.work import ShardResult, Stats
 from bench.io import library_versions
 from bench.norms import LINF
-from bench.params import format_eps
+from bench.params import eps_words
 from bench.store import DiagnosticRow, ResultRow, Store, canonical, eps_key
 from bench.vocab import Check, Walk
 
@@ -213,7 +213,13 @@ class Book:
         self.clean_batches.update(r.clean)
         if r.warnings:
             self.store.write_diagnostics(
-                aa_warning_rows(self.source, self.n, list(dict.fromkeys(r.warnings)), self.aa_calls)
+                aa_warning_rows(
+                    self.source,
+                    self.n,
+                    list(dict.fromkeys(r.warnings)),
+                    self.aa_calls,
+                    self.plan.settings.norm,
+                )
             )
             self.warnings = list(dict.fromkeys(self.warnings + r.warnings))
         for i, st in r.stats.items():
@@ -366,10 +372,14 @@ class StepRecorder(Recorder):
 
 
 def aa_warning_rows(
-    source: Any, n: int, warnings: Sequence[tuple[str, float, int]], calls: int = 1
+    source: Any,
+    n: int,
+    warnings: Sequence[tuple[str, float, int]],
+    calls: int = 1,
+    norm: str = LINF,
 ) -> list[DiagnosticRow]:
-    """AutoAttack's own ``checks.py`` warnings as findings of this model (see
-    :func:`bench.evaluation.audit.classify_aa_warning` for which of them flag)."""
+    """AutoAttack's own ``checks.py`` warnings as findings of this model under threat model
+    ``norm`` (see :func:`bench.evaluation.audit.classify_aa_warning` for which of them flag)."""
     out = []
     for msg, eps, points in warnings:
         flag, why = audit.classify_aa_warning(msg, points, calls)
@@ -385,10 +395,11 @@ def aa_warning_rows(
                 key=key,
                 flagged=flag,
                 source="AutoAttack checks.py (run by pyautoattack inside each call)",
-                summary=f"at eps {format_eps(eps)} on {points} points: {msg}",
+                summary=f"at {eps_words(eps, norm)} on {points} points: {msg}",
                 details={"message": msg, "eps": eps, "points": points, "rule": why},
                 advice="read AutoAttack's flags_doc.md for this message",
                 created=now(),
+                norm=norm,
             )
         )
     return out

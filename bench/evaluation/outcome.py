@@ -67,14 +67,18 @@ class Evaluation:
             "batch_size": s.batch_size,
             "eps_grid": list(s.eps_grid),
             "walk": s.walk,
+            "norm": s.norm,
             "clean": self.clean_estimate.as_dict(),
             "robust": {
-                name: {format_eps(e): est.as_dict() for e, est in by.items()}
+                name: {format_eps(e, s.norm): est.as_dict() for e, est in by.items()}
                 for name, by in self.estimates().items()
             },
             "unreliable": self.unreliable,
             "corrected": {
-                format_eps(w.eps): {"overstated_points": w.overstated, "by": w.corrected_by}
+                format_eps(w.eps, s.norm): {
+                    "overstated_points": w.overstated,
+                    "by": w.corrected_by,
+                }
                 for w in self.worst
                 if w.overstated
             },

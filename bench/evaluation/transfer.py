@@ -38,7 +38,7 @@ from bench.evaluation.results import estimate, worst_case
 from bench.evaluation.targets import Target
 from bench.evaluation.walk import batch_seed, check_budget, flag_text, predict, text_flags
 from bench.norms import LINF
-from bench.params import format_eps
+from bench.params import eps_words
 from bench.store import DiagnosticRow, ResultRow, Store, canonical, eps_key
 from bench.vocab import Check, Walk
 
@@ -139,7 +139,7 @@ def cell_row(
         "flags": text,
     }
     summary = (
-        f"PGD at {norm} eps {format_eps(eps, norm)} crafted on {source.run_id}: "
+        f"PGD at {eps_words(eps, norm)} crafted on {source.run_id}: "
         f"{est.k}/{est.n} robust "
         f"({100 * est.acc:.1f}%, 95% interval {100 * lo:.1f}-{100 * hi:.1f})"
     )
@@ -212,7 +212,7 @@ def transfer_row(
         }
     )
     summary = (
-        f"from {source.run_id} (transfer matrix, eps {format_eps(eps)}, {m} points): {f.summary}"
+        f"from {source.run_id} (transfer matrix, {eps_words(eps, norm)}, {m} points): {f.summary}"
     )
     return DiagnosticRow(
         target.run_id,
@@ -288,7 +288,7 @@ def diagonal_check(store: Store, rows: Sequence[DiagnosticRow]) -> list[str]:
             if _repeats(r, d) and r.flags[: det["n"]] != det["flags"]:
                 out.append(
                     f"{d.run_id}: the matrix's diagonal ({det['robust']}/{det['n']}) differs from "
-                    f"its stored PGD row at eps {format_eps(det['eps'])} "
+                    f"its stored PGD row at {eps_words(det['eps'], d.norm)} "
                     f"({r.flags[: det['n']].count('1')}/{det['n']})"
                 )
     return out
@@ -338,7 +338,7 @@ def write_matrix(
                 print(f"bench: warning: transfer matrix: {line}", file=sys.stderr)
             every += rows
             print(
-                f"transfer matrix, {name}: PGD at {norm} eps {format_eps(eps, norm)}, first "
+                f"transfer matrix, {name}: PGD at {eps_words(eps, norm)}, first "
                 f"{points(group)} test points (at most {MAX_POINTS}), accuracy %, "
                 f"{time.perf_counter() - started:.1f} s\n{table(rows)}",
                 file=out or sys.stdout,

@@ -58,7 +58,7 @@ from bench.attacks import Attack, derive_seed
 from bench.errors import BudgetViolation, UsageError
 from bench.io import model_device
 from bench.norms import LINF
-from bench.params import format_eps
+from bench.params import eps_words, format_eps
 from bench.store import WALKS, eps_key
 
 PREDICT_BATCH = 1000  # points per forward pass for clean predictions
@@ -78,20 +78,20 @@ def check_budget(
     float32 sums over thousands of pixels round more, up to ``tol + 1e-5 * eps``)."""
     if tuple(x_adv.shape) != tuple(x.shape):
         raise BudgetViolation(
-            f"attack {attack} at eps {format_eps(eps)}: returned shape {tuple(x_adv.shape)}, "
+            f"attack {attack} at {eps_words(eps, norm)}: returned shape {tuple(x_adv.shape)}, "
             f"expected {tuple(x.shape)}"
         )
     if x_adv.numel() == 0:
         return
     xa = x_adv.detach().to(device=x.device, dtype=torch.float64)
     if not bool(torch.isfinite(xa).all()):
-        raise BudgetViolation(f"attack {attack} at eps {format_eps(eps)}: returned NaN or inf")
+        raise BudgetViolation(f"attack {attack} at {eps_words(eps, norm)}: returned NaN or inf")
     delta = float(norms.distance(x, xa, norm).max())
     lo, hi = float(xa.min()), float(xa.max())
     slack = tol if norm == LINF else tol + 1e-5 * eps
     if delta > eps + slack or lo < -tol or hi > 1.0 + tol:
         raise BudgetViolation(
-            f"attack {attack} left the budget at {norm} eps {format_eps(eps, norm)} "
+            f"attack {attack} left the budget at {eps_words(eps, norm)} "
             f"(= {eps:.6g}): {_distance_name(norm)} = {delta:.6g}, "
             f"x_adv in [{lo:.6g}, {hi:.6g}] "
             "(allowed [0, 1])"
@@ -312,7 +312,7 @@ def _walk_eps(
         idx = due[lo:hi].nonzero().flatten() + lo  # only the points this eps decides
         if w.bar is not None:
             w.bar.set_postfix_str(
-                f"{attack.display} eps={format_eps(eps)} batch {k + 1}/{n_batches} "
+                f"{attack.display} eps={format_eps(eps, attack.norm)} batch {k + 1}/{n_batches} "
                 f"attacking {len(idx)}",
                 refresh=True,
             )

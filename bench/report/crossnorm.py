@@ -10,21 +10,29 @@ could not rank the model (no standard AutoAttack there, or a flag).
 
 from __future__ import annotations
 
+from bench.defenses import DEFENSES
+from bench.norms import LINF
 from bench.params import format_eps
 from bench.report.model import WORST, Model
 from bench.report.text import DASH, ci, table
 
+NORM = "norm"  # the defense parameter that names the threat model a defense trains for
 #: What a cell says when its section could not rank the model.
 NO_BASIS, FLAGGED = "no standard AutoAttack", "flagged"
 
 
 def _trained_for(m: Model) -> str:
-    """The threat model a checkpoint was trained for (its defense's ``norm``), else "none"."""
-    params = (m.run.config or {}).get("defense_params") or m.run.defense_params or {}
-    norm = params.get("norm") if isinstance(params, dict) else None
-    if norm:
-        return f"{norm} at {format_eps(float(params.get('eps', 0)), norm)}"
-    return "none"
+    """The threat model a model was trained for: its defense's ``norm`` (Linf for an
+    adversarial defense trained before bench knew norms), a zoo entry's threat model, else
+    "none" (a defense that trains for no threat model)."""
+    config = m.run.config or {}
+    params = config.get("defense_params") or m.run.defense_params or {}
+    params = params if isinstance(params, dict) else {}
+    takes = m.run.defense in DEFENSES.names() and NORM in DEFENSES[m.run.defense].defaults
+    norm = params.get(NORM) or (LINF if takes else None)
+    if norm and "eps" in params:
+        return f"{norm} at {format_eps(float(params['eps']), norm)}"
+    return str(norm or config.get("threat_model") or "none")
 
 
 def _cell(m: Model | None, key: int) -> str:

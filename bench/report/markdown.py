@@ -261,7 +261,8 @@ def fallback_note(key: int, rank_eps: float | None) -> str:
     if rank_eps is None or key == eps_key(rank_eps):
         return ""
     return (
-        f" `--rank-eps {format_eps(rank_eps)}` was not evaluated in this section: "
+        f" `--rank-eps {format_eps(rank_eps) if rank_eps <= 1 else f'{rank_eps:g}'}` "
+        "was not evaluated in this section: "
         "it is ranked at its default eps."
     )
 

@@ -90,14 +90,25 @@ def submission(m: Model, key: int) -> dict[str, Any]:
     return {"submittable": not reasons, "reasons": reasons}
 
 
+def _published_under(m: Model) -> str | None:
+    """The zoo threat model the published numbers are of, where it is not this section's."""
+    threat = (m.run.config or {}).get("threat_model")
+    return str(threat) if threat and str(threat).lower() != m.norm.lower() else None
+
+
 def published(m: Model) -> dict[str, Any] | None:
-    """The numbers a zoo model's authors published (from ``--model-info``), if recorded."""
+    """The numbers a zoo model's authors published (from ``--model-info``), if recorded and of
+    this section's threat model (a Linf number is never shown beside an L2 one)."""
     value = (m.run.run or {}).get("published")
-    return value if isinstance(value, dict) else None
+    return value if isinstance(value, dict) and _published_under(m) is None else None
 
 
 def published_note(m: Model) -> str | None:
-    """Why a zoo model has no published numbers (e.g. no ``--model-info`` given)."""
+    """Why a zoo model has no published numbers here (e.g. no ``--model-info`` given, or they
+    are of another threat model)."""
+    other = _published_under(m)
+    if other is not None:
+        return f"published under {other}, not {m.norm}: not comparable"
     note = (m.run.run or {}).get("published_note")
     return str(note) if note else None
 

@@ -406,15 +406,19 @@ def train_values(ck: Checker, table: dict[str, Any], key: str) -> dict[str, Any]
     return out
 
 
-def defense_defaults(ck: Checker, doc: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """``[params.<defense>]``: default parameters per defense (the defense name checked)."""
+def defense_defaults(
+    ck: Checker, doc: dict[str, Any], norm: str | None = None
+) -> dict[str, dict[str, str]]:
+    """``[params.<defense>]``: default parameters per defense (the defense name checked), each
+    checked under [train]'s ``norm`` where the defense takes one (a budget is read in it)."""
     table = ck.table(doc.get("params", {}), "params", None)
     out = {}
     for name, values in table.items():
         ck.guarded(f"params.{name}", lambda: DEFENSES[name])
-        out[name] = check_params(
-            ck, name, string_params(ck, values, f"params.{name}"), f"params.{name}"
-        )
+        given = string_params(ck, values, f"params.{name}")
+        extra = {NORM_KEY: norm} if norm and NORM_KEY in DEFENSES[name].defaults else {}
+        check_params(ck, name, {**given, **extra}, f"params.{name}")
+        out[name] = given
     return out
 
 
@@ -556,7 +560,7 @@ def variant_specs(ck: Checker, doc: dict[str, Any]) -> list[dict[str, Any]]:
     base = train_values(ck, table, "train")
     base_norm = sweep_norm(ck, table[NORM_KEY], f"train.{NORM_KEY}") if NORM_KEY in table else None
     check_train_values(ck, base, "train")
-    defaults = defense_defaults(ck, doc)
+    defaults = defense_defaults(ck, doc, base_norm)
     specs = []
     for i, v in enumerate(variant_tables(ck, doc)):
         key = f"variant[{i}]"
@@ -636,9 +640,21 @@ def eval_spec(ck: Checker, e: Any, i: int) -> EvalSpec:
     n = ck.whole(v["n"], f"{key}.n", 1)
     batch = ck.whole(v["batch_size"], f"{key}.batch_size", 1)
     seed = ck.whole(v["seed"], f"{key}.seed", 0)
-    shards = ck.whole(v["shards"], f"{key}.shards", 1, math.ceil(n / batch))
+    shards = eval_shards(ck, v["shards"], f"{key}.shards", n, batch)
     walk = eval_walk(ck, v["walk"], f"{key}.walk")
     return EvalSpec(name, attacks, grid, n, batch, seed, shards, walk, norm)
+
+
+def eval_shards(ck: Checker, value: Any, key: str, n: int, batch: int) -> int:
+    """``shards``: at most one per batch (n points in batches of batch_size), said so."""
+    batches = math.ceil(n / batch)
+    if isinstance(value, int) and not isinstance(value, bool) and value > batches:
+        raise ck.fail(
+            key,
+            f"must be a whole number in 1..{batches}: one shard holds at least one batch, and "
+            f"n = {n} in batches of {batch} makes {batches}, got {value}",
+        )
+    return ck.whole(value, key, 1, batches)
 
 
 def sweep_norm(ck: Checker, value: Any, key: str) -> str:
