@@ -462,9 +462,17 @@ def _run_epoch(loop: Loop, epoch: int, bar: tqdm, log: Log) -> None:
     loop.progress.seconds += time.perf_counter() - started
     save_state(loop)  # first: the epoch counts once its state is on disk
     checkpoint.write_log(loop.p.run_dir, loop.progress.log)
+    _end_bar_line(bar)
     log(_epoch_line(entry, loop.p.cfg.epochs))
     if warning:
         log(warning)
+
+
+def _end_bar_line(bar: tqdm) -> None:
+    """Where the bar writes to a file, not a terminal, its last state ends without a newline:
+    end that line, so that the epoch line that follows starts one of its own."""
+    if not bar.disable and not (hasattr(bar.fp, "isatty") and bar.fp.isatty()):
+        bar.fp.write("\n")
 
 
 def _fit(loop: Loop, show_progress: bool, log: Log) -> Path:

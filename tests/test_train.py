@@ -482,3 +482,21 @@ def test_compile_trains_the_same_model(tmp_path, fmnist_dir, one_thread):
     assert set(state) == set(plain.load_state())
     x = torch.rand(4, 1, 28, 28)
     assert torch.allclose(compiled.load_model()(x), plain.load_model()(x), atol=1e-3)
+
+
+def test_the_epoch_line_starts_a_line_when_stderr_is_a_file(tmp_path, fmnist_dir, capfd):
+    """With the bar on and stderr not a terminal, each epoch line is a line of its own."""
+    cfg = TrainConfig(
+        epochs=2,
+        train_limit=64,
+        eval_n=32,
+        batch_size=32,
+        data_dir=str(fmnist_dir),
+        download=False,
+        out_dir=str(tmp_path),
+        run_id="bar",
+    )
+    train(cfg, progress=True)
+    err = capfd.readouterr().err.replace("\r", "\n").splitlines()
+    epochs = [line for line in err if "epoch " in line and "loss" in line]
+    assert len(epochs) == 2 and all(line.startswith("epoch ") for line in epochs), epochs

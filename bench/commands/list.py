@@ -36,8 +36,11 @@ def registries() -> list[tuple[str, Registry[Any]]]:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``bench list``."""
+    what = "list data sets, models, defenses and attacks with their defaults"
     p = sub.add_parser(
-        "list", help="list data sets, models, defenses and attacks with their defaults"
+        "list",
+        help=what,
+        description=what + " (attacks: with the threat models each has)",
     )
     p.set_defaults(func=run)
 

@@ -53,10 +53,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--defenses", default=",".join(DEFENSES.names()), help="comma list (default: all)"
     )
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--model", default="cnn")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--train-limit", type=int, default=10000, metavar="N")
+    p.add_argument("--dataset", default="fashion-mnist", help="(default fashion-mnist)")
+    p.add_argument("--model", default="cnn", help="(default cnn)")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
+    p.add_argument(
+        "--train-limit",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="train on the first N training images (default 10000)",
+    )
     p.add_argument(
         "--norm",
         default=LINF,
@@ -96,7 +102,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="apgd-ce",
         help="AutoAttack custom components over the grid (default apgd-ce)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training and attack seed (default 0)")
     p.add_argument("--checkpoints", default=None, help="default <home>/checkpoints/quick")
     add_shared(
         p, "data-dir", "device", "db", db={"help": "results store (default <out>/results.sqlite)"}
