@@ -352,3 +352,29 @@ def test_training_budgets_are_bounded_and_sweep_defaults_read_in_the_train_norm(
     (tmp_path / "s.toml").write_text(text)  # [params.pgd-at]'s eps 2 is read under L2
     sweep = load_sweep(tmp_path / "s.toml")
     assert {j.variant: j.cfg.defense_params.get("norm") for j in sweep.trains}["at"] == L2
+
+
+def test_a_rank_eps_no_section_evaluated_is_one_line_listing_the_grids(
+    problem: tuple[nn.Module, torch.Tensor, torch.Tensor],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = tmp_path / "e.sqlite"
+    _evaluate(problem, LINF, [0, 8 / 255], db)
+    _evaluate(problem, L2, [0, 0.5], db)
+    capsys.readouterr()
+    argv = ["report", "--db", str(db), "--out", str(tmp_path / "r"), "--no-images"]
+    assert main(argv + ["--rank-eps", "0.3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "bench: error: --rank-eps 0.3 was evaluated in no section; evaluated: "
+        "fashion-mnist: 0, 8/255; fashion-mnist L2: 0, 0.5"
+    )
+    assert not (tmp_path / "r").exists()
+    assert main(argv + ["--rank-eps", "0.5"]) == 0  # the L2 section has it
+    assert "figures, 2 JSON files," in capsys.readouterr().out
+    one = tmp_path / "one.sqlite"
+    _evaluate(problem, LINF, [0, 8 / 255], one)
+    capsys.readouterr()
+    assert main(["report", "--db", str(one), "--out", str(tmp_path / "r1"), "--no-images"]) == 0
+    assert "figures, 1 JSON file," in capsys.readouterr().out  # not "1 JSON files"

@@ -11,7 +11,7 @@ from bench.attacks import ATTACKS
 from bench.commands.common import add_shared
 from bench.errors import UnknownNameError
 from bench.norms import L2
-from bench.params import parse_eps
+from bench.params import parse_eps, plural
 from bench.paths import default_db, reports_dir, resolve
 
 
@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         data_dir=data_dir,
     )
     print(
-        f"{len(files.plots)} figures, {len(files.json)} JSON files, results.csv, results.json and "
+        f"{plural(len(files.plots), 'figure')}, {plural(len(files.json), 'JSON file')}, "
+        "results.csv, results.json and "
         f"{files.index.name} in {files.out}"
     )
     print(files.leaderboard)

@@ -29,6 +29,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from bench.errors import UsageError
 from bench.evaluation.results import (
     Estimate,
     WorstPoint,
@@ -39,6 +40,7 @@ from bench.evaluation.results import (
     worst_case,
 )
 from bench.norms import LINF, NORMS
+from bench.params import format_eps
 from bench.store import ANY, DiagnosticRow, ResultRow, RunRow, Store, canonical, eps_key
 from bench.vocab import Check
 
@@ -283,15 +285,32 @@ def load(store: Store, rank_eps: float | None = None) -> dict[str, tuple[int, li
     by_eval: dict[EvalKey, list[ResultRow]] = {}
     for row in store.results():
         by_eval.setdefault((row.run_id, row.norm), []).append(row)
-    out = {}
+    out, grids = {}, {}
     for (dataset, (_, norm)), evals in sorted(_sections(by_eval, runs).items()):
-        key = section_key([r for e in evals for r in by_eval[e]], rank_eps)
+        rows = [r for e in evals for r in by_eval[e]]
+        key = section_key(rows, rank_eps)
         models = [
             build_model(_run(runs, e[0], dataset), by_eval[e], findings.get(e, []), key)
             for e in evals
         ]
         out[section_name(dataset, norm)] = (key, models)
+        grids[section_name(dataset, norm)] = (norm, sorted({r.eps for r in rows}))
+    _check_rank_eps(rank_eps, grids)
     return out
+
+
+def _check_rank_eps(rank_eps: float | None, grids: dict[str, tuple[str, list[float]]]) -> None:
+    """``--rank-eps`` that no section evaluated is one line listing the eps each evaluated (a
+    section without it, beside others with it, keeps its default and says so)."""
+    if rank_eps is None:
+        return
+    if any(eps_key(rank_eps) in {eps_key(e) for e in grid} for _, grid in grids.values()):
+        return
+    listed = "; ".join(
+        f"{name}: {', '.join(format_eps(e, norm) for e in grid)}"
+        for name, (norm, grid) in grids.items()
+    )
+    raise UsageError(f"--rank-eps {rank_eps:.6g} was evaluated in no section; evaluated: {listed}")
 
 
 # ------------------------------------------------------------------------ entries, ranking
