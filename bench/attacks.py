@@ -339,8 +339,7 @@ def pgd_step(
     if norm == LINF:  # the arithmetic bench used before norms (bit-identical results)
         x_adv = x_adv.detach() + alpha * grad.sign()
         return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
-    step = norms.ascent(grad, norm, at=x_adv.detach())
-    return norms.project(x, x_adv.detach() + alpha * step, eps, norm)
+    return norms.step(x, x_adv, grad, alpha, eps, norm)
 
 
 def _pgd(

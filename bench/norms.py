@@ -120,6 +120,23 @@ def random_in_ball(
     return direction / size * radius
 
 
+def random_in_balls(
+    x: torch.Tensor, eps: float, norm: str, generator: torch.Generator
+) -> torch.Tensor:
+    """One :func:`random_in_ball` draw per point of ``x``, in order from one ``generator``
+    (shape of ``x``, on the CPU)."""
+    return torch.stack([random_in_ball(p.cpu(), eps, norm, generator) for p in x])
+
+
+def step(
+    x: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, alpha: float, eps: float, norm: str
+) -> torch.Tensor:
+    """One projected steepest-ascent step: ``alpha`` along :func:`ascent` (pixels stuck at the
+    box skipped under L1), back onto the eps-ball around ``x`` and into [0, 1]."""
+    direction = ascent(grad, norm, at=x_adv.detach())
+    return project(x, x_adv.detach() + alpha * direction, eps, norm)
+
+
 def reach(norm: str, shape: tuple[int, ...]) -> float:
     """The smallest budget whose ball around any image in [0, 1] holds every image of ``shape``
     (one point's shape): the diameter of the box in that norm (1, sqrt(d), d)."""
@@ -152,6 +169,11 @@ for _name in ("cifar10", "cifar100", "svhn", "mnist", "fashion-mnist"):
     BUDGETS[(_name, L1)] = _MNIST_L1 if _small else _CIFAR_L1
 
 
+def budget(dataset: str | None, norm: str) -> Budget:
+    """The default budget of ``dataset`` under ``norm`` (CIFAR-10's for an unknown set)."""
+    return BUDGETS.get((dataset or "cifar10", norm), BUDGETS[("cifar10", norm)])
+
+
 def default_grid(dataset: str | None, norm: str) -> str:
     """The default eps grid of ``dataset`` under ``norm`` (CIFAR-10's for an unknown set)."""
-    return BUDGETS.get((dataset or "cifar10", norm), BUDGETS[("cifar10", norm)]).grid
+    return budget(dataset, norm).grid

@@ -178,7 +178,7 @@ def norm_defaults(args: argparse.Namespace) -> str:
     the quick benchmark as before; L2 and L1: the data set's budget and grid, bench.norms)."""
     norm = norms.check_norm(args.norm)
     args.norm = norm
-    budget = norms.BUDGETS.get((args.dataset, norm), norms.BUDGETS[("cifar10", norm)])
+    budget = norms.budget(args.dataset, norm)
     linf = norm == LINF
     args.train_eps = args.train_eps or ("0.1" if linf else f"{budget.eps:g}")
     args.rank_eps = args.rank_eps or ("0.1" if linf else f"{budget.eps:g}")

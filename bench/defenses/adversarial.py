@@ -73,8 +73,7 @@ def pgd_lp(
     for _ in range(steps):
         x_adv.requires_grad_(True)
         grad = input_grad(objective(x_adv), x_adv)
-        step = norms.ascent(grad, norm, at=x_adv.detach())
-        x_adv = norms.project(x, x_adv.detach() + alpha * step, eps, norm)
+        x_adv = norms.step(x, x_adv, grad, alpha, eps, norm)
     return x_adv.detach()
 
 
@@ -95,8 +94,8 @@ def ball_start(
         generator = torch.Generator().manual_seed(seed)
     if len(x) == 0:
         return x.detach().clone()
-    deltas = [norms.random_in_ball(x[0], eps, norm, generator) for _ in range(len(x))]
-    return (x.detach() + torch.stack(deltas).to(x.device)).clamp(0.0, 1.0)
+    deltas = norms.random_in_balls(x, eps, norm, generator)
+    return (x.detach() + deltas.to(x.device)).clamp(0.0, 1.0)
 
 
 #: The default step of the multi-step inner attacks (PGD-AT, TRADES) under Linf: eps/4, which is

@@ -781,7 +781,7 @@ def pgd_with_trace(
         x_adv = (x + eps * noise.to(device)).clamp(0, 1)
     elif random_start:
         g = generator or torch.Generator().manual_seed(0)
-        noise = torch.stack([norms.random_in_ball(p.cpu(), eps, norm, g) for p in x])
+        noise = norms.random_in_balls(x, eps, norm, g)
         x_adv = (x + noise.to(device)).clamp(0, 1)
     trace: list[torch.Tensor] = []
     with _eval_mode(model):

@@ -92,11 +92,11 @@ def _apply(
     breaks are no longer robust on that side."""
     x, y = xy
     local = on.nonzero().flatten()
+    made = make_attack(*attack, p.norm)
     if len(local):
-        made = make_attack(*attack, p.norm)
         ok = attack_points(model, made, x, y, side.idx[local], p.eps, p.seed)
         side.flags[local[~ok]] = False
-    side.ran.append(make_attack(*attack, p.norm).display)
+    side.ran.append(made.display)
 
 
 def _smooth(model: nn.Module, xy: Any, p: Probe, side: Side, samples: int) -> None:

@@ -39,7 +39,7 @@ from bench.errors import UsageError
 from bench.evaluation import diagnostics as dg
 from bench.evaluation.walk import batch_seed, check_budget, predict
 from bench.io import atomic_write_bytes
-from bench.norms import BUDGETS, LINF
+from bench.norms import LINF, budget
 from bench.params import format_eps
 from bench.report import CACHE_DIR, figures
 from bench.report.model import WORST, Model, Variant
@@ -62,7 +62,7 @@ def large_eps(dataset: str, norm: str = LINF) -> float:
     """The large budget of the PGD column: under Linf 0.3 on the 28x28 greyscale sets, else
     32/255; under L2 and L1 four times the data set's default budget (as 32/255 is to 8/255)."""
     if norm != LINF:
-        return 4 * BUDGETS.get((dataset, norm), BUDGETS[("cifar10", norm)]).eps
+        return 4 * budget(dataset, norm).eps
     return 0.3 if dataset in ("mnist", "fashion-mnist") else 32 / 255
 
 
