@@ -24,13 +24,18 @@ A run is *complete* when it has a weights file and no training state: the weight
 first, then run.json, and the training state is deleted last (it is not kept: it holds a second
 copy of the weights plus the optimizer's momentum). A run directory with a config.json that is
 not complete is *incomplete*: :func:`find_incomplete` lists those, :func:`find_checkpoints`
-skips them, and :func:`read_checkpoint` refuses them with the command that resumes them.
+skips them, and :func:`read_checkpoint` refuses them with the command that resumes them -- except
+a run whose run.json says it finished but whose weights file is gone (missing, a broken link):
+there is nothing left to resume from, and the message says what is wrong with the file.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import pickle
+import shlex
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,13 +130,27 @@ def weights_file(run_dir: Path) -> Path | None:
     return None
 
 
+def _check_readable(path: Path) -> None:
+    """Open ``path`` here: the safetensors library reports a file it may not read as "No such
+    file or directory"."""
+    try:
+        with path.open("rb"):
+            pass
+    except PermissionError:
+        raise UsageError(f"checkpoint {path} can't be read: permission denied") from None
+    except OSError as exc:
+        raise UsageError(f"checkpoint {path} can't be read: {exc.strerror or exc}") from None
+
+
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from ``weights.safetensors`` or a legacy ``weights.pt``, as CPU tensors.
 
     Never unpickles freely: ``.pt`` goes through ``torch.load(weights_only=True)``, whose
     unpickler builds only tensors and plain containers; anything else is a one-line UsageError."""
     if not path.is_file():
-        raise UsageError(f"checkpoint {path.parent} has no {WEIGHTS} (training did not finish?)")
+        problem = file_problem(path) or "is not a regular file"
+        raise UsageError(f"checkpoint {path.parent}: its weights file {path.name} {problem}")
+    _check_readable(path)
     try:
         if path.suffix == ".safetensors":
             state: Any = safetensors.torch.load_file(str(path), device="cpu")
@@ -193,13 +212,37 @@ def _read_json(path: Path, required: bool) -> Any:
         raise UsageError(f"{path} can't be read: {exc.strerror or exc}") from None
 
 
+#: The keys of config.json every reader needs, and those of its ``dataset_info``.
+NEEDED = ("run_id", "dataset", "model", "defense", "dataset_info")
+NEEDED_INFO = ("channels", "image_size", "num_classes", "mean", "std")
+
+
+def _lacking(config: dict[str, Any]) -> list[str]:
+    """The needed keys ``config`` lacks, exactly (``dataset_info.std`` for one inside)."""
+    lacking = [k for k in NEEDED if k not in config]
+    info = config.get("dataset_info")
+    if isinstance(info, dict):
+        lacking += [f"dataset_info.{k}" for k in NEEDED_INFO if k not in info]
+    return lacking
+
+
 def read_config(run_dir: Path) -> dict[str, Any]:
     """A run directory's config.json, checked for the keys every reader needs."""
-    config = _read_json(run_dir / CONFIG, required=True)
-    needed = {"run_id", "dataset", "model", "defense", "dataset_info"}
-    if not isinstance(config, dict) or not needed <= set(config):
-        have = set(config) if isinstance(config, dict) else set()
-        raise UsageError(f"{run_dir / CONFIG} lacks {sorted(needed - have)}: corrupt checkpoint")
+    path = run_dir / CONFIG
+    config = _read_json(path, required=True)
+    if not isinstance(config, dict):
+        raise UsageError(
+            f"{path} lacks the object of settings bench writes (it holds a JSON "
+            f"{type(config).__name__}): corrupt checkpoint"
+        )
+    info = config.get("dataset_info")
+    if info is not None and not isinstance(info, dict):
+        raise UsageError(
+            f"{path} is corrupt: its dataset_info is a JSON {type(info).__name__}, not an object"
+        )
+    lacking = _lacking(config)
+    if lacking:
+        raise UsageError(f"{path} lacks {lacking}: corrupt checkpoint")
     return config
 
 
@@ -208,12 +251,14 @@ def is_complete(run_dir: Path) -> bool:
     return weights_file(run_dir) is not None and not (run_dir / STATE).exists()
 
 
-def resume_command(run_dir: Path) -> str:
-    """The command that continues an incomplete run."""
-    return f"bench train --resume {run_dir}"
+def resume_command(run_dir: Path, device: str | None = None) -> str:
+    """The command that continues an incomplete run (shell-quoted; with ``--device`` when the
+    run was given one: config.json does not keep it)."""
+    command = f"bench train --resume {shlex.quote(str(run_dir))}"
+    return command + (f" --device {shlex.quote(device)}" if device else "")
 
 
-def incomplete_message(run_dir: Path) -> str:
+def incomplete_message(run_dir: Path, device: str | None = None) -> str:
     """One line: the run is incomplete, how far it got, and the exact command to resume it."""
     meta = read_state_meta(run_dir) if (run_dir / STATE).is_file() else None
     if meta is not None:
@@ -222,7 +267,52 @@ def incomplete_message(run_dir: Path) -> str:
         where = "stopped before its first epoch ended"
     return (
         f"checkpoint {run_dir} is incomplete (training {where}); "
-        f"resume it with: {resume_command(run_dir)}"
+        f"resume it with: {resume_command(run_dir, device)}"
+    )
+
+
+def file_problem(path: Path) -> str | None:
+    """What keeps ``path`` from being read as a file, in words (``is missing``, ``is a symlink
+    loop``, ``is a broken symlink (to X)``, ``is a directory``), or None when it is a file."""
+    if path.is_symlink():
+        try:
+            path.stat()
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "is a symlink loop"
+            return f"is a broken symlink (to {os.readlink(path)})"
+    if not path.exists():
+        return "is missing"
+    return None if path.is_file() else "is a directory, not a file"
+
+
+def lost_weights(run_dir: Path) -> str | None:
+    """For a run that finished (run.json says complete, its log.json is there, no training
+    state) but has no weights file to read: what is wrong with that file, in words; else None."""
+    if weights_file(run_dir) is not None or (run_dir / STATE).exists():
+        return None
+    if not (run_dir / LOG).is_file():  # no epoch on record: nothing finished to lose
+        return None
+    run = _read_json(run_dir / RUN, required=False)
+    if not (isinstance(run, dict) and run.get("complete") is True):
+        return None
+    names = [n for n in (WEIGHTS, LEGACY_WEIGHTS) if os.path.lexists(run_dir / n)]
+    path = run_dir / (names[0] if names else WEIGHTS)
+    return f"{path} {file_problem(path) or 'is not a regular file'}"
+
+
+def not_complete_message(run_dir: Path) -> str:
+    """Why a run directory is not a finished checkpoint, and what to do, in one line (a
+    corrupt run.json or training state: what is wrong with it)."""
+    try:
+        lost = lost_weights(run_dir)
+        if lost is None:
+            return incomplete_message(run_dir)
+    except UsageError as exc:
+        return str(exc)
+    return (
+        f"checkpoint {run_dir} finished training (run.json says complete) but its weights file "
+        f"{lost}: restore that file; there is no training state left to resume from"
     )
 
 
@@ -238,7 +328,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise UsageError(f"checkpoint {path} is not a checkpoint directory")
     config = read_config(p)
     if not is_complete(p):
-        raise UsageError(incomplete_message(p))
+        raise UsageError(not_complete_message(p))
     run = _read_json(p / RUN, required=False) or {}
     log = _read_json(p / LOG, required=False) or []
     return Checkpoint(p, config, run, log)

@@ -47,8 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # A command may say what it left and how to continue (bench train: the run to resume).
+        detail = str(exc)
+        print(f"bench: interrupted{'; ' + detail if detail else ''}", file=sys.stderr)
         return 130
 
 

@@ -24,6 +24,10 @@ side's figure the median of its repeats, so that a change of machine load hits b
 On the CPU: the registry's ``cnn`` on Fashion-MNIST. On CUDA: ``preact-resnet18`` on CIFAR-10
 when the data directory has it, else on synthetic tensors of CIFAR-10's shape (the JSON says
 which). The robust and standard models are trained here, briefly, unless checkpoints are given.
+
+``--quick`` (a smoke test of every figure, not a measurement to keep): 8 test points, one
+repeat (PGD's walks too), 128 training images, AutoAttack's APGD-CE alone, 16 points for the
+memory, and on the CPU the ``cnn`` narrowed to :data:`QUICK_CNN` (the JSON's ``model`` says so).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -59,7 +63,7 @@ from bench.evaluation.results import Estimate
 from bench.evaluation.targets import Target
 from bench.evaluation.walk import DEFAULT_WALK, WALKS, GridResult, check_walk, grid_walk, predict
 from bench.io import atomic_write_json, device_label, library_versions, pick_device
-from bench.models import create_model
+from bench.models import MODELS, create_model
 from bench.sources import from_checkpoint, from_module
 from bench.store import Store
 from bench.train import optimizer_step
@@ -68,6 +72,12 @@ GRID = [i / 255 for i in range(9)]  # the default grid of bench eval: 0..8/255
 SMALLER = (4 / 255, 6 / 255)  # where the walk's inferred numbers are checked against direct runs
 EVAL_BATCH = 500  # points per attack call, as bench eval's default
 LR = 0.05  # SGD of the quick training here (bench train's default)
+#: --quick on the CPU: the registry's cnn with narrower layers (a sixteenth of the convolution
+#: work), so that the attacks' hundreds of passes take seconds.
+QUICK_CNN: dict[str, Any] = {"widths": [8, 16], "hidden": 32}
+
+#: A model with how it was built: the model, its registry name, the options given its factory.
+Built = tuple[nn.Module, str, dict[str, Any]]
 
 
 @dataclass
@@ -107,7 +117,7 @@ def quick_config(cfg: PerfConfig) -> PerfConfig:
         batch_size=32,
         train_limit=min(cfg.train_limit, 128),
         epochs=1,
-        memory_n=min(cfg.memory_n, 32),
+        memory_n=min(cfg.memory_n, 16),
         epoch_images=min(cfg.epoch_images, 64),
         epoch_batch=min(cfg.epoch_batch, 32),
         aa_attacks=cfg.aa_attacks or "apgd-ce",
@@ -154,6 +164,30 @@ class Setup:
     train_y: torch.Tensor
     test_x: torch.Tensor  # float in [0, 1], CPU
     test_y: torch.Tensor
+    model_options: dict[str, Any] = field(default_factory=dict)  # --quick's narrower cnn
+
+
+def arch_label(name: str, options: dict[str, Any]) -> str:
+    """``cnn``, or ``cnn[widths=8-16,hidden=32]`` when built with options."""
+    if not options:
+        return name
+    words = ["-".join(map(str, v)) if isinstance(v, list) else str(v) for v in options.values()]
+    return f"{name}[{','.join(f'{k}={w}' for k, w in zip(options, words))}]"
+
+
+def build_model(name: str, info: DatasetInfo, options: dict[str, Any]) -> nn.Module:
+    """Model ``name`` for the data set's shape, its factory given ``options`` (e.g. the cnn's
+    widths; none: the registry's model as :func:`bench.models.create_model` builds it)."""
+    shape = dict(
+        channels=info.channels,
+        num_classes=info.num_classes,
+        image_size=info.image_size,
+        mean=info.mean,
+        std=info.std,
+    )
+    if not options:
+        return create_model(name, **shape)  # type: ignore[arg-type]
+    return MODELS[name].factory(**shape, **options)
 
 
 def _synthetic(info: DatasetInfo, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,21 +236,15 @@ def make_setup(cfg: PerfConfig, test_n: int) -> Setup:
         raise UsageError(
             f"--batch-size {cfg.batch_size} is larger than the {len(tx)} training images"
         )
-    return Setup(device, model, dataset_info(dataset), what, tx.to(device), ty.to(device), ex, ey)
+    options = QUICK_CNN if cfg.quick and model == "cnn" else {}
+    info = dataset_info(dataset)
+    return Setup(device, model, info, what, tx.to(device), ty.to(device), ex, ey, options)
 
 
 def fresh_model(setup: Setup, seed: int = 0) -> nn.Module:
     """The set-up's model, initialised from ``seed``, on its device, in training mode."""
     torch.manual_seed(seed)
-    i = setup.info
-    model = create_model(
-        setup.model_name,
-        channels=i.channels,
-        num_classes=i.num_classes,
-        image_size=i.image_size,
-        mean=i.mean,
-        std=i.std,
-    )
+    model = build_model(setup.model_name, setup.info, setup.model_options)
     return model.to(setup.device).train()
 
 
@@ -250,15 +278,15 @@ def train_quick(setup: Setup, defense_name: str, epochs: int, batch: int, seed: 
     return model.eval()
 
 
-def load_model(path: str, setup: Setup) -> tuple[nn.Module, str]:
-    """A checkpoint's model (of the set-up's data set) on the device, in eval mode, and the
+def load_model(path: str, setup: Setup) -> Built:
+    """A checkpoint's model (of the set-up's data set) on the device, in eval mode, with the
     name of its architecture."""
     src = from_checkpoint(paths.resolve(path, "checkpoint"))
     if src.dataset != setup.info.name:
         raise UsageError(
             f"checkpoint {path} is of {src.dataset}; bench perf here runs on {setup.info.name}"
         )
-    return src.model.to(setup.device).eval(), str(src.config.get("model"))
+    return src.model.to(setup.device).eval(), str(src.config.get("model")), {}
 
 
 # ------------------------------------------------------------------------- timing
@@ -550,8 +578,8 @@ def _model_grids(
     for key, attack in attacks_for(cfg).items():
         walks = WALKS if key == "pgd" else tuple(dict.fromkeys((DEFAULT_WALK, *cfg.walks)))
         # PGD's walks take a fraction of a second: five times the repeats and a warm-up round,
-        # or the first call's costs decide the ratio
-        cheap = key == "pgd"
+        # or the first call's costs decide the ratio (--quick: once, it decides nothing)
+        cheap = key == "pgd" and not cfg.quick
         entry = grid_against_single(
             model,
             attack,
@@ -603,17 +631,12 @@ def _peak_rss_mb() -> float:
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _rebuild(model_name: str, dataset: str, state: dict[str, torch.Tensor]) -> nn.Module:
-    i = dataset_info(dataset)
-    model = create_model(
-        model_name,
-        channels=i.channels,
-        num_classes=i.num_classes,
-        image_size=i.image_size,
-        mean=i.mean,
-        std=i.std,
+def _rebuild(spec: dict[str, Any], role: str) -> nn.Module:
+    """The model of ``role`` from the spec: architecture, options and weights."""
+    model = build_model(
+        spec[f"{role}_model"], dataset_info(spec["dataset"]), spec.get(f"{role}_options") or {}
     )
-    model.load_state_dict(state)
+    model.load_state_dict(spec[role])
     return model.eval()
 
 
@@ -623,8 +646,7 @@ def memory_child(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     x, y, _ = points(spec["dataset"], "test", spec["n"], spec["data_dir"])
-    robust = _rebuild(spec["robust_model"], spec["dataset"], spec["robust"])
-    transfer = _rebuild(spec["standard_model"], spec["dataset"], spec["standard"])
+    robust, transfer = _rebuild(spec, "robust"), _rebuild(spec, "standard")
     attacks = [make_attack("fgsm"), make_attack("pgd", {"steps": "2"})]
     settings = Settings(
         attacks,
@@ -673,11 +695,9 @@ def memory_main(spec_path: str) -> None:
     Path(spec_path).with_suffix(".json").write_text(json.dumps(memory_child(spec)))
 
 
-def measure_memory(
-    setup: Setup, cfg: PerfConfig, models: dict[str, tuple[nn.Module, str]]
-) -> dict[str, Any]:
+def measure_memory(setup: Setup, cfg: PerfConfig, models: dict[str, Built]) -> dict[str, Any]:
     """:func:`memory_child` in a fresh Python process (no memory of this one's in its peak);
-    ``models``: role (robust, standard) -> (model, architecture name)."""
+    ``models``: role (robust, standard) -> the model and how it was built."""
     spec: dict[str, Any] = {
         "threads": torch.get_num_threads(),
         "device": str(setup.device),
@@ -685,9 +705,9 @@ def measure_memory(
         "n": cfg.memory_n,
         "data_dir": cfg.data_dir,
     }
-    for role, (model, name) in models.items():
+    for role, (model, name, options) in models.items():
         spec[role] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        spec[f"{role}_model"] = name
+        spec[f"{role}_model"], spec[f"{role}_options"] = name, options
     root = str(Path(__file__).resolve().parent.parent)  # where bench and models are importable
     env = {
         **os.environ,
@@ -712,9 +732,7 @@ def measure_memory(
 # --------------------------------------------------------------------------- the run
 
 
-def _models(
-    setup: Setup, cfg: PerfConfig
-) -> tuple[dict[str, tuple[nn.Module, str]], dict[str, Any]]:
+def _models(setup: Setup, cfg: PerfConfig) -> tuple[dict[str, Built], dict[str, Any]]:
     """The robust (PGD-AT) and standard models with their architectures: the checkpoints given,
     else trained here; and what they are, in words."""
     info: dict[str, Any] = {}
@@ -731,6 +749,7 @@ def _models(
             models[role] = (
                 train_quick(setup, defense, cfg.epochs, cfg.batch_size, cfg.seed),
                 setup.model_name,
+                setup.model_options,
             )
             info[role] = {
                 "trained_here": f"{defense}, {cfg.epochs} epochs on {len(setup.train_x)} images, "
@@ -791,7 +810,7 @@ def _measure(cfg: PerfConfig, log: Callable[[str], None]) -> dict[str, Any]:
         "config": asdict(cfg),
         "machine_before": _machine(),
         "device": device_label(setup.device),
-        "model": setup.model_name,
+        "model": arch_label(setup.model_name, setup.model_options),
         "dataset": setup.info.name,
         "data": setup.data,
         "grid": {},
@@ -804,7 +823,7 @@ def _measure(cfg: PerfConfig, log: Callable[[str], None]) -> dict[str, Any]:
     if cfg.epoch_images:
         log(f"whole epochs of {cfg.epoch_images} images ...")
         out["epochs"] = epoch_timings(setup, cfg)
-    for role, (model, _) in models.items():
+    for role, (model, _, _) in models.items():
         log(f"grid against single run, {role} model ...")
         out["grid"][role] = _model_grids(model, setup, cfg, inference=role == "robust")
     if cfg.memory_n:

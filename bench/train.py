@@ -11,11 +11,18 @@ it: low precision weakens attacks); ``channels_last`` stores weights and batches
 (faster convolutions on CUDA); ``compile`` trains through ``torch.compile(model)``. The loop
 never waits for the device inside an epoch: the summed loss stays on the device (float64, the
 same sums as before) and is read at the end of the epoch and every :data:`REFRESH_STEPS` steps
-for the progress bar.
+for the progress bar (and twice at the start of a session, to time the steps of the expected
+training time).
+
+Before training, one line on stderr says the plan (data set and its size, epochs, defense with
+its norm and eps, device, checkpoint directory); once :data:`ESTIMATE_STEPS` steps after the
+first have been timed, a second says the expected training time at that pace.
 
 Every epoch ends with the training state written atomically (:mod:`bench.checkpoint`), so an
 interrupted run continues with :func:`resume` (``bench train --resume RUN_DIR``) from its last
-completed epoch; on the CPU the final weights are bit-identical to an uninterrupted run's.
+completed epoch; on the CPU the final weights are bit-identical to an uninterrupted run's. A
+KeyboardInterrupt (Ctrl-C) that stops a run which can be resumed is raised again carrying that
+command (:func:`bench.checkpoint.incomplete_message`), which ``bench`` prints.
 Single-step defenses (FGSM-AT, FGSM-RS) are watched for catastrophic overfitting on a held-out
 batch of training images (:mod:`bench.defenses.overfitting`). The adversarial defenses (PGD-AT,
 TRADES, FGSM-RS, FGSM-AT) train under the threat model of their ``norm`` parameter, which
@@ -32,7 +39,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -47,11 +54,13 @@ from bench.errors import UsageError
 from bench.io import device_label, library_versions, pick_device
 from bench.models import create_model
 from bench.norms import LINF
+from bench.params import format_eps, plural
 
 SCHEDULES = ("piecewise", "cosine")
 AMP_MODES = ("off", "bf16")  # training autocast: none, or bfloat16 (see the module docstring)
 REFRESH_STEPS = 50  # steps between progress-bar loss readings (each one waits for the device)
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer; negative seeds are refused
+ESTIMATE_STEPS = 10  # steps timed (after a first, warm-up step) for the expected training time
 
 Log = Callable[[str], None]
 
@@ -77,7 +86,9 @@ class TrainConfig:
     seed: int = 0
     train_limit: int | None = None
     eval_n: int = 1000  # test points used for the per-epoch clean accuracy
-    augment: bool = True  # the data set's standard augmentation (none for the MNISTs)
+    # The data set's standard augmentation if it has one (DatasetInfo.augment: crop for SVHN,
+    # crop and flip for the CIFARs, none for the MNISTs); False: none (--no-augment).
+    augment: bool = True
     data_dir: str | None = None
     download: bool = True
     device: str | None = None
@@ -155,6 +166,12 @@ def accuracy(model: nn.Module, data: ImageSet, batch_size: int = 500) -> float:
     return correct / max(len(data), 1)
 
 
+def augment_mode(cfg: TrainConfig, info: DatasetInfo) -> str:
+    """The augmentation training applies: the data set's (``none``, ``crop``, ``crop-flip``), or
+    ``none`` when ``cfg.augment`` is off."""
+    return info.augment if cfg.augment else "none"
+
+
 def default_run_id(cfg: TrainConfig) -> str:
     """``<defense>-<model>-<dataset>-s<seed>-<UTC time>``."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -200,15 +217,38 @@ def check_numbers(cfg: TrainConfig) -> None:
         raise UsageError(f"--amp must be one of {', '.join(AMP_MODES)}, got {cfg.amp!r}")
 
 
+def _check_run_id(run_id: str) -> None:
+    """A plain directory name in UTF-8: config.json records it, and a name that is not text
+    (bytes such as ``\\xff`` on the command line) trains a checkpoint bench eval can't read."""
+    if not run_id or "/" in run_id or run_id.startswith("."):
+        raise UsageError(f"--run-id {run_id!r} must be a plain directory name")
+    try:
+        run_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"--run-id {run_id!r} is not valid UTF-8; choose a UTF-8 name") from None
+
+
 def run_dir_of(cfg: TrainConfig) -> Path:
     """The checkpoint directory of ``cfg`` (a default run id is stamped with the time now)."""
-    if cfg.run_id is not None and (
-        not cfg.run_id or "/" in cfg.run_id or cfg.run_id.startswith(".")
-    ):
-        raise UsageError(f"--run-id {cfg.run_id!r} must be a plain directory name")
+    if cfg.run_id is not None:
+        _check_run_id(cfg.run_id)
     root = paths.resolve(cfg.out_dir, "--out") if cfg.out_dir else paths.checkpoints_dir()
     run_dir = paths.resolve(root / (cfg.run_id or default_run_id(cfg)), "--run-id")
     return run_dir
+
+
+def _exists(run_dir: Path) -> UsageError:
+    return UsageError(f"checkpoint directory {run_dir} already exists; choose another --run-id")
+
+
+def create_run_dir(run_dir: Path) -> None:
+    """Create the run's directory atomically: of two runs given the same one at once, the
+    second gets the one-line "already exists" error that :func:`check` gives."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir()  # no exist_ok: the check and the creation are one system call
+    except FileExistsError:
+        raise _exists(run_dir) from None
 
 
 def check(
@@ -231,7 +271,7 @@ def check(
     )
     run_dir = run_dir_of(cfg)
     if run_dir.exists() and not resuming:
-        raise UsageError(f"checkpoint directory {run_dir} already exists; choose another --run-id")
+        raise _exists(run_dir)
     paths.check_creatable(run_dir, "--out", directory=True)  # a file, read-only: refused now
     return info, defense, model, run_dir, pick_device(cfg.device)
 
@@ -284,7 +324,10 @@ def resolved_config(p: Prepared) -> dict[str, Any]:
     cfg["defense_resolved"] = p.defense.resolved()  # e.g. {"alpha": 0.00784, "alpha_rule": "eps/4"}
     cfg["dataset_info"] = asdict(p.info)
     cfg["train_size"] = len(p.train_set)
-    cfg["augment_mode"] = p.info.augment if p.cfg.augment else "none"
+    mode = augment_mode(p.cfg, p.info)
+    cfg["augment"] = mode != "none"  # what training applied (the MNISTs have nothing to apply)
+    cfg["augment_mode"] = mode
+    cfg["augment_requested"] = p.cfg.augment  # False only with --no-augment
     if p.heldout is not None:
         cfg["heldout"] = {
             "n": len(p.heldout),
@@ -293,6 +336,109 @@ def resolved_config(p: Prepared) -> dict[str, Any]:
             ),
         }
     return cfg
+
+
+# --- plan and expected time -------------------------------------------------------------------
+
+
+def _defense_words(name: str, defense: Defense) -> str:
+    """``pgd-at (Linf, eps 8/255)`` for the adversarial trainings, else the defense's name."""
+    eps = getattr(defense, "eps", None)
+    if not defense.adversarial or eps is None:
+        return name
+    norm = str(getattr(defense, "norm", LINF))
+    return f"{name} ({norm}, eps {format_eps(float(eps), norm)})"
+
+
+def plan_line(p: Prepared) -> str:
+    """What the run will do, in one line, before it starts."""
+    cfg = p.cfg
+    steps = math.ceil(len(p.train_set) / cfg.batch_size)
+    return (
+        f"plan: {_defense_words(cfg.defense, p.defense)} on {cfg.dataset}, "
+        f"{plural(len(p.train_set), 'training image')}, model {cfg.model}, "
+        f"{plural(cfg.epochs, 'epoch')} of {plural(steps, 'step')} (batch {cfg.batch_size}), "
+        f"on {device_label(p.device)}, checkpoint {p.run_dir}"
+    )
+
+
+def duration(seconds: float) -> str:
+    """``40 s``, ``12 min``, ``3.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class StepTimer:
+    """Times steps 2 to 1 + :data:`ESTIMATE_STEPS` of a session (the first warms up), then says
+    once how long its ``steps`` optimizer steps take at that pace."""
+
+    steps: int
+    device: torch.device
+    say: Log
+    done: int = 0
+    started: float = 0.0
+
+    def tick(self) -> None:
+        """After each optimizer step (waits for the device twice in all)."""
+        self.done += 1
+        if self.done == 1:
+            _sync(self.device)
+            self.started = time.perf_counter()
+        elif self.done == 1 + ESTIMATE_STEPS:
+            _sync(self.device)
+            self.say(
+                estimate_line((time.perf_counter() - self.started) / ESTIMATE_STEPS, self.steps)
+            )
+
+
+def estimate_line(per_step: float, steps: int) -> str:
+    """The expected training time of ``steps`` steps at ``per_step`` seconds each."""
+    return (
+        f"expected: about {duration(per_step * steps)} of training ({plural(steps, 'step')} at "
+        f"{1000 * per_step:.0f} ms, the pace of steps 2-{1 + ESTIMATE_STEPS}), plus the "
+        "clean-accuracy evaluation after each epoch"
+    )
+
+
+def _note(bar: tqdm, log: Log, line: str) -> None:
+    """A line on the log while the bar may be drawn: a terminal's bar is cleared and redrawn
+    around it; a bar written to a file has its line ended first."""
+    if not bar.disable and hasattr(bar.fp, "isatty") and bar.fp.isatty():
+        with bar.external_write_mode(file=bar.fp):
+            log(line)
+        return
+    _end_bar_line(bar)
+    log(line)
+
+
+def _timer(loop: Loop, bar: tqdm, log: Log) -> StepTimer | None:
+    """A timer for the session when it is long enough for an estimate to tell something."""
+    steps = (loop.p.cfg.epochs - loop.progress.epoch) * loop.steps_per_epoch
+    if steps <= 2 * (1 + ESTIMATE_STEPS):
+        return None  # over about as soon as it could be estimated
+    return StepTimer(steps, loop.p.device, lambda line: _note(bar, log, line))
+
+
+@contextlib.contextmanager
+def resume_hint(run_dir: Path, device: str | None) -> Iterator[None]:
+    """Ctrl-C in the block: once the run can be resumed (it has its config.json and is not
+    complete), the KeyboardInterrupt is raised again carrying the folder and the exact command
+    that continues it; ``bench`` prints it."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if not (run_dir / checkpoint.CONFIG).is_file() or checkpoint.is_complete(run_dir):
+            raise
+        raise KeyboardInterrupt(checkpoint.incomplete_message(run_dir, device)) from exc
 
 
 # --- the loop ---------------------------------------------------------------------------------
@@ -312,6 +458,7 @@ class Loop:
     forward: nn.Module | None = (
         None  # what the training passes call: the model, or its compiled form
     )
+    timer: StepTimer | None = None  # times the session's first steps for the expected time
 
     @property
     def steps_per_epoch(self) -> int:
@@ -387,7 +534,7 @@ def _train_epoch(loop: Loop, epoch: int, bar: tqdm) -> tuple[float, int]:
     """One pass over the shuffled training set; returns (summed loss, images seen). The sum is
     kept on the device in float64 (the same arithmetic as summing Python floats) and read once."""
     cfg, model, defense = loop.p.cfg, loop.p.model, loop.p.defense
-    augment = loop.p.info.augment if cfg.augment else "none"
+    augment = augment_mode(cfg, loop.p.info)
     steps, n = loop.steps_per_epoch, len(loop.train_set)
     total = cfg.epochs * steps
     model.train()
@@ -403,6 +550,8 @@ def _train_epoch(loop: Loop, epoch: int, bar: tqdm) -> tuple[float, int]:
         loss_sum += loss.to(torch.float64) * len(idx)  # summed loss (float64), on the device
         seen += len(idx)
         bar.update(1)
+        if loop.timer is not None:
+            loop.timer.tick()
         if not bar.disable and ((step + 1) % REFRESH_STEPS == 0 or step + 1 == steps):
             bar.set_postfix(
                 epoch=epoch, loss=f"{float(loss_sum) / seen:.3f}"
@@ -475,11 +624,9 @@ def _end_bar_line(bar: tqdm) -> None:
         bar.fp.write("\n")
 
 
-def _fit(loop: Loop, show_progress: bool, log: Log) -> Path:
-    """Train the remaining epochs, then write the weights and the run record."""
-    cfg, p = loop.p.cfg, loop.p
-    steps = loop.steps_per_epoch
-    bar = tqdm(
+def _bar(loop: Loop, show_progress: bool) -> tqdm:
+    cfg, steps = loop.p.cfg, loop.steps_per_epoch
+    return tqdm(
         total=cfg.epochs * steps,
         initial=loop.progress.epoch * steps,
         desc=f"train {cfg.defense}",
@@ -488,6 +635,14 @@ def _fit(loop: Loop, show_progress: bool, log: Log) -> Path:
         file=sys.stderr,
         dynamic_ncols=True,
     )
+
+
+def _fit(loop: Loop, show_progress: bool, log: Log) -> Path:
+    """Say the plan, train the remaining epochs, then write the weights and the run record."""
+    cfg, p = loop.p.cfg, loop.p
+    log(plan_line(p))
+    bar = _bar(loop, show_progress)
+    loop.timer = _timer(loop, bar, log)
     p.defense.attach(p.model)
     try:
         for epoch in range(loop.progress.epoch + 1, cfg.epochs + 1):
@@ -495,6 +650,12 @@ def _fit(loop: Loop, show_progress: bool, log: Log) -> Path:
     finally:
         bar.close()
         p.defense.detach()
+    return _finish(loop)
+
+
+def _finish(loop: Loop) -> Path:
+    """The weights and the run record (``complete``: true); returns the checkpoint directory."""
+    p = loop.p
     run: dict[str, Any] = {
         "versions": library_versions(),
         "device": device_label(p.device),
@@ -513,11 +674,12 @@ def train(cfg: TrainConfig, progress: bool = True, log: Log = _stderr) -> Path:
     """Train ``cfg`` and write its checkpoint; returns the checkpoint directory."""
     p = prepare(cfg)  # seeds torch's global generators, which the defenses draw from
     loop = _make_loop(p)
-    p.run_dir.mkdir(parents=True)
-    # run.json first: whenever config.json is there (a run to list), it says "complete": false.
-    checkpoint.write_run(p.run_dir, {"complete": False, "started": _now()})
-    checkpoint.write_config(p.run_dir, resolved_config(p))
-    return _fit(loop, progress, log)
+    create_run_dir(p.run_dir)
+    with resume_hint(p.run_dir, cfg.device):
+        # run.json first: whenever config.json is there (a run to list), it says "complete": false.
+        checkpoint.write_run(p.run_dir, {"complete": False, "started": _now()})
+        checkpoint.write_config(p.run_dir, resolved_config(p))
+        return _fit(loop, progress, log)
 
 
 def _now() -> str:
@@ -632,6 +794,8 @@ def config_from_saved(saved: dict[str, Any], run_dir: Path, **overrides: Any) ->
         "defense_params",
     }
     kwargs = {k: saved[k] for k in names if k in saved}
+    if "augment_requested" in saved:  # "augment" records what was applied (older runs: asked)
+        kwargs["augment"] = saved["augment_requested"]
     kwargs["defense_params"] = {
         k: _as_text(v) for k, v in (saved.get("defense_params") or {}).items()
     }
@@ -653,15 +817,46 @@ def _from_before_norms(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, 
     return {**saved, "defense_params": {**params, "norm": LINF}, "defense_resolved": resolved}
 
 
+def _from_before_applied_augment(saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` as today's code records it, for a run saved when ``augment`` recorded the
+    request (true even where the data set has no augmentation) and ``augment_mode`` what was
+    applied."""
+    if "augment_requested" in saved or "augment" not in saved or "augment_mode" not in saved:
+        return saved
+    applied = saved["augment_mode"] != "none"
+    return {**saved, "augment": applied, "augment_requested": saved["augment"]}
+
+
+_WHY_LACKING = "edited, or saved by another version of bench?"
+
+
+def _difference(key: str, saved: Any, now: Any) -> str:
+    """How a saved setting differs from what the run resolves to now, naming the innermost
+    key (``dataset_info.channels``), or the keys config.json lacks."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        lacking = [f"{key}.{k}" for k in now if k not in saved]
+        if lacking:
+            return f"its {checkpoint.CONFIG} lacks {', '.join(lacking)} ({_WHY_LACKING})"
+        inner = next(k for k in {**saved, **now} if saved.get(k) != now.get(k))
+        return _difference(f"{key}.{inner}", saved.get(inner), now.get(inner))
+    return f"{key} now resolves to {now!r}, not the saved {saved!r} (changed code or data?)"
+
+
 def _check_same(saved: dict[str, Any], now: dict[str, Any], run_dir: Path) -> None:
-    """The rebuilt run resolves to the saved configuration (same code, same data)."""
+    """The rebuilt run resolves to the saved configuration (same code, same data); a key
+    config.json lacks is named as missing."""
     plain = json.loads(json.dumps(now))  # tuples -> lists, as saved
-    saved = _from_before_norms(saved, plain)
+    saved = _from_before_applied_augment(_from_before_norms(saved, plain))
+    lacking = [k for k in _SAME_ON_RESUME if k in plain and k not in saved]
+    if lacking:
+        raise UsageError(
+            f"can't resume {run_dir}: its {checkpoint.CONFIG} lacks {', '.join(lacking)} "
+            f"({_WHY_LACKING})"
+        )
     for key in _SAME_ON_RESUME:
         if saved.get(key) != plain.get(key):
             raise UsageError(
-                f"can't resume {run_dir}: {key} now resolves to {plain.get(key)!r}, "
-                f"not the saved {saved.get(key)!r} (changed code or data?)"
+                f"can't resume {run_dir}: {_difference(key, saved.get(key), plain.get(key))}"
             )
 
 
@@ -706,4 +901,5 @@ def resume(
         restore_state(loop, tensors, meta, log)
     loop.progress.resumes.append({"from_epoch": loop.progress.epoch, "at": _now()})
     log(f"resuming {p.run_dir.name} after epoch {loop.progress.epoch} of {p.cfg.epochs}")
-    return _fit(loop, progress, log)
+    with resume_hint(p.run_dir, device):
+        return _fit(loop, progress, log)

@@ -10,7 +10,8 @@ import argparse
 from typing import Any
 
 from bench.commands.common import add_shared
-from bench.data import DATASETS
+from bench.commands.list import fmt_default
+from bench.data import DATASETS, dataset_info
 from bench.defenses import DEFENSES, all_param_names
 from bench.errors import UsageError
 from bench.models import MODELS
@@ -109,9 +110,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=d.eval_n,
         help=f"test points for the per-epoch clean accuracy (default {d.eval_n})",
     )
-    p.add_argument(
-        "--no-augment", action="store_true", help="turn off the data set's crop/flip augmentation"
-    )
+    p.add_argument("--no-augment", action="store_true", help=augment_help())
     add_shared(p, "data-dir", "no-download", "device", "no-progress")
     p.add_argument("--out", default=None, help="checkpoints directory (default <home>/checkpoints)")
     p.add_argument(
@@ -150,10 +149,43 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         if name == NORM:
             continue
         group.add_argument(
-            f"--{name.replace('_', '-')}", dest=PARAM_DEST + name, default=None, metavar="V"
+            f"--{name.replace('_', '-')}",
+            dest=PARAM_DEST + name,
+            default=None,
+            metavar="V",
+            help=param_help(name),
         )
     defaults = {a.dest: a.default for a in p._actions if a.dest != "help"}
     p.set_defaults(func=run, train_defaults=defaults)
+
+
+def param_help(name: str) -> str:
+    """Which defenses have the parameter ``name``, with each one's default."""
+    have = [e for e in DEFENSES if name in e.defaults]
+    return "default " + "; ".join(f"{e.name} {fmt_default(name, e.defaults[name])}" for e in have)
+
+
+#: The words for each augmentation a data set may have (DatasetInfo.augment).
+AUGMENT_WORDS = {
+    "crop": "random crop (4-pixel zero padding)",
+    "crop-flip": "random crop (4-pixel zero padding) and horizontal flip",
+}
+
+
+def augment_help() -> str:
+    """--no-augment's help: what each data set's standard augmentation is, from the registry."""
+    by_mode: dict[str, list[str]] = {}
+    for name in DATASETS.names():
+        by_mode.setdefault(dataset_info(name).augment, []).append(name)
+    parts = [
+        f"{AUGMENT_WORDS.get(m, m)} for {', '.join(n)}" for m, n in by_mode.items() if m != "none"
+    ]
+    none = by_mode.get("none", [])
+    return (
+        "turn off the data set's standard training augmentation: "
+        + "; ".join(parts)
+        + (f"; {', '.join(none)} have none (the flag changes nothing there)" if none else "")
+    )
 
 
 def norm_defenses() -> list[str]:

@@ -238,6 +238,8 @@ def train_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     parameters included); the same from a job and from the config.json it wrote. A Linf
     ``norm`` parameter is left out: the identity of every job made before norms existed."""
     out = {k: config.get(k) for k in IDENTITY_KEYS}
+    if "augment_requested" in config:  # a config.json: its "augment" is what was applied
+        out["augment"] = config["augment_requested"]
     params = out.get("defense_params")
     if isinstance(params, dict) and params.get(NORM_KEY) == LINF:
         out["defense_params"] = {k: v for k, v in params.items() if k != NORM_KEY}
@@ -633,7 +635,7 @@ def eval_spec(ck: Checker, e: Any, i: int) -> EvalSpec:
         raise ck.fail(
             f"{key}.eps",
             f"is required under {norm} (e.g. CIFAR-10's {default_grid('cifar10', norm)}, "
-            f"MNIST's {default_grid('mnist', norm)}; README 'Threat models')",
+            f"MNIST's {default_grid('mnist', norm)}; docs/threat-models.md)",
         )
     attacks = eval_attacks(ck, e, key, norm)
     grid = eval_grid(ck, v["eps"], f"{key}.eps", norm)
