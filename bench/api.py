@@ -3,12 +3,15 @@
     import bench
     result = bench.evaluate_model(model, dataset="cifar10", n=1000,
                                   attacks=["fgsm", "pgd", "autoattack"], eps="0:8/255:1/255")
-    print(result.table())          # accuracies with 95% intervals, flags
-    result.as_dict()               # attack -> eps -> {"acc", "ci95", "k", "n"}, plus findings
+    print(result.table())          # accuracies with n and 95% intervals, flags
+    result.as_dict()               # run, settings, clean and robust[attack][eps] =
+                                   # {"acc", "ci95", "k", "n"} in %, findings
 
 The model takes NCHW images in [0, 1] and returns logits (normalization inside the model, as in
 RobustBench). Points are the first ``n`` of the data set's test split, or ``x``/``y`` given
-directly. Results go to a store (and so to ``bench report``) only when ``store`` is given.
+directly (the table then says the points are the caller's). Results go to a store (and so to
+``bench report``) only when ``store`` is given. Errors are :class:`~bench.errors.UsageError`
+naming the keyword at fault (``n must be ...``), as the command line names its flag.
 """
 
 from __future__ import annotations
@@ -19,25 +22,67 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from bench.commands.eval import eps_grid_for, parse_attacks
+from bench.attacks import ATTACKS, Attack, check_attack_norm, make_attack
+from bench.commands.eval import eps_grid_for
 from bench.errors import UsageError
 from bench.evaluation.local import evaluate_target
 from bench.evaluation.outcome import Evaluation
-from bench.evaluation.plan import Settings
+from bench.evaluation.plan import Settings, check_settings
 from bench.evaluation.targets import Target, attach_points
 from bench.io import pick_device
 from bench.norms import L1, check_norm
-from bench.params import parse_eps_grid
+from bench.params import API, parse_eps_grid
 from bench.sources import from_module
 from bench.store import Store
 
 
+def _attack_names(attacks: Sequence[str] | str) -> list[str]:
+    """The attacks named (a list, or one comma-separated string), each known and named once;
+    errors name the keyword ``attacks``, not the command line's ``--attack``."""
+    given = [attacks] if isinstance(attacks, str) else list(attacks)
+    names = [s.strip() for a in given for s in str(a).split(",") if s.strip()]
+    if not names:
+        raise UsageError("attacks names no attack")
+    for name in names:
+        ATTACKS[name]  # unknown name -> UsageError listing the valid ones
+        if names.count(name) > 1:
+            raise UsageError(f"attack {name} is listed twice in attacks")
+    return names
+
+
+def _text(value: Any) -> str:
+    """A parameter value as the attack's parser reads it (lists comma-separated)."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _params(
+    params: dict[str, dict[str, Any]] | None, names: list[str]
+) -> dict[str, dict[str, str]]:
+    """``params`` as text, per attack; every attack it names must be among ``names``."""
+    if not isinstance(params or {}, dict):
+        raise UsageError("params must be a dict of dicts, e.g. {'pgd': {'steps': 20}}")
+    out: dict[str, dict[str, str]] = {name: {} for name in names}
+    for name, kv in (params or {}).items():
+        ATTACKS[name]  # unknown name -> UsageError listing the valid ones
+        if name not in out:
+            raise UsageError(f"params names attack {name}, not among attacks {','.join(names)}")
+        if not isinstance(kv, dict):
+            raise UsageError(f"params[{name!r}] must be a dict, e.g. {{'steps': 20}}")
+        out[name] = {str(k).replace("-", "_"): _text(v) for k, v in kv.items()}
+    return out
+
+
 def _attacks(
     attacks: Sequence[str] | str, params: dict[str, dict[str, Any]] | None, norm: str
-) -> list[Any]:
-    names = [attacks] if isinstance(attacks, str) else list(attacks)
-    sets = [f"{a}.{k}={v}" for a, kv in (params or {}).items() for k, v in kv.items()]
-    return parse_attacks([",".join(names)], sets, norm=norm)
+) -> list[Attack]:
+    """The attacks made for ``norm`` with their ``params`` (UsageError if any is bad)."""
+    names = _attack_names(attacks)
+    texts = _params(params, names)
+    for name in names:  # every norm refusal before any parameter is built
+        check_attack_norm(name, norm)
+    return [make_attack(name, texts[name], norm) for name in names]
 
 
 def _grid(eps: str | float | Sequence[float] | None, norm: str, dataset: str) -> list[float]:
@@ -59,12 +104,13 @@ def _target(
 ) -> Target:
     source = from_module(model, dataset, name)
     if x is None and y is None:
-        return attach_points(source, n, data_dir, download=True)
+        return attach_points(source, n, data_dir, download=True, names=API)
     if x is None or y is None or len(x) != len(y):
         raise UsageError("give both x and y, of equal length (or neither, for the test split)")
     if float(x.min()) < 0 or float(x.max()) > 1:
         raise UsageError("x must be images in [0, 1] (normalization belongs inside the model)")
-    return Target(source, x.detach().cpu().float(), y.detach().cpu().long(), len(y))
+    xs, ys = x.detach().cpu().float(), y.detach().cpu().long()
+    return Target(source, xs, ys, len(y), given=True)
 
 
 def evaluate_model(
@@ -110,8 +156,9 @@ def evaluate_model(
         transfer_from=transfer_from,
         norm=norm,
     )
+    check_settings(settings.attacks, settings.eps_grid, batch_size, seed, API)
+    dev = pick_device(device, API)
     target = _target(model, dataset, name, n, x, y, data_dir)
-    dev = pick_device(device)
     if store is None:
         return evaluate_target(target, settings, dev)
     with Store(store) as db:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from bench.errors import UsageError
+from bench.params import CLI, Names
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -68,20 +69,21 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def pick_device(name: str | None = None) -> torch.device:
+def pick_device(name: str | None = None, names: Names = CLI) -> torch.device:
     """``--device`` if given, else CUDA when present, else the CPU. Called at run time only.
 
-    A device that can't be used here (a typo, CUDA without a GPU) is a UsageError."""
+    A device that can't be used here (a typo, CUDA without a GPU) is a UsageError naming the
+    setting as ``names`` spells it (``--device``, or the Python API's ``device=``)."""
     if not name:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise UsageError(f"--device {name!r}: {exc}") from None
+        raise UsageError(f"{names.given('device', name, quoted=True)}: {exc}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available here")
+        raise UsageError(f"{names.given('device', name)}: CUDA is not available here")
     if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {name}: bench runs on cpu or cuda")
+        raise UsageError(f"{names.given('device', name)}: bench runs on cpu or cuda")
     return device
 
 

@@ -23,6 +23,28 @@ INT_MAX = 2**63 - 1  # whole numbers must fit a signed 64-bit integer (torch, SQ
 _EXPONENT = re.compile(r"[eE]\s*([+-]?\d+)")
 
 
+@dataclasses.dataclass(frozen=True)
+class Names:
+    """How an error names a setting the user gave: the command line's flag (``--batch-size``)
+    or the Python API's keyword (``batch_size``), so that each reader sees their own spelling."""
+
+    cli: bool = True
+
+    def __call__(self, key: str) -> str:
+        """``--batch-size`` or ``batch_size``."""
+        return "--" + key.replace("_", "-") if self.cli else key
+
+    def given(self, key: str, value: object, quoted: bool = False) -> str:
+        """A setting with its value: ``--n 41`` (``quoted``: ``--device 'tpu'``) or, in
+        Python, ``n=41``, ``device='tpu'``."""
+        if not self.cli:
+            return f"{key}={value!r}"
+        return f"{self(key)} {value!r}" if quoted else f"{self(key)} {value}"
+
+
+CLI, API = Names(cli=True), Names(cli=False)
+
+
 def shown(text: object, limit: int = 60) -> str:
     """``repr`` of a typed value, cut to ``limit`` characters (error lines stay short)."""
     r = repr(str(text))

@@ -19,6 +19,10 @@ Tables (schema version :data:`SCHEMA_VERSION`, recorded in ``meta``):
     what each check found for a model (see :mod:`bench.evaluation.diagnostics`), AutoAttack's
     own warnings included.
 
+``bench list --runs`` lists a store's runs; ``bench list --forget RUN_ID`` deletes one run's
+rows from every table in one transaction (:meth:`Store.forget`), e.g. a run whose checkpoint
+was deleted. The exports (results.csv, results.json) are written by :mod:`bench.report.export`.
+
 The worst case over attacks is not stored: it is derived from the flags
 (:func:`bench.evaluation.results.worst_case`). Every write is one short transaction
 (``BEGIN IMMEDIATE``); the journal is WAL with a busy timeout while writers have the store open,
@@ -42,9 +46,7 @@ there was; a reader reads a layout-2 or -3 store as it is, every row ``Linf``.
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import json
 import random
 import sqlite3
@@ -53,7 +55,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from bench.errors import UsageError
+from bench.errors import UnknownNameError, UsageError
 from bench.norms import LINF
 from bench.params import shown
 from bench.paths import check_creatable, resolve
@@ -138,6 +140,7 @@ CREATE TABLE diagnostics (
 );
 """
 TABLES = ("meta", "runs", "results", "batches", "diagnostics")
+RUN_TABLES = TABLES[1:]  # the tables keyed by run id: what forgetting a run deletes from
 
 
 @functools.cache
@@ -608,6 +611,35 @@ class Store:
         """Number of result rows."""
         return int(self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
 
+    def result_counts(self) -> dict[str, int]:
+        """Result rows per run id."""
+        cur = self.db.execute("SELECT run_id, COUNT(*) FROM results GROUP BY run_id")
+        return {r[0]: int(r[1]) for r in cur.fetchall()}
+
+    # -- forgetting a run ------------------------------------------------------------------
+    def run_ids(self) -> list[str]:
+        """Every run id with a row in any table (a run record, results, batches, findings)."""
+        sql = " UNION ".join(f"SELECT run_id FROM {t}" for t in RUN_TABLES)
+        return [r[0] for r in self.db.execute(sql + " ORDER BY 1").fetchall()]
+
+    def check_run_id(self, run_id: str) -> None:
+        """A UsageError listing the known run ids unless ``run_id`` is one of them."""
+        known = self.run_ids()
+        if run_id not in known:
+            if not known:
+                raise UsageError(f"results store {self.path} holds no runs")
+            raise UnknownNameError("run id", run_id, known)
+
+    def forget(self, run_id: str) -> dict[str, int]:
+        """Delete every row of ``run_id`` from every table, in one transaction; returns the rows
+        deleted per table. An unknown run id is a UsageError listing the known ones."""
+        with self.transaction():
+            self.check_run_id(run_id)
+            return {
+                t: self.db.execute(f"DELETE FROM {t} WHERE run_id=?", (run_id,)).rowcount
+                for t in RUN_TABLES
+            }
+
     # -- batches of a step in progress -----------------------------------------------------
     def write_batch(self, run_id: str, step: str, batch: int, flags: str, seconds: float) -> None:
         """Keep one finished batch of a step (so that a killed run resumes after it)."""
@@ -692,27 +724,6 @@ class Store:
             )
             for r in self.db.execute(sql, args).fetchall()
         ]
-
-    # -- export ----------------------------------------------------------------------------
-    def csv_text(self) -> str:
-        """All result rows as CSV (one line per row, flags left out)."""
-        recs = [r.as_record() for r in self.results()]
-        buffer = io.StringIO(newline="")
-        fields = list(recs[0]) if recs else ["run_id", "attack", "params", "eps", "n"]
-        writer = csv.DictWriter(buffer, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(recs)
-        return buffer.getvalue()
-
-    def json_text(self) -> str:
-        """Runs, result rows and diagnostics as one JSON document."""
-        doc = {
-            "schema_version": SCHEMA_VERSION,
-            "runs": [asdict(r) for r in self.runs()],
-            "results": [r.as_record() for r in self.results()],
-            "diagnostics": [asdict(d) for d in self.diagnostics()],
-        }
-        return json.dumps(doc, indent=2) + "\n"
 
 
 def _json(text: str, column: str) -> Any:

@@ -326,8 +326,12 @@ def test_store_rows_and_the_worst_case(
         assert {r.fingerprint for r in results} == {run.fingerprint}
         assert {(r.seed, r.batch_size, len(r.grid)) for r in results} == {(0, 16, 9)}
     out = capsys.readouterr().out
-    assert "fgsm" in out and "pgd[steps=3]" in out and "\nany " in out and "clean accuracy" in out
-    assert "(" in out.splitlines()[5]  # intervals in the terminal table
+    assert "fgsm" in out and "pgd[steps=3]" in out and "clean accuracy" in out
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("eps/255"))
+    assert lines[head].split() == ["eps/255", "fgsm", "pgd[steps=3]", "any"]
+    assert "% (" in lines[head + 2] and lines[head + 2].split()[0] == "0"  # intervals per cell
+    assert "n=40 per cell" in out and max(map(len, lines)) <= 100
 
     worst = {round(w.eps * 255): w for w in worst_case(results)}
     by = {(r.attack, round(r.eps * 255)): r for r in results}
@@ -387,6 +391,18 @@ def test_bad_input_leaves_the_store_alone(env: dict[str, Path], tmp_path: Path) 
 # --------------------------------------------------------------------------------- CLI
 
 
+def grid_rows(table: str) -> list[list[str]]:
+    """The rows of the terminal table under its rule: the eps, then one cell per attack."""
+    lines = table.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.startswith("-------"))
+    rows = []
+    for line in lines[rule + 1 :]:
+        if not line[:1] == " " and not line[:1].isdigit():
+            break
+        rows.append([c.strip() for c in line.split("  ") if c.strip()])
+    return rows
+
+
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     from bench.cli import main
 
@@ -427,7 +443,8 @@ def test_cli_end_to_end(
         capsys,
     )
     assert rc == 0, err
-    assert "pgd[steps=2]" in out and "any" in out and "  4  " in out
+    assert "pgd[steps=2]" in out and "any" in out
+    assert [row[0] for row in grid_rows(out)] == ["0", "4", "8"]
     with Store(db) as store:
         rows = store.results()
         assert len(rows) == 2 * 3 and {r.n for r in rows} == {20}

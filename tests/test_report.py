@@ -155,7 +155,8 @@ def test_ranking_needs_standard_autoattack_and_custom_never_outranks(
     assert [r["run id"] for r in rows] == ["`std`", "`cust`", "`none`"]
     assert rows[0]["rank"] == "1" and pct(rows[0]["worst case"]) == 40.0
     for r in rows[1:]:  # custom-only and no AutoAttack: listed, never ranked
-        assert r["rank"] == "–" and "no standard AutoAttack" in r["flags"]
+        assert r["rank"] == "not ranked: no standard AutoAttack at the ranking eps"
+        assert r["flags"] == "none" and r["intervals overlap with rank"] == "n/a (not ranked)"
     info = json.loads((tmp_path / "out" / "json" / "cust.json").read_text())
     assert info["autoattack_acc"] is None and info["autoattack_custom_acc"] == "10.00"
     assert (

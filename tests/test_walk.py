@@ -22,6 +22,7 @@ from bench.errors import UsageError
 from bench.evaluation.local import evaluate_target
 from bench.evaluation.plan import Settings
 from bench.evaluation.walk import DEFAULT_WALK, WALKS, grid_walk, max_tests, predict, walk_order
+from bench.report import export
 from bench.store import SCHEMA_VERSION, Store
 
 GRID = [i / 255 for i in range(9)]
@@ -337,7 +338,7 @@ def test_the_command_line_records_the_walk(
             store=store,
         )
         assert {r.walk for r in store.results()} == {"bisect"} and ev.as_dict()["walk"] == "bisect"
-        assert "bisect" in store.csv_text() and '"walk": "bisect"' in store.json_text()
+        assert "bisect" in export.csv_text(store) and '"walk": "bisect"' in export.json_text(store)
     with pytest.raises(UsageError, match="--walk"):
         evaluate_target(_target(model, x, y), Settings([make_attack("fgsm")], GRID, walk="around"))
 

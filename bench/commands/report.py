@@ -25,7 +25,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
         description="Render the results store into --out: leaderboard.md, index.html (one "
         "self-contained page), plot-<dataset>-<attack>.png, tradeoff-<dataset>.png, "
-        "transfer-<dataset>-<eps>.png, json/<run_id>.json, results.csv and results.json; every "
+        "transfer-<dataset>-<eps>.png, json/<run_id>.json, results.csv and results.json (every "
+        "stored row, accuracies in % with their counts, n and 95% Wilson intervals); every "
         "number comes from the store, and the same store always gives the same leaderboard and "
         "JSON. Also gradients-<dataset>.png and adversarial-<dataset>-<run_id>.png, pictures "
         "computed from the checkpoints the store records (cached by weights fingerprint under "

@@ -16,7 +16,7 @@ from bench.errors import UsageError
 from bench.evaluation.targets import Target
 from bench.evaluation.walk import DEFAULT_WALK, check_walk
 from bench.norms import LINF
-from bench.params import MAX_GRID_POINTS
+from bench.params import CLI, MAX_GRID_POINTS, Names
 from bench.store import canonical
 
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
@@ -69,9 +69,14 @@ def shard_ranges(total: int, count: int) -> list[tuple[int, int]]:
 
 
 def check_settings(
-    attacks: Sequence[Attack], eps_grid: Sequence[float], batch_size: int, seed: int
+    attacks: Sequence[Attack],
+    eps_grid: Sequence[float],
+    batch_size: int,
+    seed: int,
+    names: Names = CLI,
 ) -> None:
-    """Attacks listed once, eps in [0, 1], batch size >= 1, seed in range (UsageError)."""
+    """Attacks listed once, eps in [0, 1], batch size >= 1, seed in range (UsageError naming
+    each setting as ``names`` spells it: a flag, or the Python API's keyword)."""
     if not attacks:
         raise UsageError("no attack given")
     seen: set[tuple[str, str]] = set()
@@ -82,16 +87,17 @@ def check_settings(
         seen.add(key)
     norm = attacks[0].norm  # the image size bounds L2 and L1 budgets: checked by check_plan
     _check_grid(eps_grid, norm, 1.0 if norm == LINF else math.inf)
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, int)
-        or not 1 <= batch_size <= MAX_BATCH
-    ):
+    if not _whole_in(batch_size, 1, MAX_BATCH):
         raise UsageError(
-            f"--batch-size must be a whole number in 1..{MAX_BATCH}, got {batch_size!r}"
+            f"{names('batch_size')} must be a whole number in 1..{MAX_BATCH}, got {batch_size!r}"
         )
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
-        raise UsageError(f"--seed must be a whole number in 0..2**63-1, got {seed!r}")
+    if not _whole_in(seed, 0, SEED_MAX):
+        raise UsageError(f"{names('seed')} must be a whole number in 0..2**63-1, got {seed!r}")
+
+
+def _whole_in(value: object, low: int, high: int) -> bool:
+    """``value`` is an int (not a bool) in ``low..high``."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _check_grid(eps_grid: Sequence[float], norm: str = LINF, reach: float = 1.0) -> None:

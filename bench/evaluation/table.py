@@ -1,9 +1,13 @@
-"""The terminal table of one evaluation: robust accuracy (%) with 95% intervals per attack and
-eps, the worst case, and every flag. Eps are written in the evaluation's threat model: in units
-of 1/255 under Linf, as the budget itself under L2 and L1."""
+"""The terminal table of one evaluation: robust accuracy in % with its 95% Wilson interval, one
+row per eps and one column per attack (the worst case ``any`` last), the n every cell counts,
+then every flag. Eps are written in the evaluation's threat model: in units of 1/255 under Linf,
+as the budget itself under L2 and L1. Every line fits :data:`WIDTH` columns for the default grid
+(nine eps) and attacks; prose is wrapped to it."""
 
 from __future__ import annotations
 
+import re
+import textwrap
 from typing import TYPE_CHECKING
 
 from bench.evaluation import audit
@@ -16,16 +20,28 @@ from bench.vocab import Walk
 if TYPE_CHECKING:  # the table reads an Evaluation; outcome imports this module
     from bench.evaluation.outcome import Evaluation
 
+WIDTH = 100  # a normal terminal's columns
+GAP = "  "  # between the table's columns
 
-def ci_cell(e: Estimate) -> str:
-    """``72.0 (63.1-79.6)``: accuracy and 95% Wilson interval in %."""
+
+def ci_cell(e: Estimate, n: int | None = None) -> str:
+    """``72.0% (63.1-79.6)``: accuracy and its 95% Wilson interval, in %; `` n=K`` follows when
+    the estimate counts other than the ``n`` points the table states once."""
     lo, hi = e.interval
-    return f"{100 * e.acc:.1f} ({100 * lo:.1f}-{100 * hi:.1f})"
+    cell = f"{100 * e.acc:.1f}% ({100 * lo:.1f}-{100 * hi:.1f})"
+    return cell if n is None or e.n == n else f"{cell} n={e.n}"
 
 
 def norm_of(ev: Evaluation) -> str:
     """The evaluation's threat model (Linf for settings made before bench knew others)."""
     return str(getattr(ev.settings, "norm", LINF))
+
+
+def wrap(line: str) -> list[str]:
+    """A prose line cut to :data:`WIDTH` columns, continuations indented."""
+    return textwrap.wrap(
+        line, WIDTH, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
+    ) or [""]
 
 
 def corrected_lines(ev: Evaluation) -> list[str]:
@@ -45,51 +61,111 @@ def corrected_lines(ev: Evaluation) -> list[str]:
     return out
 
 
-def _head(ev: Evaluation, device: str, width: int) -> list[str]:
-    """The run, the settings, the clean accuracy and the column heads (eps in the norm's units)."""
-    t, s, norm = ev.target, ev.settings, norm_of(ev)
-    src = t.source
-    unit = "Linf eps (x/255)" if norm == LINF else f"{norm} eps"
-    head = f"{'attack':<{width}}" + "".join(
-        f"{eps_in_255(e, digits=3, norm=norm):>19}" for e in s.eps_grid
+def _model_line(ev: Evaluation, device: str) -> str:
+    """The model, its weights and the device (one line: runs on other devices differ only here)."""
+    src = ev.target.source
+    about = [src.config.get("model", "?"), src.config.get("defense", "?")]
+    if not ev.target.given:  # the caller's tensors belong to no data set
+        about.insert(0, src.dataset)
+    return (
+        f"{ev.target.run_id} ({', '.join(map(str, about))}), "
+        f"weights {str(src.fingerprint)[7:19]}, device {device or ev.device or 'unknown'}"
     )
-    return [
-        f"{t.run_id} ({src.dataset}, {src.config.get('model', '?')}, "
-        f"{src.config.get('defense', '?')}, "
-        f"weights {str(src.fingerprint)[7:19]}): n={len(t.y)} (first n test points), "
-        f"seed={s.seed}, batch={s.batch_size}, walk={s.walk}, {device}",
-        f"clean accuracy {ci_cell(ev.clean_estimate)}%; robust accuracy % (95% Wilson interval) "
-        f"by {unit}",
-        head,
-        "-" * len(head),
+
+
+def points_text(ev: Evaluation) -> str:
+    """Which points were evaluated: the first n of a test split, or the caller's tensors."""
+    t = ev.target
+    n = len(t.y)
+    if t.given:
+        return f"the caller's x, y (n={n}; not a data set's test points)"
+    return f"the first {n} test points of {t.source.dataset}"
+
+
+def _head(ev: Evaluation, device: str) -> list[str]:
+    """The model, the points and settings, the clean accuracy, what the cells hold."""
+    s, n = ev.settings, len(ev.target.y)
+    unit = "Linf eps (x/255)" if norm_of(ev) == LINF else f"{norm_of(ev)} eps"
+    return [_model_line(ev, device)] + [
+        part
+        for line in (
+            f"points: {points_text(ev)}; seed={s.seed}, batch={s.batch_size}, walk={s.walk}",
+            f"clean accuracy {ci_cell(ev.clean_estimate)}, n={n}",
+            f"robust accuracy % (95% Wilson interval), n={n} per cell; rows: {unit}, "
+            "columns: attacks",
+        )
+        for part in wrap(line)
     ]
 
 
-def format_table(ev: Evaluation, device: str) -> str:
-    """Robust accuracy (%) with 95% intervals per attack (rows) and eps (columns: in 1/255 under
-    Linf, the budget under L2 and L1)."""
+def _tokens(name: str) -> list[str]:
+    """An attack's name cut after each ``[`` and ``,``: where its column head may break."""
+    return re.split(r"(?<=[\[,])", name)
+
+
+def _head_lines(name: str, width: int) -> list[str]:
+    """An attack's column head in lines of at most ``width`` where its tokens allow
+    (``autoattack[`` / ``version=custom,`` / ``attacks=apgd-ce]``)."""
+    lines: list[str] = []
+    for token in _tokens(name):
+        if lines and len(lines[-1]) + len(token) <= width:
+            lines[-1] += token
+        else:
+            lines.append(token)
+    return lines
+
+
+def _columns(ev: Evaluation) -> list[tuple[list[str], list[str]]]:
+    """Per attack (the worst case last): its head lines and its cells, one per eps."""
+    n, grid = len(ev.target.y), ev.settings.eps_grid
+    out = []
+    for name, by_eps in ev.estimates().items():
+        cells = [ci_cell(by_eps[e], n) if e in by_eps else "-" for e in grid]
+        width = max(len(x) for x in cells + _tokens(name))
+        out.append((_head_lines(name, width), cells))
+    return out
+
+
+def _side(ev: Evaluation) -> tuple[list[str], list[str]]:
+    """The eps column: its head and one label per eps, in the norm's units."""
+    norm = norm_of(ev)
+    head = "eps/255" if norm == LINF else f"{norm} eps"
+    return [head], [eps_in_255(e, digits=3, norm=norm) for e in ev.settings.eps_grid]
+
+
+def _grid(ev: Evaluation) -> list[str]:
+    """Eps down the side, attacks across; heads bottom-aligned over a rule, cells right-aligned."""
+    blocks = [_side(ev)] + _columns(ev)
+    depth = max(len(heads) for heads, _ in blocks)
+    widths = [max(map(len, heads + cells)) for heads, cells in blocks]
+    heads = [[""] * (depth - len(h)) + h for h, _ in blocks]
+    rows = [*zip(*heads), ["-" * w for w in widths], *zip(*(cells for _, cells in blocks))]
+    return [GAP.join(c.rjust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _notes(ev: Evaluation) -> list[str]:
+    """What ``any`` and the walk mean, how the attacks were adapted, corrections, flags."""
     s = ev.settings
-    est = ev.estimates()
-    names = list(est)
-    width = max(len(x) for x in names + ["attack"])
-    lines = _head(ev, device, width)
-    for name in names:
-        cells = "".join(
-            f"{ci_cell(est[name][e]) if e in est[name] else '-':>19}" for e in s.eps_grid
-        )
-        lines.append(f"{name:<{width}}{cells}")
-    lines.append(
-        f"{ANY} = per point, robust only if every attack above failed at that eps and at "
-        "every smaller one"
-    )
+    notes = [
+        f"{ANY} = per point: robust only if every attack failed at that eps and at every "
+        "smaller one"
+    ]
     if s.walk != Walk.UP:
-        lines.append(
+        notes.append(
             f"walk {s.walk}: the largest eps is a single run; a point robust there (or at a larger "
             "eps) is counted robust below it (inferred); broken is always proved"
         )
     if ev.note:
-        lines.append(f"note: {ev.note}")
-    return "\n".join(lines + corrected_lines(ev) + _flag_lines(ev))
+        notes.append(f"note: {ev.note}")
+    return notes + corrected_lines(ev) + _flag_lines(ev)
+
+
+def format_table(ev: Evaluation, device: str) -> str:
+    """Robust accuracy in % with 95% intervals, one row per eps (in 1/255 under Linf, the budget
+    under L2 and L1) and one column per attack, the n once above; then notes and flags, every
+    line within :data:`WIDTH` columns for the default grid and attacks."""
+    notes = [part for line in _notes(ev) for part in wrap(line)]
+    return "\n".join(_head(ev, device) + _grid(ev) + notes)
 
 
 def _flag_lines(ev: Evaluation) -> list[str]:
@@ -107,6 +183,6 @@ def _flag_lines(ev: Evaluation) -> list[str]:
     lines.append(
         "UNRELIABLE: a check flagged this evaluation; it is kept out of the ranking"
         if ev.unreliable
-        else f"checks passed: {', '.join(f.check for f in ev.findings)}"
+        else f"checks passed: {', '.join(dict.fromkeys(f.check for f in ev.findings))}"
     )
     return lines

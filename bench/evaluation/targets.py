@@ -14,6 +14,7 @@ from torch import nn
 
 from bench.data import load_dataset
 from bench.errors import UsageError
+from bench.params import CLI, Names
 from bench.sources import from_checkpoint
 from bench.store import RunRow
 
@@ -29,6 +30,7 @@ class Target:
     x: torch.Tensor
     y: torch.Tensor
     test_size: int
+    given: bool = False  # x, y are the caller's own tensors (bench.evaluate_model), not test points
 
     @property
     def model(self) -> nn.Module:
@@ -39,21 +41,26 @@ class Target:
         return str(self.source.run_id)
 
 
-def check_n(n: int) -> None:
-    """``n`` must be a whole number >= 1."""
+def check_n(n: int, names: Names = CLI) -> None:
+    """``n`` must be a whole number >= 1 (the error names it as ``names`` spells it)."""
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
-        raise UsageError(f"--n must be a whole number in 1..{MAX_N}, got {n!r}")
+        raise UsageError(f"{names('n')} must be a whole number in 1..{MAX_N}, got {n!r}")
 
 
 def attach_points(
-    source: Any, n: int, data_dir: str | Path | None = None, download: bool = True
+    source: Any,
+    n: int,
+    data_dir: str | Path | None = None,
+    download: bool = True,
+    names: Names = CLI,
 ) -> Target:
     """The first ``n`` test points of the source's data set (UsageError if there are fewer)."""
-    check_n(n)
+    check_n(n, names)
     test = load_dataset(source.dataset, "test", data_dir, download=download)
     if n > len(test):
         raise UsageError(
-            f"--n {n} is larger than the {source.dataset} test split ({len(test)} points)"
+            f"{names.given('n', n)} is larger than the {source.dataset} test split "
+            f"({len(test)} points)"
         )
     return Target(source, test.images(slice(0, n)).contiguous(), test.y[:n].clone(), len(test))
 

@@ -11,10 +11,11 @@ bench knew other norms, and the others carry the norm (``fashion-mnist L2``,
 ``plot-fashion-mnist-l2-pgd.png``, ``json/L2/<run>.json``).
 Modules: :mod:`.model` (what is shown: one evaluation per row, entries, ranking),
 :mod:`.markdown`, :mod:`.plots`, :mod:`.tradeoff`, :mod:`.heatmap` (the transfer matrix),
-:mod:`.images` and :mod:`.figures`, :mod:`.html`, :mod:`.jsonout`. The files written (and the
-cache files used) are listed in ``.bench-report.json`` in the output directory; the next report
-into that directory deletes only files of that list that it no longer writes or uses, never
-anything else.
+:mod:`.images` and :mod:`.figures`, :mod:`.html`, :mod:`.jsonout`, :mod:`.export`
+(results.csv and results.json: accuracies in % with counts, n and 95% intervals). The files
+written (and the cache files used) are listed in ``.bench-report.json`` in the output
+directory; the next report into that directory deletes only files of that list that it no
+longer writes or uses, never anything else.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from bench.errors import UsageError
 from bench.paths import resolve, writable
-from bench.report import heatmap, html, jsonout, markdown, model, plots, tradeoff
+from bench.report import export, heatmap, html, jsonout, markdown, model, plots, tradeoff
 from bench.report.text import variant_labels
 from bench.store import Store
 
@@ -142,8 +143,8 @@ def _render(
         for name in sets:  # the pictures after the plots
             order[name] = order.get(name, []) + visuals.shown.get(name, [])
     files.update(_json_files(sets))
-    files["results.csv"] = store.csv_text().encode()
-    files["results.json"] = store.json_text().encode()
+    files["results.csv"] = export.csv_text(store).encode()
+    files["results.json"] = export.json_text(store).encode()
     page = html.render(sets, rank_by, matrices, files, order, captions, notes, rank_eps)
     files[INDEX] = page.encode()
     return files

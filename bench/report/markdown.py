@@ -103,6 +103,11 @@ FLAG_LEGEND: dict[str, tuple[str, str]] = {
 }
 
 
+OVERLAP, FLAGS = "intervals overlap with rank", "flags"
+#: The ranked table's text columns after its numbers (left-aligned; the rest right-aligned).
+TEXT = (OVERLAP, FLAGS)
+
+
 def header(sets: dict[str, tuple[int, list[Model]]], rank_by: str) -> list[str]:
     """The settings recorded in the rows, as a bullet list."""
     models = [m for _, ms in sets.values() for m in ms]
@@ -133,6 +138,7 @@ def header(sets: dict[str, tuple[int, list[Model]]], rank_by: str) -> list[str]:
         f"- Test points n: {joined(m.n for m in models)} (the first n points of each test split; "
         "every number of a row comes from the same n points)",
         f"- Training epochs: {joined(m.run.epochs for m in models)}",
+        _train_images_line(models),
         f"- Attack seeds: {joined(r.seed for r in rows)}; "
         f"batch sizes: {joined(r.batch_size for r in rows)} "
         "(batch k at eps e seeded from (seed, e, k))",
@@ -151,6 +157,14 @@ def header(sets: dict[str, tuple[int, list[Model]]], rank_by: str) -> list[str]:
         )
     )
     return lines
+
+
+def _train_images_line(models: list[Model]) -> str:
+    """The training-set sizes the runs record (a model trained on 500 images is no full one)."""
+    known = joined(m.train_images for m in models)
+    if known == DASH:
+        return "- Training images: not recorded (zoo, factory and Python API models record none)"
+    return f"- Training images: {known} (per row in the tables; {DASH}: not recorded)"
 
 
 #: How the settings name each threat model.
@@ -223,36 +237,45 @@ def _gap(e: Entry, key: int) -> str:
     return f"{100 * (sum(x.acc for x in a) - sum(x.acc for x in w)) / len(a):.1f}"
 
 
-def _row(r: Ranked, columns: list[Variant], key: int) -> list[str]:
-    e = r.entry
-    place = str(r.place) if r.place is not None else DASH
+def rank_cell(r: Ranked) -> str:
+    """``1``, or ``not ranked: <why>`` (no ranking basis, or unreliable: flagged)."""
+    return str(r.place) if r.place is not None else f"not ranked: {r.reason or 'no basis'}"
+
+
+def overlap_cell(r: Ranked) -> str:
+    """The ranks whose intervals overlap this one's, ``none``, or ``n/a (not ranked)``."""
+    if r.place is None:
+        return "n/a (not ranked)"
+    return ", ".join(map(str, r.overlaps)) or "none"
+
+
+def _worst_cell(e: Entry, key: int) -> str:
+    """The worst case with its interval, the attacks missing there, and any correction."""
     missing = sorted(
         {a for m in e.models for a in (m.worst.get(key).missing if m.worst.get(key) else [])}
     )
     worst = ci_many(e.values(WORST, key)) + (" ⚠ missing: " + ", ".join(missing) if missing else "")
-    worst += _corrected_note([m.worst.get(key) for m in e.models])
-    flags = ", ".join(e.flags) or ""
-    if r.reason:
-        flags = (flags + "; " if flags else "") + r.reason
-    m = e.first
+    return worst + _corrected_note([m.worst.get(key) for m in e.models])
+
+
+def _training_cells(m: Model) -> list[str]:
+    """n evaluated, training images, epochs and training time (– where unknown)."""
+    return [
+        str(m.n),
+        DASH if m.train_images is None else str(m.train_images),
+        DASH if m.run.epochs is None else str(m.run.epochs),
+        format_seconds(m.run.train_seconds),
+    ]
+
+
+def _row(r: Ranked, columns: list[Variant], key: int) -> list[str]:
+    e, m = r.entry, r.entry.first
+    names = ", ".join(f"`{x.run_id}`" for x in e.models)
     return (
-        [
-            place,
-            m.run.defense,
-            m.run.model,
-            ", ".join(f"`{x.run_id}`" for x in e.models),
-            ci_many(e.clean()),
-        ]
+        [rank_cell(r), m.run.defense, m.run.model, names, ci_many(e.clean())]
         + [ci_many(e.values(v, key)) for v in columns]
-        + [
-            worst,
-            _gap(e, key),
-            ", ".join(map(str, r.overlaps)) or "none",
-            flags or "none",
-            str(m.n),
-            DASH if m.run.epochs is None else str(m.run.epochs),
-            format_seconds(m.run.train_seconds),
-        ]
+        + [_worst_cell(e, key), _gap(e, key), overlap_cell(r), ", ".join(e.flags) or "none"]
+        + _training_cells(m)
     )
 
 
@@ -290,9 +313,10 @@ def dataset_section(
         + [
             "worst case",
             "attack gap (FGSM − worst)",
-            "intervals overlap with rank",
-            "flags",
+            OVERLAP,
+            FLAGS,
             "n",
+            "training images",
             "epochs",
             "training time",
         ]
@@ -305,11 +329,13 @@ def dataset_section(
         f"{_basis_text(rank_by)}.{fallback_note(key, rank_eps)}",
         "",
     ]
-    lines += table(head, [_row(r, columns, key) for r in ranked], right_from=4)
+    lines += table(head, [_row(r, columns, key) for r in ranked], right_from=4, text=TEXT)
     lines += [
         "",
         "Rows whose intervals overlap are not separated: their order may be chance. "
-        "The attack gap is FGSM accuracy minus worst-case accuracy, in points.",
+        "The attack gap is FGSM accuracy minus worst-case accuracy, in points. A row that is "
+        "not ranked says why in its rank cell; flags name the checks that flagged the "
+        "evaluation (none: no check did). Training images: as the run's config records them.",
     ]
     lines += _legend({f for r in ranked for f in r.entry.flags})
     for mx in matrices:
@@ -422,6 +448,11 @@ def curves_section(sets: dict[str, tuple[int, list[Model]]]) -> list[str]:
     return lines
 
 
+def _trained_on(m: Model) -> str:
+    """``trained on 500 images, `` where the run records it, else ""."""
+    return "" if m.train_images is None else f"trained on {plural(m.train_images, 'image')}, "
+
+
 def _curve_table(name: str, m: Model, labels: dict[Variant, str]) -> list[str]:
     keys = m.eps_keys
     body = [
@@ -434,7 +465,8 @@ def _curve_table(name: str, m: Model, labels: dict[Variant, str]) -> list[str]:
     lines = [
         f"### {name} / {m.run.defense} / `{m.run_id}`",
         "",
-        f"Model {m.run.model}, weights `{fp}`, clean accuracy {ci(m.clean)}, n = {m.n}{other}.",
+        f"Model {m.run.model}, weights `{fp}`, {_trained_on(m)}clean accuracy {ci(m.clean)}, "
+        f"n = {m.n}{other}.",
         "",
     ]
     lines += table(["attack"] + [format_eps(k / 1e9, m.norm) for k in keys], body, right_from=1)

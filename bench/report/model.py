@@ -141,6 +141,14 @@ class Model:
     def seed(self) -> Any:
         return (self.run.config or {}).get("seed")
 
+    @property
+    def train_images(self) -> int | None:
+        """The number of images the model was trained on, as its run config records it
+        (``train_size`` in a checkpoint's config.json); None where unknown (zoo, factory and
+        Python API models, older checkpoints)."""
+        size = (self.run.config or {}).get("train_size")
+        return size if isinstance(size, int) and not isinstance(size, bool) else None
+
 
 def _choose(groups: list[list[ResultRow]], basis_key: int | None) -> list[ResultRow]:
     """The evaluation of a model shown in its row: the largest n with standard AutoAttack at the
@@ -400,7 +408,8 @@ def basis_variant(entry: Entry, rank_by: str, key: int) -> Variant | None:
 
 @dataclass
 class Ranked:
-    """An entry with its place (None: not ranked), score and the reason when not ranked."""
+    """An entry with its place (None: not ranked), score and the reason when not ranked (e.g.
+    ``no standard AutoAttack at the ranking eps``)."""
 
     entry: Entry
     place: int | None
@@ -420,7 +429,7 @@ def rank(ents: list[Entry], key: int, rank_by: str = "worst-case") -> list[Ranke
         v = basis_variant(e, rank_by, key)
         vals = e.values(v, key) if v is not None else None
         if e.unreliable:
-            unranked.append(Ranked(e, None, vals, "unreliable: flagged (see Flags)"))
+            unranked.append(Ranked(e, None, vals, "unreliable (flagged, see flags)"))
         elif vals is None:
             unranked.append(Ranked(e, None, None, _missing_reason(rank_by)))
         else:
@@ -441,6 +450,7 @@ def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 
 def _missing_reason(rank_by: str) -> str:
+    """Why an entry without its ranking basis is not ranked (the leaderboard's rank cell)."""
     if rank_by in ("worst-case", ANY, AUTOATTACK):
-        return "not ranked: no standard AutoAttack at the ranking eps"
-    return f"not ranked: no {rank_by} at the ranking eps"
+        return "no standard AutoAttack at the ranking eps"
+    return f"no {rank_by} at the ranking eps"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 from bench.evaluation.results import Estimate
 from bench.norms import LINF
@@ -91,9 +91,12 @@ def cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def table(head: list[str], body: list[list[str]], right_from: int = 0) -> list[str]:
-    """A markdown table; columns from ``right_from`` on are right-aligned."""
-    align = ["---:" if i >= right_from else "---" for i in range(len(head))]
+def table(
+    head: list[str], body: list[list[str]], right_from: int = 0, text: Collection[str] = ()
+) -> list[str]:
+    """A markdown table: numbers right-aligned (``---:``), text left (``:---``). Columns from
+    ``right_from`` on hold numbers, except those whose head is in ``text``."""
+    align = ["---:" if i >= right_from and h not in text else ":---" for i, h in enumerate(head)]
     return [
         "| " + " | ".join(cell(h) for h in head) + " |",
         "| " + " | ".join(align) + " |",
