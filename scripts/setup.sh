@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what bench needs, idempotently: Debian's Fashion-MNIST, chromium and chromium-driver
 # packages (where apt exists and they are missing), a virtual environment .venv/ at the checkout's
-# root, and bench in it with its test (pytest, selenium) and sweep (ray) extras.
+# root, and bench in it with its test (pytest, selenium), sweep (ray) and docs (mkdocs) extras.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -28,9 +28,9 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($python --version)" >&2
   "$python" -m venv .venv
 fi
-if ! .venv/bin/python -c "import bench.models, torch, torchvision, torchattacks, pyautoattack, matplotlib, pytest, ray, selenium, ruff" 2>/dev/null; then
+if ! .venv/bin/python -c "import bench.models, torch, torchvision, torchattacks, pyautoattack, matplotlib, pytest, ray, selenium, ruff, mkdocs, material" 2>/dev/null; then
   echo "setup: installing bench and its dependencies into .venv (torch is large: about a minute)" >&2
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev,sweep]"
+  .venv/bin/python -m pip install -q -e ".[dev,sweep,docs]"
 fi
 echo "setup: ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))" >&2

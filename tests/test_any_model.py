@@ -3,7 +3,9 @@ onto the leaderboard; bad factories are one line, exit 2, nothing written."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from pathlib import Path
 
 import factories
@@ -20,6 +22,14 @@ def _single_thread(one_thread: None) -> None:
     """Tiny models: one intra-op thread."""
 
 
+def documented_as_dict_keys() -> set[str]:
+    """The keys that docs/any-model.md's table of ``as_dict()`` names (its first column)."""
+    lines = (Path(__file__).resolve().parents[1] / "docs" / "any-model.md").read_text().splitlines()
+    start = lines.index("| key | type | what |") + 2  # the header, then its --- line
+    rows = itertools.takewhile(lambda line: line.startswith("|"), lines[start:])
+    return {key for row in rows for key in re.findall(r"`([a-z_0-9]+)`", row.split("|")[1])}
+
+
 def test_python_api_with_tensors_and_with_the_test_split(fmnist_dir: Path, tmp_path: Path) -> None:
     import bench
 
@@ -31,6 +41,11 @@ def test_python_api_with_tensors_and_with_the_test_split(fmnist_dir: Path, tmp_p
     )
     d = ev.as_dict()
     assert d["n"] == 12 and set(d["robust"]) == {"fgsm", "pgd[steps=2]", "any"}
+    assert set(d) == documented_as_dict_keys()  # docs/any-model.md's table of as_dict()
+    head = ev.table().splitlines()
+    assert head[0].startswith("model (") and ", device cpu" in head[0]  # the device, named
+    assert head[1].startswith("points: the caller's x, y (n=12; not a data set's test points)")
+    assert "fashion-mnist" not in ev.table() and "first 12 test points" not in ev.table()
     cell = d["robust"]["any"]["4/255"]
     assert cell["n"] == 12 and cell["ci95"][0] <= cell["acc"] <= cell["ci95"][1]
     assert {f["check"] for f in d["findings"]} >= {"randomized", "probabilities", "gradients"}
@@ -47,6 +62,7 @@ def test_python_api_with_tensors_and_with_the_test_split(fmnist_dir: Path, tmp_p
     )
     from bench.report import write_report
 
+    assert "points: the first 20 test points of fashion-mnist" in ev.table()
     md = write_report(db, tmp_path / "r").leaderboard.read_text()
     assert "`my-net`" in md and "external" in md
     with pytest.raises(Exception, match="x and y"):

@@ -1,4 +1,5 @@
-"""``bench eval``: evaluate checkpoints with attacks over an L-infinity eps grid; store the results.
+"""``bench eval``: evaluate checkpoints with attacks over an eps grid in one threat model (Linf,
+L2 or L1); store the results.
 
 Everything is validated (attacks and their parameters, the eps grid, n, every checkpoint and its
 data) before the results store is opened, so bad input leaves it untouched.
@@ -37,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="evaluate checkpoints with attacks over an eps grid",
         description="Evaluate checkpoints with torchattacks attacks and the official AutoAttack "
-        "over an L-infinity eps grid (pixel scale [0, 1]); results go to the SQLite store.",
+        "over an eps grid in one threat model (--norm Linf, L2 or L1; pixel scale [0, 1]); results "
+        "go to the SQLite store.",
     )
     p.add_argument(
         "--attack",
@@ -129,7 +131,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="GRID",
         help="start:stop:step (inclusive) or a comma list, e.g. 0,2/255,8/255 "
         f"(default under Linf {DEFAULT_GRID}; under L2 and L1 the data set's grid from the "
-        "literature, e.g. 0:0.5:0.0625 for CIFAR-10 L2: see README 'Threat models')",
+        "literature, e.g. 0:0.5:0.0625 for CIFAR-10 L2: see docs/threat-models.md)",
     )
     p.add_argument(
         "--norm",
@@ -428,11 +430,8 @@ def checkpoint_paths(args: argparse.Namespace) -> list[Path]:
     if root.exists() and not root.is_dir():
         raise UsageError(f"--checkpoints-dir {root} is not a directory")
     for run_dir in getattr(checkpoint, "find_incomplete", lambda r: [])(root):
-        print(
-            f"bench: skipping {run_dir}: training did not finish; resume it with "
-            f"`bench train --resume {run_dir}`",
-            file=sys.stderr,
-        )
+        reason = checkpoint.not_complete_message(run_dir)
+        print(f"bench: skipping {run_dir}: {reason}", file=sys.stderr)
     found = checkpoint.find_checkpoints(root)
     if not found:
         raise UsageError(

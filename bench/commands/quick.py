@@ -68,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=LINF,
         help=f"the threat model of training and evaluation: {', '.join(NORMS)} (default "
         f"{LINF}; under L2 and L1 the eps defaults below become the data set's budget and grid "
-        "from the literature, see README 'Threat models')",
+        "from the literature, see docs/threat-models.md)",
     )
     p.add_argument(
         "--train-eps",
@@ -94,7 +94,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="where standard AutoAttack also runs and the leaderboard ranks (default 0.1; "
         "under L2/L1 the data set's budget)",
     )
-    p.add_argument("--n", type=int, default=200, help="test points evaluated (the first n)")
+    p.add_argument(
+        "--n", type=int, default=200, help="test points evaluated: the first n (default 200)"
+    )
     # Standard AutoAttack on every eps would cost about 45 s per eps per checkpoint here (square
     # and fab-t on the robust points): it runs at the ranking eps; the grid gets FGSM and PGD.
     p.add_argument(
