@@ -4,8 +4,9 @@
     result = bench.evaluate_model(model, dataset="cifar10", n=1000,
                                   attacks=["fgsm", "pgd", "autoattack"], eps="0:8/255:1/255")
     print(result.table())          # accuracies with n and 95% intervals, flags
-    result.as_dict()               # run, settings, clean and robust[attack][eps] =
-                                   # {"acc", "ci95", "k", "n"} in %, findings
+    result.as_dict()               # run_id, fingerprint, n, seed, eps_grid, norm, ...;
+                                   # clean and robust[attack][eps] = {"acc", "ci95", "k", "n"}
+                                   # in %; unreliable, corrected, findings (docs/any-model.md)
 
 The model takes NCHW images in [0, 1] and returns logits (normalization inside the model, as in
 RobustBench). Points are the first ``n`` of the data set's test split, or ``x``/``y`` given
@@ -22,7 +23,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from bench.attacks import ATTACKS, Attack, check_attack_norm, make_attack
+from bench.attacks import ATTACKS, Attack, attack_names, make_attacks
 from bench.commands.eval import eps_grid_for
 from bench.errors import UsageError
 from bench.evaluation.local import evaluate_target
@@ -34,20 +35,6 @@ from bench.norms import L1, check_norm
 from bench.params import API, parse_eps_grid
 from bench.sources import from_module
 from bench.store import Store
-
-
-def _attack_names(attacks: Sequence[str] | str) -> list[str]:
-    """The attacks named (a list, or one comma-separated string), each known and named once;
-    errors name the keyword ``attacks``, not the command line's ``--attack``."""
-    given = [attacks] if isinstance(attacks, str) else list(attacks)
-    names = [s.strip() for a in given for s in str(a).split(",") if s.strip()]
-    if not names:
-        raise UsageError("attacks names no attack")
-    for name in names:
-        ATTACKS[name]  # unknown name -> UsageError listing the valid ones
-        if names.count(name) > 1:
-            raise UsageError(f"attack {name} is listed twice in attacks")
-    return names
 
 
 def _text(value: Any) -> str:
@@ -78,11 +65,8 @@ def _attacks(
     attacks: Sequence[str] | str, params: dict[str, dict[str, Any]] | None, norm: str
 ) -> list[Attack]:
     """The attacks made for ``norm`` with their ``params`` (UsageError if any is bad)."""
-    names = _attack_names(attacks)
-    texts = _params(params, names)
-    for name in names:  # every norm refusal before any parameter is built
-        check_attack_norm(name, norm)
-    return [make_attack(name, texts[name], norm) for name in names]
+    names = attack_names([attacks] if isinstance(attacks, str) else list(attacks), "attacks")
+    return make_attacks(names, _params(params, names), norm)
 
 
 def _grid(eps: str | float | Sequence[float] | None, norm: str, dataset: str) -> list[float]:
@@ -144,6 +128,13 @@ def evaluate_model(
     too (Square; transfer from ``transfer_from`` when given, e.g. a standard model of the data
     set); remedies and probes correct the worst case. Bad input: UsageError."""
     norm = check_norm(norm)
+    if store is not None and (x is not None or y is not None):
+        # a store's rows are ranked beside test-split evaluations, and points the caller chose
+        # can make a model look more robust than the test split would
+        raise UsageError(
+            "store= keeps evaluations on a data set's test split, which the report ranks; x, y "
+            "are your own points: leave out store=, or x and y (then the first n test points)"
+        )
     if attacks is None:  # FGSM, PGD and AutoAttack; under L1, which has no FGSM, the last two
         attacks = ("pgd", "autoattack") if norm == L1 else ("fgsm", "pgd", "autoattack")
     settings = Settings(

@@ -230,6 +230,30 @@ def make_attack(name: str, params: dict[str, str] | None = None, norm: str = LIN
     return entry.factory(dict(params or {}), norm)
 
 
+def attack_names(items: list[str], label: str) -> list[str]:
+    """The attacks that ``items`` name (each may be comma-separated), in order, each known and
+    named once; ``label`` is how errors name the setting (``--attack`` or ``attacks``)."""
+    order: list[str] = []
+    for name in (s.strip() for item in items for s in str(item).split(",")):
+        if not name:
+            continue
+        ATTACKS[name]  # unknown name -> UsageError listing the valid ones
+        if name in order:
+            raise UsageError(f"attack {name} is listed twice in {label}")
+        order.append(name)
+    if not order:
+        raise UsageError(f"{label} names no attack")
+    return order
+
+
+def make_attacks(names: list[str], params: dict[str, dict[str, str]], norm: str) -> list[Attack]:
+    """Each attack of ``names`` with its ``params``, for ``norm``; every norm refusal comes
+    before any parameter is built."""
+    for name in names:
+        check_attack_norm(name, norm)
+    return [make_attack(name, params.get(name, {}), norm) for name in names]
+
+
 def attack_kind(name: str) -> str:
     """``bounded`` or ``minimum-norm``."""
     return str(ATTACKS[name].extra["kind"])

@@ -39,7 +39,7 @@ import shlex
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import safetensors
 import safetensors.torch
@@ -226,6 +226,23 @@ def _lacking(config: dict[str, Any]) -> list[str]:
     return lacking
 
 
+def requested_augment(config: Mapping[str, Any]) -> bool:
+    """Whether the run asked for its data set's augmentation (false only with --no-augment).
+    ``augment_requested`` says it; a run saved before that key has it in ``augment``."""
+    return bool(config.get("augment_requested", config.get("augment", True)))
+
+
+def with_applied_augment(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` as today's bench writes it: ``augment`` is what training applied and
+    ``augment_requested`` what was asked. A run saved when ``augment`` held the request (true
+    even for the MNISTs, which have nothing to apply) is rewritten, so that it resumes, matches
+    its sweep job and groups with newer seeds of its configuration."""
+    if "augment_requested" in config or "augment" not in config or "augment_mode" not in config:
+        return config
+    applied = config["augment_mode"] != "none"
+    return {**config, "augment": applied, "augment_requested": config["augment"]}
+
+
 def read_config(run_dir: Path) -> dict[str, Any]:
     """A run directory's config.json, checked for the keys every reader needs."""
     path = run_dir / CONFIG
@@ -355,8 +372,9 @@ def find_checkpoints(root: str | Path) -> list[Path]:
 
 
 def find_incomplete(root: str | Path) -> list[Path]:
-    """Every run directory under ``root`` whose training did not finish (resumable with
-    ``bench train --resume PATH``), sorted by path; found as :func:`find_checkpoints` does."""
+    """Every run directory under ``root`` that is not a finished checkpoint, sorted by path;
+    found as :func:`find_checkpoints` does. Most are resumable (``bench train --resume PATH``);
+    :func:`not_complete_message` says which are not (a finished run that lost its weights)."""
     return [d for d in _walk_runs(Path(root)) if not is_complete(d)]
 
 

@@ -446,7 +446,8 @@ def load_dataset(
 
 def _data_dir_hint(folder: str, what: str) -> Callable[[Path], str]:
     return lambda root: (
-        f"put {what} in DIR/{folder}/ and pass --data-dir DIR (or set $BENCH_DATA_DIR=DIR; "
+        f"put {what} in DIR/{folder}/ and pass --data-dir DIR (data_dir= in Python; or set "
+        f"$BENCH_DATA_DIR=DIR; "
         f"now {root})"
     )
 
@@ -597,8 +598,8 @@ _register(
         download=_torchvision_idx_download("FashionMNIST"),
         hint=lambda root: (
             "install Debian's package dataset-fashion-mnist "
-            "(apt-get install dataset-fashion-mnist) or pass --data-dir DIR holding "
-            "fashion-mnist/ with the four IDX files (or set $BENCH_DATA_DIR)"
+            "(apt-get install dataset-fashion-mnist) or pass --data-dir DIR (data_dir= in Python) "
+            "holding fashion-mnist/ with the four IDX files (or set $BENCH_DATA_DIR)"
         ),
         gzipped_ok=True,
     ),

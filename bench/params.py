@@ -253,3 +253,17 @@ def eps_in_255(eps: float, digits: int = 4, norm: str = LINF) -> str:
 def plural(count: int, word: str) -> str:
     """``1 point``, ``2 points``: a count with its noun (plural with an s)."""
     return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+DASH = "–"  # a table cell with nothing to say (terminal, list, report)
+
+
+def fmt_default(key: str, value: Any) -> str:
+    """Budgets and step sizes on the pixel scale read best as k/255; everything else plainly."""
+    if isinstance(value, float):
+        if key in ("eps", "alpha", "step") and 0 < value < 1:
+            eps = format_eps(value)
+            if "/" in eps:
+                return eps
+        return f"{value:g}"
+    return str(value)

@@ -140,7 +140,8 @@ CREATE TABLE diagnostics (
 );
 """
 TABLES = ("meta", "runs", "results", "batches", "diagnostics")
-RUN_TABLES = TABLES[1:]  # the tables keyed by run id: what forgetting a run deletes from
+#: The tables keyed by run id: what forgetting a run deletes from.
+RUN_TABLES = ("runs", "results", "batches", "diagnostics")
 
 
 @functools.cache
@@ -186,6 +187,12 @@ class ResultRow:
     created: str = ""
     walk: str = Walk.UP  # how the grid was walked (bench.evaluate): up, down or bisect
     norm: str = LINF  # the threat model (bench.norms): Linf, L2 or L1
+
+    @property
+    def clean_count(self) -> int:
+        """Points classified correctly without attack (the row keeps clean accuracy as a
+        fraction of its n)."""
+        return int(round(self.clean_acc * self.n))
 
     @property
     def robust_count(self) -> int:

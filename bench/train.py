@@ -350,14 +350,17 @@ def _defense_words(name: str, defense: Defense) -> str:
     return f"{name} ({norm}, eps {format_eps(float(eps), norm)})"
 
 
-def plan_line(p: Prepared) -> str:
-    """What the run will do, in one line, before it starts."""
+def plan_line(loop: Loop) -> str:
+    """What the run will do, in one line, before it starts (a resumed run: what is left)."""
+    p, done = loop.p, loop.progress.epoch
     cfg = p.cfg
-    steps = math.ceil(len(p.train_set) / cfg.batch_size)
+    epochs = plural(cfg.epochs, "epoch")
+    if done:  # resuming after epoch ``done``
+        epochs = f"epochs {done + 1}-{cfg.epochs} of {cfg.epochs}"
     return (
         f"plan: {_defense_words(cfg.defense, p.defense)} on {cfg.dataset}, "
         f"{plural(len(p.train_set), 'training image')}, model {cfg.model}, "
-        f"{plural(cfg.epochs, 'epoch')} of {plural(steps, 'step')} (batch {cfg.batch_size}), "
+        f"{epochs}, {plural(loop.steps_per_epoch, 'step')} per epoch (batch {cfg.batch_size}), "
         f"on {device_label(p.device)}, checkpoint {p.run_dir}"
     )
 
@@ -423,6 +426,8 @@ def _note(bar: tqdm, log: Log, line: str) -> None:
 def _timer(loop: Loop, bar: tqdm, log: Log) -> StepTimer | None:
     """A timer for the session when it is long enough for an estimate to tell something."""
     steps = (loop.p.cfg.epochs - loop.progress.epoch) * loop.steps_per_epoch
+    if loop.steps_per_epoch <= 1 + ESTIMATE_STEPS:
+        return None  # the timed steps would include an epoch's end: its evaluation, its state
     if steps <= 2 * (1 + ESTIMATE_STEPS):
         return None  # over about as soon as it could be estimated
     return StepTimer(steps, loop.p.device, lambda line: _note(bar, log, line))
@@ -640,7 +645,7 @@ def _bar(loop: Loop, show_progress: bool) -> tqdm:
 def _fit(loop: Loop, show_progress: bool, log: Log) -> Path:
     """Say the plan, train the remaining epochs, then write the weights and the run record."""
     cfg, p = loop.p.cfg, loop.p
-    log(plan_line(p))
+    log(plan_line(loop))
     bar = _bar(loop, show_progress)
     loop.timer = _timer(loop, bar, log)
     p.defense.attach(p.model)
@@ -794,8 +799,8 @@ def config_from_saved(saved: dict[str, Any], run_dir: Path, **overrides: Any) ->
         "defense_params",
     }
     kwargs = {k: saved[k] for k in names if k in saved}
-    if "augment_requested" in saved:  # "augment" records what was applied (older runs: asked)
-        kwargs["augment"] = saved["augment_requested"]
+    if "augment" in saved:
+        kwargs["augment"] = checkpoint.requested_augment(saved)
     kwargs["defense_params"] = {
         k: _as_text(v) for k, v in (saved.get("defense_params") or {}).items()
     }
@@ -817,16 +822,6 @@ def _from_before_norms(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, 
     return {**saved, "defense_params": {**params, "norm": LINF}, "defense_resolved": resolved}
 
 
-def _from_before_applied_augment(saved: dict[str, Any]) -> dict[str, Any]:
-    """``saved`` as today's code records it, for a run saved when ``augment`` recorded the
-    request (true even where the data set has no augmentation) and ``augment_mode`` what was
-    applied."""
-    if "augment_requested" in saved or "augment" not in saved or "augment_mode" not in saved:
-        return saved
-    applied = saved["augment_mode"] != "none"
-    return {**saved, "augment": applied, "augment_requested": saved["augment"]}
-
-
 _WHY_LACKING = "edited, or saved by another version of bench?"
 
 
@@ -837,7 +832,12 @@ def _difference(key: str, saved: Any, now: Any) -> str:
         lacking = [f"{key}.{k}" for k in now if k not in saved]
         if lacking:
             return f"its {checkpoint.CONFIG} lacks {', '.join(lacking)} ({_WHY_LACKING})"
-        inner = next(k for k in {**saved, **now} if saved.get(k) != now.get(k))
+        inner = next((k for k in {**saved, **now} if saved.get(k) != now.get(k)), None)
+        if inner is None:  # equal but for keys config.json holds as null and bench does not write
+            extra = [f"{key}.{k}" for k in saved if k not in now]
+            return (
+                f"its {checkpoint.CONFIG} has {', '.join(extra)}, which this bench does not write"
+            )
         return _difference(f"{key}.{inner}", saved.get(inner), now.get(inner))
     return f"{key} now resolves to {now!r}, not the saved {saved!r} (changed code or data?)"
 
@@ -846,7 +846,7 @@ def _check_same(saved: dict[str, Any], now: dict[str, Any], run_dir: Path) -> No
     """The rebuilt run resolves to the saved configuration (same code, same data); a key
     config.json lacks is named as missing."""
     plain = json.loads(json.dumps(now))  # tuples -> lists, as saved
-    saved = _from_before_applied_augment(_from_before_norms(saved, plain))
+    saved = checkpoint.with_applied_augment(_from_before_norms(saved, plain))
     lacking = [k for k in _SAME_ON_RESUME if k in plain and k not in saved]
     if lacking:
         raise UsageError(
@@ -876,6 +876,8 @@ def prepare_resume(
         raise UsageError(
             f"--resume {d}: this run is complete (it has its final weights); nothing to resume"
         )
+    if checkpoint.lost_weights(d) is not None:  # finished, then lost its weights: no state left
+        raise UsageError(f"--resume {d}: {checkpoint.not_complete_message(d)}")
     cfg = config_from_saved(saved, d, device=device, data_dir=data_dir, download=download)
     p = prepare(cfg, resuming=True)
     _check_same(saved, resolved_config(p), d)

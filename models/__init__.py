@@ -9,7 +9,7 @@ feature-space defense may perturb with forward hooks; the classifier head is not
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from torch import nn
 
@@ -67,9 +67,11 @@ def create_model(
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
+    **options: Any,
 ) -> nn.Module:
     """Build model ``name`` for a data set's shape; a misfit raises UsageError (unknown name:
-    UnknownNameError listing the valid ones)."""
+    UnknownNameError listing the valid ones). ``options`` go to the model's factory (e.g. the
+    cnn's ``widths``: ``bench perf --quick``'s narrower cnn)."""
     entry = MODELS[name]
     min_size = int(entry.extra.get("min_image_size", 1))
     problem = ""
@@ -89,5 +91,10 @@ def create_model(
     if problem:
         raise UsageError(f"model {name!r} {problem}")
     return entry.factory(
-        channels=channels, num_classes=num_classes, image_size=image_size, mean=mean, std=std
+        channels=channels,
+        num_classes=num_classes,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        **options,
     )

@@ -129,11 +129,15 @@ def test_api_errors_name_the_python_keywords(tmp_path: Path, fmnist_dir: Path) -
             attacks="pgd", params={"fgsm": {"steps": 3}}
         ),
         "attack pgd has no parameter 'stepz'": dict(attacks="pgd", params={"pgd": {"stepz": 3}}),
+        "store= keeps evaluations on a data set's test split": dict(
+            store=tmp_path / "s.sqlite", x=torch.rand(2, 1, 28, 28), y=torch.tensor([0, 1])
+        ),
     }
     for message, kw in bad.items():
         with pytest.raises(UsageError) as err:
             bench.evaluate_model(model, eps="0,1/255", data_dir=fmnist_dir, **kw)  # type: ignore[arg-type]
         assert message in str(err.value) and "--" not in str(err.value), (kw, str(err.value))
+    assert not (tmp_path / "s.sqlite").exists()
 
 
 def test_shared_checks_keep_the_command_lines_flags() -> None:

@@ -143,7 +143,7 @@ def test_the_plan_comes_first(tmp_path, fmnist_dir, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0] == (
         "plan: pgd-at (Linf, eps 8/255) on fashion-mnist, 128 training images, model cnn, "
-        f"1 epoch of 4 steps (batch 32), on {device_label(torch.device('cpu'))}, "
+        f"1 epoch, 4 steps per epoch (batch 32), on {device_label(torch.device('cpu'))}, "
         f"checkpoint {ck / 'p'}"
     )
     assert err[1].startswith("epoch 1/1")
@@ -196,6 +196,8 @@ def test_ctrl_c_prints_the_command_that_resumes(tmp_path, fmnist_dir, capsys, mo
     monkeypatch.undo()
     words = shlex.split(last.split("resume it with: ")[1])
     assert words[:2] == ["bench", "train"] and main(words[1:] + ["--no-progress"]) == 0
+    plan = [s for s in capsys.readouterr().err.splitlines() if s.startswith("plan: ")]
+    assert ", epochs 2-2 of 2, 4 steps per epoch " in plan[0]
     resumed = checkpoint.read_checkpoint(run_dir)
     assert [e["epoch"] for e in resumed.log] == [1, 2] and resumed.run["resumed"]
     assert main(_argv(tmp_path, fmnist_dir, "--run-id", "straight", "--epochs", "2")) == 0
@@ -300,6 +302,8 @@ def test_a_finished_run_without_its_weights_says_so(how, problem, finished):
         f"{weights} {problem}: restore that file; there is no training state left to resume from"
     )
     assert "--resume" not in msg and "incomplete" not in msg
+    with pytest.raises(UsageError, match="no training state left to resume from"):
+        bt.prepare_resume(finished)  # resuming would retrain from scratch: refused
 
 
 def test_an_unreadable_weights_file_is_permission_denied(finished):
@@ -373,4 +377,15 @@ def test_resume_names_the_key_config_lacks(drop, named, tmp_path):
     assert str(info.value) == (
         f"can't resume {tmp_path}: its config.json {named} "
         "(edited, or saved by another version of bench?)"
+    )
+
+
+def test_resume_names_a_null_key_bench_does_not_write(tmp_path):
+    now = {"epochs": 2, "dataset_info": {"channels": 1}}
+    saved = {"epochs": 2, "dataset_info": {"channels": 1, "extra": None}}
+    with pytest.raises(UsageError) as info:  # was a StopIteration traceback
+        bt._check_same(saved, now, tmp_path)
+    assert str(info.value) == (
+        f"can't resume {tmp_path}: its config.json has dataset_info.extra, which this bench "
+        "does not write"
     )

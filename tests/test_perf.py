@@ -346,6 +346,8 @@ def test_memory_targets_and_machine(perf_run: tuple[dict[str, Any], str]) -> Non
         "target autoattack_grid_over_single_at_most_3_robust",
     ):
         assert needle in table, needle
+    assert "(--quick: a smoke test, no verdict)" in table  # a narrowed model judges nothing
+    assert "holds" not in table and "MISSED" not in table
 
 
 @pytest.mark.parametrize(

@@ -405,3 +405,26 @@ def test_json_loads_with_robustbench_model_info(db: Path, tmp_path: Path) -> Non
     needed = {f for f in fields if not f.startswith("corruptions") and f != "footnote"}
     assert needed <= set(info)
     assert ModelInfo(**{k: v for k, v in info.items() if k in fields}).autoattack_acc == "30.00"
+
+
+def test_seeds_saved_before_and_after_augment_requested_are_one_entry(db: Path, tmp_path: Path):
+    # config.json's "augment" held the request before it held what was applied (false for the
+    # MNISTs); two seeds of one configuration saved either way are still one entry
+    old = {"augment": True, "augment_mode": "none"}
+    new = {"augment": False, "augment_mode": "none", "augment_requested": True}
+    with Store(db) as s:
+        for seed, cfg in ((0, old), (1, new)):
+            rid = f"std-s{seed}"
+            add_run(s, rid, fp=f"sha256:{seed}", seed=seed, **cfg)
+            add(
+                s,
+                rid,
+                "autoattack",
+                STD,
+                [0.0, E8],
+                {0.0: range(18), E8: range(9)},
+                20,
+                fp=f"sha256:{seed}",
+            )
+    rows = section(report(db, tmp_path), "fashion-mnist")
+    assert len(rows) == 1 and "std-s1" in rows[0]["run id"]

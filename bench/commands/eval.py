@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import checkpoint, norms, paths, sources
-from bench.attacks import ATTACKS, Attack, check_attack_norm, make_attack
+from bench.attacks import ATTACKS, Attack, attack_names, make_attacks
 from bench.commands.common import add_shared, ray_module
 from bench.errors import BudgetViolation, UsageError
 from bench.evaluation import surrogate
@@ -223,17 +223,7 @@ def parse_attacks(
 ) -> list[Attack]:
     """The attacks named in ``--attack`` with their ``--set`` parameters, made for threat model
     ``norm`` (UsageError if bad, or if an attack has no version for ``norm``)."""
-    order: list[str] = []
-    for item in names:
-        for name in (s.strip() for s in item.split(",")):
-            if not name:
-                continue
-            ATTACKS[name]  # unknown name -> UsageError listing the valid ones
-            if name in order:
-                raise UsageError(f"attack {name} is listed twice in --attack")
-            order.append(name)
-    if not order:
-        raise UsageError("--attack names no attack")
+    order = attack_names(names, "--attack")
     params: dict[str, dict[str, str]] = {name: {} for name in order}
     for item in sets:
         key, sep, value = item.partition("=")
@@ -257,9 +247,7 @@ def parse_attacks(
                 aa[k] = v
         if aa_attacks is not None:
             aa.setdefault("version", "custom")
-    for name in order:  # every norm refusal before any parameter is built
-        check_attack_norm(name, norm)
-    return [make_attack(name, params[name], norm) for name in order]
+    return make_attacks(order, params, norm)
 
 
 def eps_grid_for(text: str | None, norm: str, datasets: set[str]) -> list[float]:

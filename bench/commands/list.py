@@ -5,6 +5,7 @@ RUN_ID``: delete a run's rows from the store (one transaction)."""
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +16,10 @@ from bench.data import DATASETS
 from bench.defenses import DEFENSES
 from bench.errors import UsageError
 from bench.models import MODELS
-from bench.params import format_eps, plural
+from bench.params import DASH, fmt_default, plural
 from bench.registry import Registry
 from bench.store import RunRow, Store
 from bench.vocab import SourceKind
-
-DASH = "–"  # a cell with nothing to say (as in the report)
-
-
-def fmt_default(key: str, value: Any) -> str:
-    """Budgets and step sizes on the pixel scale read best as k/255; everything else plainly."""
-    if isinstance(value, float):
-        if key in ("eps", "alpha", "step") and 0 < value < 1:
-            eps = format_eps(value)
-            if "/" in eps:
-                return eps
-        return f"{value:g}"
-    return str(value)
 
 
 def registries() -> list[tuple[str, Registry[Any]]]:
@@ -139,7 +127,10 @@ def list_runs(db: str | None) -> int:
     print(f"runs in {where}: {len(rows)}")
     print("\n".join("  " + line for line in aligned([HEAD, *rows], right=(2,))))
     if any(r[3] == "MISSING" for r in rows):
-        print(f"forget a run whose checkpoint is gone: bench list --forget RUN_ID --db {where}")
+        print(
+            "forget a run whose checkpoint is gone: bench list --forget RUN_ID --db "
+            + shlex.quote(str(where))
+        )
     return 0
 
 

@@ -10,13 +10,13 @@ import argparse
 from typing import Any
 
 from bench.commands.common import add_shared
-from bench.commands.list import fmt_default
 from bench.data import DATASETS, dataset_info
 from bench.defenses import DEFENSES, all_param_names
+from bench.defenses.adversarial import LP_ALPHA_RULE
 from bench.errors import UsageError
 from bench.models import MODELS
 from bench.norms import LINF, NORMS, check_norm
-from bench.params import dataclass_defaults, parse_assignments
+from bench.params import dataclass_defaults, fmt_default, parse_assignments
 from bench.train import (
     AMP_MODES,
     SCHEDULES,
@@ -162,7 +162,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def param_help(name: str) -> str:
     """Which defenses have the parameter ``name``, with each one's default."""
     have = [e for e in DEFENSES if name in e.defaults]
-    return "default " + "; ".join(f"{e.name} {fmt_default(name, e.defaults[name])}" for e in have)
+    text = "default " + "; ".join(f"{e.name} {fmt_default(name, e.defaults[name])}" for e in have)
+    if name == "alpha":  # the registry lists the Linf rules; L2 and L1 have their own
+        text += f" (under L2 and L1: pgd-at and trades {LP_ALPHA_RULE})"
+    return text
 
 
 #: The words for each augmentation a data set may have (DatasetInfo.augment).

@@ -47,6 +47,12 @@ class Estimate:
         a, b = self.interval, other.interval
         return a[0] <= b[1] and b[0] <= a[1]
 
+    def text(self, unit: str = "", dash: str = "–") -> str:
+        """``66.0 (59.2–72.2)``: accuracy and its 95% Wilson interval, in %; the terminal's
+        ``72.0% (63.1-79.6)`` is ``unit="%", dash="-"``."""
+        lo, hi = self.interval
+        return f"{100 * self.acc:.1f}{unit} ({100 * lo:.1f}{dash}{100 * hi:.1f})"
+
     def as_dict(self) -> dict[str, float | int]:
         lo, hi = self.interval
         return {

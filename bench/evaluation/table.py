@@ -27,8 +27,7 @@ GAP = "  "  # between the table's columns
 def ci_cell(e: Estimate, n: int | None = None) -> str:
     """``72.0% (63.1-79.6)``: accuracy and its 95% Wilson interval, in %; `` n=K`` follows when
     the estimate counts other than the ``n`` points the table states once."""
-    lo, hi = e.interval
-    cell = f"{100 * e.acc:.1f}% ({100 * lo:.1f}-{100 * hi:.1f})"
+    cell = e.text(unit="%", dash="-")
     return cell if n is None or e.n == n else f"{cell} n={e.n}"
 
 

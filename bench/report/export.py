@@ -42,7 +42,7 @@ def percent(name: str, e: Estimate) -> dict[str, Any]:
 def record(row: ResultRow) -> dict[str, Any]:
     """One result row as the exports write it (flags left out: they are for the store)."""
     rec = row.as_record()
-    clean = Estimate(int(round(row.clean_acc * row.n)), row.n)  # rows keep clean as a fraction
+    clean = Estimate(row.clean_count, row.n)
     numbers = {**percent("clean", clean), **percent("robust", estimate(row.flags))}
     return {**{k: rec[k] for k in FIRST}, **numbers, **{k: rec[k] for k in LAST}}
 

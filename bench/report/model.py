@@ -29,6 +29,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from bench import checkpoint
 from bench.errors import UsageError
 from bench.evaluation.results import (
     Estimate,
@@ -208,7 +209,7 @@ def _clean_estimate(rows: list[ResultRow], clean: str) -> Estimate:
     (a grid without eps 0 has no clean flags; all ones would read as 100%)."""
     if any(eps_key(r.eps) == 0 for r in rows):
         return estimate(clean)
-    return Estimate(int(round(rows[0].clean_acc * rows[0].n)), rows[0].n)
+    return Estimate(rows[0].clean_count, rows[0].n)
 
 
 def _stub(run_id: str, dataset: str = "unknown") -> RunRow:
@@ -361,7 +362,8 @@ class Entry:
 
 def identity(model: Model) -> str:
     """What a model is, training seed aside: the entry key."""
-    cfg = {k: v for k, v in (model.run.config or {}).items() if k not in NOT_IDENTITY}
+    config = checkpoint.with_applied_augment(model.run.config or {})
+    cfg = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
     if not cfg or model.seed is None:
         return f"run:{model.run_id}"
     return canonical([model.run.dataset, model.n, model.run.kind, cfg])

@@ -8,11 +8,9 @@ from typing import Any, Collection, Iterable
 
 from bench.evaluation.results import Estimate
 from bench.norms import LINF
-from bench.params import format_eps
+from bench.params import DASH, format_eps
 from bench.report.model import AUTOATTACK, Variant, mean, span, spread
 from bench.store import ANY, canonical
-
-DASH = "–"
 
 DISPLAY = {
     "fgsm": "FGSM",
@@ -41,10 +39,7 @@ def eps_label(norm: str) -> str:
 
 def ci(e: Estimate | None) -> str:
     """``66.0 (59.2–72.2)``: accuracy and 95% Wilson interval, in %."""
-    if e is None:
-        return DASH
-    lo, hi = e.interval
-    return f"{100 * e.acc:.1f} ({100 * lo:.1f}–{100 * hi:.1f})"
+    return DASH if e is None else e.text()
 
 
 def ci_many(vals: list[Estimate] | None) -> str:

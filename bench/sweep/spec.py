@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from bench import paths
+from bench import checkpoint, paths
 from bench.attacks import check_attack_norm, make_attack
 from bench.data import dataset_info
 from bench.defenses import DEFENSES, build_defense, defense_params
@@ -238,8 +238,8 @@ def train_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     parameters included); the same from a job and from the config.json it wrote. A Linf
     ``norm`` parameter is left out: the identity of every job made before norms existed."""
     out = {k: config.get(k) for k in IDENTITY_KEYS}
-    if "augment_requested" in config:  # a config.json: its "augment" is what was applied
-        out["augment"] = config["augment_requested"]
+    if "augment" in config:  # a config.json's "augment" is what was applied; a job's, asked
+        out["augment"] = checkpoint.requested_augment(config)
     params = out.get("defense_params")
     if isinstance(params, dict) and params.get(NORM_KEY) == LINF:
         out["defense_params"] = {k: v for k, v in params.items() if k != NORM_KEY}
