@@ -271,7 +271,9 @@ def test_resume_refuses_a_state_from_another_configuration(
     fmnist_dir, tmp_path, capsys, one_thread
 ):
     run_dir = _finished(fmnist_dir, tmp_path / "ckpt")
-    (run_dir / "weights.safetensors").unlink()
+    (run_dir / "weights.safetensors").unlink()  # as a run stopped before its weights were written
+    run = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**run, "complete": False}))
     cfg = json.loads((run_dir / "config.json").read_text())
     cfg["train_size"] = 7  # not what the data now gives
     (run_dir / "config.json").write_text(json.dumps(cfg))
