@@ -5,7 +5,7 @@ points), writes reports/ with index.html and its pictures.
 
 Sized for 2 CPU cores and to say something: adversarial defenses train at Fashion-MNIST's
 conventional budget (eps 0.1), every checkpoint is evaluated over the card's grid 0..8/255 and at
-0.1 with FGSM, PGD and AutoAttack's APGD-CE, and with standard AutoAttack at 0.1, the ranking eps.
+0.1 with FGSM and PGD, and with standard AutoAttack at 0.1, the ranking eps.
 Every setting is a flag, every argument is checked before anything is deleted or trained, and
 the leaderboard's header states the settings used.
 """
@@ -102,7 +102,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--aa-attacks",
         default="apgd-ce",
-        help="AutoAttack custom components over the grid (default apgd-ce)",
+        help="AutoAttack custom components over the grid when --attacks includes autoattack "
+        "(default apgd-ce)",
     )
     p.add_argument("--seed", type=int, default=0, help="training and attack seed (default 0)")
     p.add_argument("--checkpoints", default=None, help="default <home>/checkpoints/quick")
