@@ -78,7 +78,7 @@ SOURCES: dict[str, str] = {
     ),
 }
 
-# Thresholds (module constants so that the README and the tests can quote them).
+# Thresholds (module constants so that the docs and the tests can quote them).
 RANDOMIZED_TOL = 1e-4  # AutoAttack's alpha: L2 distance of L2-normalised logit rows
 RANDOMIZED_PASSES = 5  # AutoAttack's n
 PROBABILITY_TOL = 1e-5  # AutoAttack's alpha for check_range_output

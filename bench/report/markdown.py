@@ -61,7 +61,7 @@ FLAG_LEGEND: dict[str, tuple[str, str]] = {
     Check.ITERATIVE_VS_SINGLE_STEP: (
         "an iterative attack did significantly worse than FGSM "
         "(Carlini et al. 2019; McNemar's exact test at level 0.001)",
-        "gradient masking or a broken attack: run `bench diagnose`",
+        "gradient masking or a broken attack: rerun with `bench eval --diagnose`",
     ),
     Check.LARGE_BUDGET: (
         "accuracy does not fall to about zero under a very large budget "
@@ -411,7 +411,9 @@ def _legend(flags: Iterable[str]) -> list[str]:
         return []
     out = ["", "Flags (a flagged evaluation is marked unreliable and not ranked):", ""]
     for f in flags:
-        meaning, todo = FLAG_LEGEND.get(f, ("see `bench diagnose`", "see the README"))
+        meaning, todo = FLAG_LEGEND.get(
+            f, ("a check flagged the evaluation", "see docs/diagnostics.md")
+        )
         out.append(f"- **{f}**: {meaning}. Next: {todo}.")
     return out
 
