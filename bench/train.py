@@ -389,18 +389,17 @@ class StepTimer:
     say: Log
     done: int = 0
     started: float = 0.0
+    clock: Callable[[], float] = time.perf_counter  # seconds
 
     def tick(self) -> None:
         """After each optimizer step (waits for the device twice in all)."""
         self.done += 1
         if self.done == 1:
             _sync(self.device)
-            self.started = time.perf_counter()
+            self.started = self.clock()
         elif self.done == 1 + ESTIMATE_STEPS:
             _sync(self.device)
-            self.say(
-                estimate_line((time.perf_counter() - self.started) / ESTIMATE_STEPS, self.steps)
-            )
+            self.say(estimate_line((self.clock() - self.started) / ESTIMATE_STEPS, self.steps))
 
 
 def estimate_line(per_step: float, steps: int) -> str:
