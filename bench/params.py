@@ -11,7 +11,7 @@ import re
 import types
 import typing
 from fractions import Fraction
-from typing import Any
+from typing import Any, Collection, Sequence
 
 from bench.errors import UsageError
 from bench.norms import LINF
@@ -267,3 +267,15 @@ def fmt_default(key: str, value: Any) -> str:
                 return eps
         return f"{value:g}"
     return str(value)
+
+
+def aligned(rows: Sequence[Sequence[str]], right: Collection[int] = ()) -> list[str]:
+    """Rows as columns two spaces apart, each as wide as its widest cell; columns ``right``
+    right-aligned (numbers), the others left-aligned (the terminal's tables)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
+        ).rstrip()
+        for r in rows
+    ]

@@ -16,7 +16,7 @@ from bench.data import DATASETS
 from bench.defenses import DEFENSES
 from bench.errors import UsageError
 from bench.models import MODELS
-from bench.params import DASH, fmt_default, plural
+from bench.params import DASH, aligned, fmt_default, plural
 from bench.registry import Registry
 from bench.store import RunRow, Store
 from bench.vocab import SourceKind
@@ -91,18 +91,6 @@ def on_disk(run: RunRow | None) -> str:
     if not where:
         return DASH
     return "exists" if Path(where).exists() else "MISSING"
-
-
-def aligned(rows: list[tuple[str, ...]], right: tuple[int, ...] = ()) -> list[str]:
-    """Rows as columns two spaces apart, each as wide as its widest cell; columns ``right``
-    right-aligned (numbers), the others left-aligned."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return [
-        "  ".join(
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
-        ).rstrip()
-        for r in rows
-    ]
 
 
 HEAD = ("run id", "kind", "result rows", "checkpoint", "path")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from bench.evaluation import audit
 from bench.evaluation.results import Estimate
 from bench.norms import LINF
-from bench.params import eps_in_255, format_eps, plural
+from bench.params import aligned, eps_in_255, format_eps, plural
 from bench.store import ANY
 from bench.vocab import Walk
 
@@ -21,7 +21,6 @@ if TYPE_CHECKING:  # the table reads an Evaluation; outcome imports this module
     from bench.evaluation.outcome import Evaluation
 
 WIDTH = 100  # a normal terminal's columns
-GAP = "  "  # between the table's columns
 
 
 def ci_cell(e: Estimate, n: int | None = None) -> str:
@@ -139,7 +138,7 @@ def _grid(ev: Evaluation) -> list[str]:
     widths = [max(map(len, heads + cells)) for heads, cells in blocks]
     heads = [[""] * (depth - len(h)) + h for h, _ in blocks]
     rows = [*zip(*heads), ["-" * w for w in widths], *zip(*(cells for _, cells in blocks))]
-    return [GAP.join(c.rjust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return aligned(rows, right=range(len(blocks)))
 
 
 def _notes(ev: Evaluation) -> list[str]:
